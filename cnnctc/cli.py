@@ -1,0 +1,140 @@
+"""The ``cnnctc`` command. Each subcommand parses its arguments and calls the Python API."""
+import argparse
+import logging
+import os
+import sys
+
+from .errors import CnnctcError
+
+log = logging.getLogger("cnnctc")
+
+
+def _manifest(args):
+    from .manifest import load_manifest
+    return load_manifest(getattr(args, "manifest", None))
+
+
+def cmd_info(args):
+    from .download import check_cached
+    manifest = _manifest(args)
+    path = manifest.cache_path(args.cache_dir)
+    print(f"model:        {manifest.uid}")
+    print(f"manifest:     {manifest.source}")
+    print(f"asset:        {manifest.url}")
+    print(f"sha256:       {manifest.sha256}")
+    print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")
+    print(f"cache path:   {path}")
+    print(f"cache state:  {check_cached(manifest, args.cache_dir)}")
+    import mindspore as ms
+    from .loader import select_device
+    print(f"mindspore:    {ms.__version__}")
+    print(f"device:       {select_device(args.device_target)}")
+    return 0
+
+
+def cmd_download(args):
+    from .download import fetch
+    manifest = _manifest(args)
+    if args.sha256:
+        if not args.url:
+            raise CnnctcError("--sha256 names another file and needs --url")
+        name = args.url.rstrip("/").rsplit("/", 1)[-1]
+        manifest = manifest.replace(url=args.url, sha256=args.sha256.lower(), file_name=name)
+    path = fetch(manifest, args.cache_dir, url=args.url, force=args.force, allow_http=args.allow_http or None,
+                 quiet=args.quiet)
+    print(path)
+    return 0
+
+
+def cmd_verify(args):
+    from .download import file_sha256
+    manifest = _manifest(args)
+    path = args.path or manifest.cache_path(args.cache_dir)
+    if not os.path.isfile(path):
+        print(f"{path}: no such file", file=sys.stderr)
+        return 1
+    actual = file_sha256(path)
+    if actual == manifest.sha256:
+        print(f"OK  {path}  sha256 {actual}")
+        return 0
+    print(f"MISMATCH  {path}\n  expected {manifest.sha256}\n  actual   {actual}", file=sys.stderr)
+    return 1
+
+
+def cmd_hub_install(args):
+    from .hub import hub_install
+    card, code_dir = hub_install(args.hub_dir, _manifest(args))
+    print(f"card:      {card}")
+    print(f"code dir:  {code_dir}")
+    return 0
+
+
+def cmd_slim(args):
+    from .checkpoint import slim
+    kept, dropped = slim(args.src, args.dst)
+    print(f"{args.dst}: kept {kept} entries, dropped {dropped} optimizer entries")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="cnnctc", description="CNN-CTC scene-text recognition for MindSpore (hub model "
+        "mindspore/1.3/cnnctc_mjstiiit): fetch and verify the checkpoint, read word images, fine-tune.")
+    parser.add_argument("--manifest", help="manifest JSON naming the checkpoint (default: CNNCTC_MANIFEST, "
+                        "else the hub asset)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def cache_arg(p):
+        p.add_argument("--cache-dir", help="cache root shared with MindSpore Hub (default: CNNCTC_CACHE_DIR, "
+                       "else ~/.mscache)")
+
+    p = add("info", cmd_info, "show the manifest, the cache path and state, MindSpore version and device")
+    cache_arg(p)
+    p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+
+    p = add("download", cmd_download, "download and verify the checkpoint; prints its local path")
+    cache_arg(p)
+    p.add_argument("--url", help="download from this URL (a mirror) instead; the manifest's SHA-256 still binds "
+                   "unless --sha256 is given")
+    p.add_argument("--sha256", help="with --url: the SHA-256 of another file to fetch")
+    p.add_argument("--force", action="store_true", help="replace a cached file that fails verification")
+    p.add_argument("--allow-http", action="store_true", help="allow a plain http:// URL")
+
+    p = add("verify", cmd_verify, "check a file's SHA-256 against the manifest (exit 0 match, 1 otherwise)")
+    cache_arg(p)
+    p.add_argument("path", nargs="?", help="file to check (default: the cached asset)")
+
+    p = add("hub-install", cmd_hub_install, "lay the hub card and this package out under the hub's cache so "
+            "that mindspore_hub.load(uid) uses them")
+    p.add_argument("--hub-dir", help="the hub's directory (default: CNNCTC_CACHE_DIR, else ~/.mscache)")
+
+    p = add("slim", cmd_slim, "write a weights-only copy of a checkpoint (drops the optimizer state)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown the output otherwise
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="cnnctc: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.func(args)
+    except CnnctcError as exc:
+        print(f"cnnctc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cnnctc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
