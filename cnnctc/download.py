@@ -24,7 +24,8 @@ __all__ = ["fetch", "sha256_file", "file_sha256", "verify_file", "check_cached"]
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 1 << 20            # hashing files
+NET_CHUNK_SIZE = 64 << 10       # reading the network: a dropped connection loses at most this much
 DEFAULT_TIMEOUT = (10.0, 60.0)  # connect, read (seconds between bytes)
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 1.0           # seconds before the first retry; doubles each time
@@ -268,7 +269,7 @@ class _Downloader:
         with open(self.part, "ab" if offset else "wb") as out, _progress(total, offset, self.target.name,
                                                                            self.quiet) as bar:
             try:
-                for block in response.iter_content(CHUNK_SIZE):
+                for block in response.iter_content(NET_CHUNK_SIZE):
                     out.write(block)
                     digest.update(block)
                     size += len(block)
