@@ -76,18 +76,27 @@ def cmd_slim(args):
     return 0
 
 
+def _common_options(parser, after_command=False):
+    # After the command name the options default to SUPPRESS, so that they do not reset what
+    # was given before it.
+    default = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--manifest", **default, help="manifest JSON naming the checkpoint (default: "
+                        "CNNCTC_MANIFEST, else the hub asset)")
+    parser.add_argument("-q", "--quiet", action="store_true", **default, help="no progress bars or info messages")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="cnnctc", description="CNN-CTC scene-text recognition for MindSpore (hub model "
         "mindspore/1.3/cnnctc_mjstiiit): fetch and verify the checkpoint, read word images, fine-tune.")
-    parser.add_argument("--manifest", help="manifest JSON naming the checkpoint (default: CNNCTC_MANIFEST, "
-                        "else the hub asset)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    _common_options(parser)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, after_command=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     def add(name, func, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         p.set_defaults(func=func)
         return p
 

@@ -49,3 +49,55 @@ def subprocess_env(**extra):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+OPTIMIZER_SLOTS = ("moment", "mean_square", "mean_grad")
+
+
+def official_like_state(net, seed=0, weights_dtype="float32", optimizer_dtype="float16"):
+    """Random values under ``net``'s parameter names, plus the optimizer state the hub file carries.
+
+    Returns (entries for mindspore.save_checkpoint, {name: numpy weights}).
+    """
+    import numpy as np
+    import mindspore as ms
+    rng = np.random.default_rng(seed)
+    weights = {}
+    entries = []
+    for p in net.get_parameters():
+        value = rng.standard_normal(p.shape).astype(weights_dtype)
+        if "moving_variance" in p.name:
+            value = np.abs(value) + 0.5
+        weights[p.name] = value
+        entries.append({"name": p.name, "data": ms.Tensor(value)})
+        if p.requires_grad:
+            for slot in OPTIMIZER_SLOTS:
+                entries.append({"name": f"{slot}.{p.name}", "data": ms.Tensor(np.zeros(p.shape, optimizer_dtype))})
+    entries.append({"name": "global_step", "data": ms.Tensor(np.array([123], np.int32))})
+    entries.append({"name": "learning_rate", "data": ms.Tensor(np.array(5e-4, np.float32))})
+    return entries, weights
+
+
+@pytest.fixture(scope="session")
+def full_checkpoint(tmp_path_factory):
+    """A full-size checkpoint with the official names and optimizer state: (path, weights)."""
+    import mindspore as ms
+    from cnnctc.network import CNNCTC
+    entries, weights = official_like_state(CNNCTC(), seed=1)
+    path = tmp_path_factory.mktemp("full") / "official_like.ckpt"
+    ms.save_checkpoint(entries, str(path))
+    return path, weights
+
+
+NARROW = 64  # output_channel of the small variant the tests build on
+
+
+@pytest.fixture(scope="session")
+def narrow_checkpoint(tmp_path_factory):
+    """A narrow (output_channel=64) checkpoint with float16 weights and optimizer state."""
+    import mindspore as ms
+    from cnnctc.network import CNNCTC
+    entries, weights = official_like_state(CNNCTC(output_channel=NARROW), seed=2, weights_dtype="float16")
+    path = tmp_path_factory.mktemp("narrow") / "narrow.ckpt"
+    ms.save_checkpoint(entries, str(path))
+    return path, weights
