@@ -76,6 +76,13 @@ def cmd_slim(args):
     return 0
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _common_options(parser, after_command=False):
     # After the command name the options default to SUPPRESS, so that they do not reset what
     # was given before it.
@@ -83,6 +90,51 @@ def _common_options(parser, after_command=False):
     parser.add_argument("--manifest", **default, help="manifest JSON naming the checkpoint (default: "
                         "CNNCTC_MANIFEST, else the hub asset)")
     parser.add_argument("-q", "--quiet", action="store_true", **default, help="no progress bars or info messages")
+
+
+def cmd_predict(args):
+    import json
+    from .recognizer import Recognizer, find_images
+    from .transforms import ImageError
+    paths = find_images(args.paths, recursive=args.recursive)
+    reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
+                        manifest=getattr(args, "manifest", None))
+    show_progress = not args.quiet and sys.stderr.isatty() and any(os.path.isdir(p) for p in args.paths)
+    failed = 0
+    with _progress_bar(len(paths), show_progress) as bar:
+        for path, result in reader.recognize_each(paths, with_chars=args.format == "json"):
+            bar.update(1)
+            if isinstance(result, ImageError):
+                failed += 1
+                bar.write(f"cnnctc: error: {result}", file=sys.stderr)
+                continue
+            if args.format == "tsv":
+                line = f"{path}\t{result.text}\t{result.confidence:.4f}"
+            elif args.format == "json":
+                line = json.dumps({"path": path, "text": result.text, "confidence": round(result.confidence, 6),
+                                   "chars": [[c, round(p, 6)] for c, p in result.chars]}, ensure_ascii=False)
+            else:
+                line = f"{path}: {result.text} ({result.confidence:.3f})"
+            bar.write(line, file=sys.stdout)
+    if failed:
+        print(f"cnnctc: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def write(self, line, file):
+        print(line, file=file, flush=file is sys.stderr)
+
+
+def _progress_bar(total, enabled):
+    import contextlib
+    if not enabled:
+        return contextlib.nullcontext(_NoBar())
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
 
 
 def build_parser():
@@ -123,6 +175,16 @@ def build_parser():
     p = add("hub-install", cmd_hub_install, "lay the hub card and this package out under the hub's cache so "
             "that mindspore_hub.load(uid) uses them")
     p.add_argument("--hub-dir", help="the hub's directory (default: CNNCTC_CACHE_DIR, else ~/.mscache)")
+
+    p = add("predict", cmd_predict, "read the words in images: files, folders and globs; one line per image")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", help="checkpoint to use (default: the manifest's, downloaded and verified)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per network call (default 32)")
+    p.add_argument("--format", choices=("text", "json", "tsv"), default="text",
+                   help="text: 'path: word (confidence)'; tsv: path<TAB>word<TAB>confidence; json: one object "
+                   "per line with per-character probabilities")
+    p.add_argument("--recursive", action="store_true", help="descend into subfolders (and ** in globs)")
+    p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
     p = add("slim", cmd_slim, "write a weights-only copy of a checkpoint (drops the optimizer state)")
     p.add_argument("src")
