@@ -121,6 +121,50 @@ def cmd_predict(args):
     return 1 if failed else 0
 
 
+def cmd_make_lmdb(args):
+    from .data import make_lmdb
+    with _progress_bar(None, not args.quiet and sys.stderr.isatty()) as bar:
+        stats = make_lmdb(args.images_dir, args.labels_file, args.out, overwrite=args.overwrite, progress=bar.update)
+    print(f"{args.out}: {stats}")
+    return 0
+
+
+def cmd_render(args):
+    from .render import write_word_images
+    labels = write_word_images(args.out, args.count, alphabet=args.alphabet, seed=args.seed, noise=args.noise,
+                               words=args.words)
+    print(f"{args.out}: {args.count if not args.words else len(args.words)} images, labels in {labels}")
+    return 0
+
+
+def cmd_finetune(args):
+    from .train import TrainConfig, finetune
+    config = TrainConfig(alphabet=args.alphabet, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, save_every=args.save_every, output_channel=args.output_channel,
+                         seed=args.seed, log_every=args.log_every)
+    pretrained = None if args.pretrained == "none" else args.pretrained
+    result = finetune(args.train, args.valid, args.out, pretrained=pretrained, config=config, resume=args.resume,
+                      manifest=getattr(args, "manifest", None), device_target=args.device_target)
+    print(f"last checkpoint: {result.last_checkpoint} (step {result.steps})")
+    if result.best_accuracy >= 0:
+        print(f"best checkpoint: {result.best_checkpoint} (validation accuracy {result.best_accuracy:.2f}%)")
+    return 0
+
+
+def cmd_eval(args):
+    import json
+    from .evaluate import evaluate, format_table
+    from .recognizer import Recognizer
+    reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
+                        manifest=getattr(args, "manifest", None))
+    results, total = evaluate(reader, args.data)
+    if args.json:
+        print(json.dumps({"datasets": [r.as_dict() for r in results], "total": total.as_dict()}, indent=2))
+    else:
+        print(format_table(results, total))
+    return 0
+
+
 class _NoBar:
     def update(self, n):
         pass
@@ -184,6 +228,51 @@ def build_parser():
                    help="text: 'path: word (confidence)'; tsv: path<TAB>word<TAB>confidence; json: one object "
                    "per line with per-character probabilities")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders (and ** in globs)")
+    p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+
+    p = add("render", cmd_render, "draw synthetic word images with the installed fonts (for demos and tests); "
+            "writes OUT/NNNNN.png and OUT/labels.tsv for make-lmdb")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--count", type=_positive_int, default=100, help="random words to draw (default 100)")
+    p.add_argument("--words", nargs="+", help="draw these words instead of random ones")
+    p.add_argument("--alphabet", default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
+    p.add_argument("--noise", action="store_true", help="slant and blur the words")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("make-lmdb", cmd_make_lmdb, "build an LMDB dataset in the field's format from images and a labels "
+            "file (one 'relative/path<TAB>text' per line); unreadable images and empty labels are skipped")
+    p.add_argument("images_dir", metavar="IMAGES_DIR")
+    p.add_argument("labels_file", metavar="LABELS_FILE")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = add("finetune", cmd_finetune, "fine-tune from the hub weights (official recipe: centered RMSProp, warm-up "
+            "then cosine, loss scale 8096); under msrun, data-parallel over the workers")
+    p.add_argument("--train", nargs="+", required=True, metavar="LMDB", help="training LMDB datasets")
+    p.add_argument("--valid", nargs="+", metavar="LMDB", help="validation LMDB datasets (accuracy per epoch)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where checkpoints go")
+    p.add_argument("--pretrained", default="hub", metavar="hub|PATH|none",
+                   help="start from the hub checkpoint (default), a checkpoint file, or random weights")
+    p.add_argument("--alphabet", help="symbols to read (default: the pretrained one's); a new alphabet gets a "
+                   "new head, the backbone still comes from the pretrained weights")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--epochs", type=_positive_int, default=3, help="passes over the data (default 3)")
+    group.add_argument("--steps", type=_positive_int, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=_positive_int, default=192, help="images per step and worker (default 192)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--save-every", type=_positive_int, default=1000, help="steps between checkpoints (default 1000)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoints are in DIR")
+    p.add_argument("--output-channel", type=_positive_int, default=512,
+                   help="network width (default 512, the published one)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--log-every", type=_positive_int, default=50, help="steps between log lines")
+    p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+
+    p = add("eval", cmd_eval, "word accuracy and normalized edit distance per dataset and in total")
+    p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the manifest's)")
+    p.add_argument("--data", nargs="+", required=True, metavar="LMDB", help="evaluation LMDB datasets")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
     p = add("slim", cmd_slim, "write a weights-only copy of a checkpoint (drops the optimizer state)")

@@ -5,6 +5,7 @@ import mindspore as ms
 
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
+from .errors import CheckpointError
 from .manifest import load_manifest
 from .network import CNNCTC
 
@@ -70,7 +71,14 @@ def load(checkpoint=None, *, pretrained=True, device_target=None, manifest=None,
         state = read_checkpoint(path)
         if isinstance(state.get(ALPHABET_KEY), str):
             alphabet = state[ALPHABET_KEY]
-            kwargs["num_class"] = len(alphabet) + 1
+        head = state.get("Prediction.weight")
+        if head is not None and len(head.shape) == 2:
+            # The head tells the class count and the width of the variant that was saved.
+            kwargs["num_class"], kwargs["output_channel"] = (int(n) for n in head.shape)
+            if kwargs["num_class"] != len(alphabet) + 1:
+                raise CheckpointError(f"{path}: its head has {kwargs['num_class']} classes but the alphabet "
+                                      f"{alphabet!r} needs {len(alphabet) + 1}; load it with the manifest that "
+                                      "names its alphabet")
     kwargs.update(network_kwargs)
     net = CNNCTC(**kwargs)
     if state is not None:

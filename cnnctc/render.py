@@ -1,10 +1,11 @@
 """Synthetic word images for tests and demos, drawn with Pillow and common Debian fonts."""
 import os
 import random
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["render_word", "find_fonts", "random_words", "FONT_CANDIDATES"]
+__all__ = ["render_word", "find_fonts", "random_words", "write_word_images", "FONT_CANDIDATES"]
 
 # Debian's fonts-dejavu-core, fonts-liberation and fonts-freefont-ttf.
 FONT_CANDIDATES = (
@@ -57,3 +58,25 @@ def random_words(count, alphabet, *, min_length=2, max_length=8, rng=None):
     """``count`` random strings over ``alphabet``."""
     rng = rng or random.Random(0)
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(min_length, max_length))) for _ in range(count)]
+
+
+def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", words=None, fonts=None,
+                      seed=0, noise=False):
+    """Draw words to ``out/NNNNN.png`` with a ``labels.tsv`` (``name<TAB>word``); returns its path.
+
+    Random words over ``alphabet`` unless ``words`` is given; fonts cycle through ``fonts``
+    (default: every installed candidate).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    words = list(words) if words else random_words(count, alphabet, rng=rng)
+    fonts = list(fonts) if fonts is not None else (find_fonts() or [None])
+    lines = []
+    for number, word in enumerate(words):
+        name = f"{number:05d}.png"
+        render_word(word, font=fonts[number % len(fonts)], rng=rng, noise=noise).save(out / name)
+        lines.append(f"{name}\t{word}\n")
+    labels = out / "labels.tsv"
+    labels.write_text("".join(lines), encoding="utf-8")
+    return labels

@@ -71,12 +71,23 @@ def test_checkpoint_of_another_network_names_the_differences(tmp_path, narrow_ch
     path, _ = narrow_checkpoint
     with pytest.raises(CheckpointError, match=r"another shape: FeatureExtraction\.ConvNet\.conv0_1\.weight "
                                               r"\(4, 3, 3, 3\) \(network wants \(32, 3, 3, 3\)\)"):
-        cnnctc.load(path)  # a narrow checkpoint into the full network
+        cnnctc.load(path, output_channel=512)  # a narrow checkpoint forced into the full network
     other = tmp_path / "other.ckpt"
     ms.save_checkpoint([{"name": "backbone.conv.weight", "data": ms.Tensor(np.ones((4, 3, 3, 3), np.float32))}],
                        str(other))
     with pytest.raises(CheckpointError, match=r"162 missing: .*1 unexpected: backbone\.conv\.weight"):
         cnnctc.load(other)
+    wrong_head = tmp_path / "wrong_head.ckpt"
+    ms.save_checkpoint([{"name": "Prediction.weight", "data": ms.Tensor(np.ones((20, 64), np.float32))}],
+                       str(wrong_head))
+    with pytest.raises(CheckpointError, match="head has 20 classes but the alphabet"):
+        cnnctc.load(wrong_head)
+
+
+def test_the_variant_follows_the_checkpoint(narrow_checkpoint):
+    path, _ = narrow_checkpoint
+    net = cnnctc.load(path)  # no output_channel given: read from the head
+    assert net.hidden_size == NARROW and net.num_class == 37
 
 
 def test_slim_drops_optimizer_state_and_loads_back_identical(tmp_path, narrow_checkpoint):
