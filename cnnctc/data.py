@@ -5,7 +5,6 @@ An LMDB environment holds ``num-samples`` and, 1-based, ``image-%09d`` (encoded 
 preprocessing; corrupt records are counted and skipped, never fatal.
 """
 import collections
-import contextlib
 import dataclasses
 import logging
 import os
@@ -26,6 +25,38 @@ _MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 def _lmdb():
     import lmdb
     return lmdb
+
+
+# LMDB refuses to open one environment twice in a process (train and valid may be the same
+# path), so read-only environments are shared and counted.
+_OPEN = {}
+
+
+def _open_readonly(path):
+    key = os.path.realpath(path)
+    if key in _OPEN:
+        env, users = _OPEN[key]
+        _OPEN[key] = (env, users + 1)
+        return env
+    if not path.exists():
+        raise CnnctcError(f"{path}: no such LMDB dataset")
+    try:
+        env = _lmdb().open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
+                           subdir=path.is_dir())
+    except _lmdb().Error as exc:
+        raise CnnctcError(f"{path}: not an LMDB dataset ({exc})") from None
+    _OPEN[key] = (env, 1)
+    return env
+
+
+def _release(path):
+    key = os.path.realpath(path)
+    env, users = _OPEN.get(key, (None, 0))
+    if users > 1:
+        _OPEN[key] = (env, users - 1)
+    elif env is not None:
+        del _OPEN[key]
+        env.close()
 
 
 def write_lmdb(out, samples, *, overwrite=False):
@@ -165,19 +196,13 @@ class LmdbDataset:
         self.skipped = collections.Counter()
         self.corrupt = 0           # images found unreadable while reading
         self._class = {c: i for i, c in enumerate(label_filter.alphabet)}
-        for number, path in enumerate(self.paths):
-            self._envs.append(self._open(path))
-            self._scan(number)
-
-    @staticmethod
-    def _open(path):
-        if not path.exists():
-            raise CnnctcError(f"{path}: no such LMDB dataset")
         try:
-            return _lmdb().open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
-                                subdir=path.is_dir())
-        except _lmdb().Error as exc:
-            raise CnnctcError(f"{path}: not an LMDB dataset ({exc})") from None
+            for number, path in enumerate(self.paths):
+                self._envs.append(_open_readonly(path))
+                self._scan(number)
+        except BaseException:
+            self.close()
+            raise
 
     def _scan(self, number):
         with self._envs[number].begin() as txn:
@@ -227,7 +252,13 @@ class LmdbDataset:
         return image, target, length
 
     def close(self):
-        for env in self._envs:
-            with contextlib.suppress(Exception):
-                env.close()
+        """Release the LMDB environments (shared ones stay open for their other users)."""
+        for path in self.paths[:len(self._envs)]:
+            _release(path)
         self._envs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

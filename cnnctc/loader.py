@@ -5,7 +5,7 @@ import mindspore as ms
 
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
-from .errors import CheckpointError
+from .errors import CheckpointError, CnnctcError
 from .manifest import load_manifest
 from .network import CNNCTC
 
@@ -35,7 +35,14 @@ def configure_context(device_target=None):
     """Put MindSpore in GRAPH_MODE on the selected device; returns the device name."""
     device = select_device(device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(device)
+    try:
+        ms.set_device(device)
+    except RuntimeError:
+        # The runtime already started (an earlier network, or a joined cluster): it keeps its device.
+        current = ms.get_context("device_target")
+        if current != device:
+            raise CnnctcError(f"MindSpore already runs on {current} in this process; "
+                              f"cannot switch to {device}") from None
     log.info("MindSpore %s in GRAPH_MODE on %s", ms.__version__, device)
     return device
 

@@ -31,7 +31,8 @@ from .network import CNNCTC
 from .recognizer import Recognizer
 from .transforms import ImageError
 
-__all__ = ["TrainConfig", "finetune", "lr_schedule", "CTCLossCell", "latest_checkpoint", "TRAIN_STATE_KEY"]
+__all__ = ["TrainConfig", "finetune", "init_from_pretrained", "lr_schedule", "CTCLossCell", "TrainStep",
+           "latest_checkpoint", "TRAIN_STATE_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +137,31 @@ class _TrainSource:
         raise CnnctcError("no readable image in the training data")
 
 
-def latest_checkpoint(directory):
-    """The periodic checkpoint with the highest step in ``directory``, or None."""
+def step_checkpoints(directory):
+    """The ``cnnctc-<step>.ckpt`` files in ``directory``, oldest step first."""
     found = [(int(m.group(1)), p) for p in Path(directory).glob("cnnctc-*.ckpt")
              if (m := _CKPT_PATTERN.match(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory):
+    """The periodic checkpoint with the highest step in ``directory``, or None."""
+    found = step_checkpoints(directory)
+    return found[-1] if found else None
 
 
 def _distributed():
-    """(rank, world size); joins the msrun job when started by msrun."""
-    if os.environ.get("MS_ROLE") == "MS_WORKER" and int(os.environ.get("MS_WORKER_NUM", "1")) > 1:
+    """(rank, world size); joins the msrun job when started by msrun.
+
+    msrun runs the same command once more as the scheduler, whose init() serves the cluster
+    and ends the process when the workers are done.
+    """
+    role = os.environ.get("MS_ROLE")
+    if role in ("MS_WORKER", "MS_SCHED") and int(os.environ.get("MS_WORKER_NUM", "1")) > 1:
         from mindspore.communication import get_group_size, get_rank, init
         init()
+        if role == "MS_SCHED":
+            raise SystemExit(0)
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
         return get_rank(), get_group_size()
     return 0, 1
@@ -170,7 +184,7 @@ class FinetuneResult:
     history: list
 
 
-def _initial_weights(net, pretrained, manifest, alphabet):
+def init_from_pretrained(net, pretrained, manifest, alphabet):
     """Load the pretrained checkpoint into ``net``; the head only when the alphabet is the same."""
     if pretrained in (None, "none"):
         log.info("starting from random weights")
@@ -197,8 +211,8 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
     config = dataclasses.replace(config or TrainConfig())
     manifest = load_manifest(manifest)
     out_dir = Path(out_dir)
+    device = configure_context(device_target)  # before joining a cluster: MindSpore fixes the device then
     rank, world = _distributed()
-    device = configure_context(device_target)
     ms.set_seed(config.seed)
 
     resume_state, train_state = None, {}
@@ -211,10 +225,10 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
             train_state = json.loads(resume_state[TRAIN_STATE_KEY])
         except (KeyError, TypeError, ValueError):
             raise CnnctcError(f"{last}: not a cnnctc fine-tuning checkpoint (no training state)") from None
-        for key in ("alphabet", "batch_size", "output_channel", "max_length"):
-            setattr(config, key, train_state["config"][key])
-        config.steps, config.lr = train_state["total_steps"], train_state["config"]["lr"]
-        config.warmup_steps = train_state["config"]["warmup_steps"]
+        # The run continues with its own settings; only how often it logs and saves may change.
+        saved = TrainConfig(**train_state["config"])
+        config = dataclasses.replace(saved, steps=train_state["total_steps"], save_every=config.save_every,
+                                     keep=config.keep, log_every=config.log_every)
         log.info("resuming from %s at step %d", last, train_state["step"])
     alphabet = config.alphabet or manifest.alphabet
     if len(set(alphabet)) != len(alphabet):
@@ -235,7 +249,7 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
     net = CNNCTC(num_class=len(alphabet) + 1, output_channel=config.output_channel)
     net.alphabet = alphabet
     if resume_state is None:
-        _initial_weights(net, pretrained, manifest, alphabet)
+        init_from_pretrained(net, pretrained, manifest, alphabet)
     amp_level = config.amp_level or ("O0" if device == "CPU" else "O2")
     if amp_level != "O0":
         ms.amp.auto_mixed_precision(net, amp_level)
@@ -248,7 +262,8 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
         load_weights(net, resume_state, source=str(last))
         optimizer_state = {k: v for k, v in resume_state.items()
                            if not isinstance(v, str) and k not in {p.name for p in net.get_parameters()}}
-        ms.load_param_into_net(train_cell, optimizer_state)
+        # strict_load: a lax load matches names by suffix and would pour moment.X into X.
+        ms.load_param_into_net(train_cell, optimizer_state, strict_load=True)
     train_cell.set_train(True)
 
     step = train_state.get("step", 0)
@@ -259,8 +274,6 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
     source = _TrainSource(train_set)
     reader = Recognizer(network=net, manifest=manifest, batch_size=min(config.batch_size, 64))
     valid_paths = [valid] if isinstance(valid, (str, os.PathLike)) else list(valid or [])
-    kept = []
-    last_path = None
 
     def state_json():
         return json.dumps({"step": step, "epoch": epoch, "epoch_step": epoch_step, "total_steps": total_steps,
@@ -272,6 +285,13 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
             save_checkpoint(train_cell, path, metadata={ALPHABET_KEY: alphabet, TRAIN_STATE_KEY: state_json()})
         return path
 
+    def save_periodic():
+        path = save(out_dir / f"cnnctc-{step:07d}.ckpt")
+        if rank == 0:  # keep the newest few, including those of an interrupted earlier run
+            for old in step_checkpoints(out_dir)[:-config.keep]:
+                old.unlink(missing_ok=True)
+        return path
+
     def validate():
         nonlocal best
         if not valid_paths or rank != 0:
@@ -279,7 +299,7 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
         net.set_train(False)
         _, total = evaluate(reader, valid_paths, max_length=config.max_length)
         train_cell.set_train(True)
-        history.append({"step": step, "epoch": epoch, "accuracy": total.accuracy, "norm_ed": total.norm_ed})
+        history.append({"step": step, "epoch": epoch + 1, "accuracy": total.accuracy, "norm_ed": total.norm_ed})
         log.info("step %d epoch %d: validation accuracy %.2f%% (1-N.E.D. %.4f, %d samples)", step, epoch + 1,
                  total.accuracy, total.norm_ed, total.kept)
         if total.accuracy > best:
@@ -311,17 +331,14 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
                          epoch + 1, float(loss.asnumpy()), schedule[step - 1],
                          " overflow: step skipped" if bool(overflow.asnumpy()) else "", rate)
             if step % config.save_every == 0 and step < total_steps:
-                kept.append(save(out_dir / f"cnnctc-{step:07d}.ckpt"))
-                if rank == 0:
-                    while len(kept) > config.keep:
-                        kept.pop(0).unlink(missing_ok=True)
+                save_periodic()
             if step >= total_steps:
                 break
         if epoch_step >= steps_per_epoch or step >= total_steps:
             validate()
             if epoch_step >= steps_per_epoch:
                 epoch, epoch_step = epoch + 1, 0
-    last_path = save(out_dir / f"cnnctc-{step:07d}.ckpt")
+    last_path = save_periodic()
     if source.corrupt:
         log.warning("%d corrupt training images were replaced by their neighbours", source.corrupt)
     log.info("rank %d finished at step %d; weights digest %s", rank, step, _weights_digest(net))
