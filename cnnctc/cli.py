@@ -153,7 +153,7 @@ def cmd_finetune(args):
 
 def cmd_eval(args):
     import json
-    from .evaluate import evaluate, format_table
+    from .evaluation import evaluate, format_table
     from .recognizer import Recognizer
     reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
                         manifest=getattr(args, "manifest", None))

@@ -24,7 +24,7 @@ from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint, save_checkp
 from .data import LabelFilter, LmdbDataset
 from .download import fetch
 from .errors import CnnctcError
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .loader import configure_context
 from .manifest import load_manifest
 from .network import CNNCTC

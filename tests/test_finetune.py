@@ -14,7 +14,7 @@ import pytest
 from conftest import NARROW, subprocess_env
 from cnnctc.checkpoint import read_checkpoint
 from cnnctc.data import make_lmdb, write_lmdb
-from cnnctc.evaluate import evaluate
+from cnnctc.evaluation import evaluate
 from cnnctc.manifest import load_manifest
 from cnnctc.network import CNNCTC
 from cnnctc.recognizer import Recognizer

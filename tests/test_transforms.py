@@ -149,3 +149,14 @@ def test_confidence_is_the_product_over_kept_columns():
 def test_decoding_checks_the_class_count():
     with pytest.raises(ValueError, match=r"\(B, T, 37\)"):
         ctc_greedy_decode(np.zeros((1, 26, 36)), ALPHABET)
+
+
+def test_the_package_exports_the_user_api():
+    import types
+    import cnnctc
+    image = Image.new("RGB", (50, 20), "white")
+    np.testing.assert_array_equal(cnnctc.preprocess(image), preprocess([image]))
+    for name in ("load", "Recognizer", "evaluate", "finetune", "fetch", "ctc_greedy_decode"):
+        assert callable(getattr(cnnctc, name)) and not isinstance(getattr(cnnctc, name), types.ModuleType)
+    with pytest.raises(AttributeError):
+        cnnctc.no_such_name
