@@ -216,6 +216,9 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
     ms.set_seed(config.seed)
 
     resume_state, train_state = None, {}
+    if not resume and out_dir.is_dir() and step_checkpoints(out_dir):
+        raise CnnctcError(f"{out_dir} already holds the checkpoints of a run; continue it with --resume "
+                          f"{out_dir}, or choose another --out")
     if resume:
         last = latest_checkpoint(resume)
         if last is None:

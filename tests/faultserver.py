@@ -7,6 +7,7 @@ Each request takes the next step of ``server.plan`` (then ``"ok"`` forever):
 - "status:CODE": answer CODE with an empty body;
 - "stall:S": send the headers, then sleep S seconds before the body;
 Every request is logged as [step, Range header, status, bytes sent] before anything is sent
+(and its request line's target in ``server.paths``)
 (bytes are counted as they are handed to the socket), so the log is complete when a client
 has its answer.
 """
@@ -22,6 +23,7 @@ class FaultServer:
         self.etag = etag
         self.plan = []
         self.log = []
+        self.paths = []
         self.throttle = throttle  # seconds of sleep per chunk, to make downloads slow
         self.chunk = chunk
         self._lock = threading.Lock()
@@ -71,6 +73,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         owner = self.owner
         step = owner.next_step()
+        owner.paths.append(self.path)
         content = owner.content
         range_header = self.headers.get("Range")
         if step.startswith("status:"):

@@ -66,3 +66,35 @@ def test_download_errors_are_one_line(tmp_path, served):
 def test_help_explains_each_command(command):
     run = cnnctc(command, "--help")
     assert run.returncode == 0 and "usage: cnnctc " + command in run.stdout
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path, serve):
+    import fcntl
+    import pty
+    import struct
+    import termios
+    server = serve(CONTENT * 4, throttle=0.01, chunk=16 * 1024)
+    manifest = write_manifest(tmp_path / "m.json", url=server.url, sha256=server.sha256, file_name="asset.ckpt")
+    args = [sys.executable, "-m", "cnnctc", "--manifest", str(manifest), "download", "--allow-http"]
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen(args, env=subprocess_env(CNNCTC_CACHE_DIR=tmp_path / "a"), stdout=subprocess.PIPE,
+                            stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=60)
+    os.close(controller)
+    assert proc.returncode == 0
+    assert b"asset.ckpt" in seen and b"100%" in seen and b"/s" in seen  # name, progress, rate
+    piped = cnnctc("--manifest", manifest, "download", "--allow-http", CNNCTC_CACHE_DIR=tmp_path / "b")
+    assert piped.returncode == 0 and "%" not in piped.stderr and "downloading" in piped.stderr
+    quiet = cnnctc("--manifest", manifest, "download", "--allow-http", "--quiet", CNNCTC_CACHE_DIR=tmp_path / "c")
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -2,6 +2,7 @@
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -249,3 +250,19 @@ def test_download_module_does_not_import_mindspore():
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
     assert download.CHUNK_SIZE <= 4 << 20  # constant-memory hashing
+
+
+def test_proxy_from_the_environment_is_used(tmp_path, serve, monkeypatch):
+    # The "proxy" is a server that answers any request with the asset; the asset URL points at
+    # a port nobody listens on, so only a request sent through the proxy can succeed.
+    proxy = serve(CONTENT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{dead_port}/cnnctc.ckpt"
+    manifest = manifest_for(tmp_path, proxy, url=url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.httpd.server_address[1]}")
+    assert fetch(manifest, retries=0, **FAST).read_bytes() == CONTENT
+    assert proxy.paths == [url]  # a proxy request carries the absolute URL

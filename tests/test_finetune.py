@@ -97,6 +97,14 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(trained):
     assert kept == ["cnnctc-0000180.ckpt", "cnnctc-0000240.ckpt"]
 
 
+def test_a_finished_run_is_not_overwritten(trained):
+    before = sorted(p.name for p in trained.out.iterdir())
+    run = run_cli("finetune", "--train", trained.root / "train", "--out", trained.out, "--pretrained", "none",
+                  "--alphabet", DIGITS, "--steps", 1, "--batch-size", 4, "--output-channel", 32)
+    assert run.returncode == 1 and "already holds the checkpoints of a run" in run.stderr
+    assert sorted(p.name for p in trained.out.iterdir()) == before
+
+
 def run_cli(*args, **env):
     return subprocess.run([sys.executable, "-m", "cnnctc", *map(str, args)], env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=600)
