@@ -14,6 +14,22 @@ def _manifest(args):
     return load_manifest(getattr(args, "manifest", None))
 
 
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def write(self, line, file):
+        print(line, file=file, flush=file is sys.stderr)
+
+
+def _progress_bar(total, enabled):
+    import contextlib
+    if not enabled:
+        return contextlib.nullcontext(_NoBar())
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
 def cmd_info(args):
     from .download import check_cached
     manifest = _manifest(args)
@@ -74,22 +90,6 @@ def cmd_slim(args):
     kept, dropped = slim(args.src, args.dst)
     print(f"{args.dst}: kept {kept} entries, dropped {dropped} optimizer entries")
     return 0
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _common_options(parser, after_command=False):
-    # After the command name the options default to SUPPRESS, so that they do not reset what
-    # was given before it.
-    default = {"default": argparse.SUPPRESS} if after_command else {}
-    parser.add_argument("--manifest", **default, help="manifest JSON naming the checkpoint (default: "
-                        "CNNCTC_MANIFEST, else the hub asset)")
-    parser.add_argument("-q", "--quiet", action="store_true", **default, help="no progress bars or info messages")
 
 
 def cmd_predict(args):
@@ -165,20 +165,20 @@ def cmd_eval(args):
     return 0
 
 
-class _NoBar:
-    def update(self, n):
-        pass
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-    def write(self, line, file):
-        print(line, file=file, flush=file is sys.stderr)
 
-
-def _progress_bar(total, enabled):
-    import contextlib
-    if not enabled:
-        return contextlib.nullcontext(_NoBar())
-    from tqdm import tqdm
-    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+def _common_options(parser, after_command=False):
+    # After the command name the options default to SUPPRESS, so that they do not reset what
+    # was given before it.
+    default = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--manifest", **default, help="manifest JSON naming the checkpoint (default: "
+                        "CNNCTC_MANIFEST, else the hub asset)")
+    parser.add_argument("-q", "--quiet", action="store_true", **default, help="no progress bars or info messages")
 
 
 def build_parser():

@@ -198,6 +198,32 @@ def init_from_pretrained(net, pretrained, manifest, alphabet):
              f"backbone only: the head is new for {len(alphabet) + 1} classes")
 
 
+def _resume_point(directory):
+    """(newest checkpoint, its contents, its training state) of the run in ``directory``."""
+    last = latest_checkpoint(directory)
+    if last is None:
+        raise CnnctcError(f"{directory}: no cnnctc-<step>.ckpt checkpoint to resume from")
+    state = read_checkpoint(last)
+    try:
+        return last, state, json.loads(state[TRAIN_STATE_KEY])
+    except (KeyError, TypeError, ValueError):
+        raise CnnctcError(f"{last}: not a cnnctc fine-tuning checkpoint (no training state)") from None
+
+
+def _epoch_batches(source, *, seed, epoch, start_step, steps_per_epoch, batch_size, rank, world):
+    """This worker's batches of one epoch from ``start_step`` on, as a MindSpore dataset.
+
+    The epoch's order is a permutation seeded by (seed, epoch), so a resumed run continues at
+    the same place; step k of the epoch gives worker r rows [(k * world + r) * batch_size ...].
+    """
+    order = np.random.default_rng(seed + epoch).permutation(len(source))
+    usable = order[:steps_per_epoch * world * batch_size].reshape(steps_per_epoch, world, batch_size)
+    indices = usable[start_step:, rank, :].reshape(-1).tolist()
+    dataset = msds.GeneratorDataset(source, column_names=["image", "target", "length"], sampler=indices,
+                                    shuffle=False, num_parallel_workers=1, python_multiprocessing=False)
+    return dataset.batch(batch_size, drop_remainder=True)
+
+
 def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=None, manifest=None,
              device_target=None, on_step=None):
     """Fine-tune on LMDB datasets ``train`` (a path or a list) and validate on ``valid``.
@@ -213,26 +239,18 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
     out_dir = Path(out_dir)
     device = configure_context(device_target)  # before joining a cluster: MindSpore fixes the device then
     rank, world = _distributed()
-    ms.set_seed(config.seed)
 
-    resume_state, train_state = None, {}
     if not resume and out_dir.is_dir() and step_checkpoints(out_dir):
         raise CnnctcError(f"{out_dir} already holds the checkpoints of a run; continue it with --resume "
                           f"{out_dir}, or choose another --out")
+    last, resume_state, train_state = None, None, {}
     if resume:
-        last = latest_checkpoint(resume)
-        if last is None:
-            raise CnnctcError(f"{resume}: no cnnctc-<step>.ckpt checkpoint to resume from")
-        resume_state = read_checkpoint(last)
-        try:
-            train_state = json.loads(resume_state[TRAIN_STATE_KEY])
-        except (KeyError, TypeError, ValueError):
-            raise CnnctcError(f"{last}: not a cnnctc fine-tuning checkpoint (no training state)") from None
+        last, resume_state, train_state = _resume_point(resume)
         # The run continues with its own settings; only how often it logs and saves may change.
-        saved = TrainConfig(**train_state["config"])
-        config = dataclasses.replace(saved, steps=train_state["total_steps"], save_every=config.save_every,
-                                     keep=config.keep, log_every=config.log_every)
+        config = dataclasses.replace(TrainConfig(**train_state["config"]), steps=train_state["total_steps"],
+                                     save_every=config.save_every, keep=config.keep, log_every=config.log_every)
         log.info("resuming from %s at step %d", last, train_state["step"])
+    ms.set_seed(config.seed)
     alphabet = config.alphabet or manifest.alphabet
     if len(set(alphabet)) != len(alphabet):
         raise CnnctcError("the alphabet repeats a character")
@@ -316,12 +334,9 @@ def finetune(train, valid, out_dir, *, pretrained="hub", config=None, resume=Non
              steps_per_epoch, config.batch_size, world, config.lr, warmup, amp_level)
     started = time.monotonic()
     while step < total_steps:
-        order = np.random.default_rng(config.seed + epoch).permutation(len(train_set))
-        usable = order[:steps_per_epoch * global_batch].reshape(steps_per_epoch, world, config.batch_size)
-        indices = usable[epoch_step:, rank, :].reshape(-1).tolist()
-        dataset = msds.GeneratorDataset(source, column_names=["image", "target", "length"], sampler=indices,
-                                              shuffle=False, num_parallel_workers=1, python_multiprocessing=False)
-        dataset = dataset.batch(config.batch_size, drop_remainder=True)
+        dataset = _epoch_batches(source, seed=config.seed, epoch=epoch, start_step=epoch_step,
+                                 steps_per_epoch=steps_per_epoch, batch_size=config.batch_size, rank=rank,
+                                 world=world)
         for images, targets, lengths in dataset.create_tuple_iterator(num_epochs=1):
             loss, overflow = train_cell(images, targets, lengths)
             step += 1
