@@ -65,8 +65,10 @@ def load(checkpoint=None, *, pretrained=True, device_target=None, manifest=None,
     """The CNN-CTC network with weights, in eval mode, MindSpore in GRAPH_MODE on ``device_target``.
 
     Without ``checkpoint`` the manifest's asset is taken from the shared cache (downloaded and
-    verified if needed). A checkpoint that carries an alphabet (a fine-tuned one) sizes the
-    head from it. ``pretrained=False`` returns freshly initialised weights.
+    verified if needed). The network's width and class count follow the checkpoint's head
+    (``network_kwargs`` override them); a fine-tuned checkpoint brings its alphabet along.
+    ``net.alphabet`` tells which symbols the classes stand for. ``pretrained=False`` returns
+    freshly initialised weights.
     """
     manifest = load_manifest(manifest)
     configure_context(device_target)
