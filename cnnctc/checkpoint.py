@@ -21,13 +21,21 @@ _TRAINING_SCALARS = {"global_step", "learning_rate", "scale_sense", "current_ite
                      "last_overflow_iterator_step", "epoch_num", "step_num"}
 
 
-def read_checkpoint(path):
-    """The name -> value mapping of a checkpoint file, with a clear error for bad files."""
+def _is_training_state(name):
+    return name.startswith(_OPTIMIZER_PREFIXES) or name in _TRAINING_SCALARS
+
+
+def read_checkpoint(path, *, weights_only=False):
+    """The name -> value mapping of a checkpoint file, with a clear error for bad files.
+
+    ``weights_only`` leaves the optimizer state on disk (three quarters of the hub file).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    choice = (lambda name: not _is_training_state(name)) if weights_only else None
     try:
-        return ms.load_checkpoint(str(path))
+        return ms.load_checkpoint(str(path), choice_func=choice)
     except (ValueError, RuntimeError, OSError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0]})") from None
 
@@ -38,7 +46,7 @@ def split_state(state):
     for name, value in state.items():
         if isinstance(value, str):
             meta[name] = value
-        elif name.startswith(_OPTIMIZER_PREFIXES) or name in _TRAINING_SCALARS:
+        elif _is_training_state(name):
             training[name] = value
         else:
             weights[name] = value

@@ -77,7 +77,7 @@ def load(checkpoint=None, *, pretrained=True, device_target=None, manifest=None,
     state = None
     if pretrained:
         path = checkpoint if checkpoint is not None else fetch(manifest, cache_dir)
-        state = read_checkpoint(path)
+        state = read_checkpoint(path, weights_only=True)
         if isinstance(state.get(ALPHABET_KEY), str):
             alphabet = state[ALPHABET_KEY]
         head = state.get("Prediction.weight")

@@ -190,7 +190,7 @@ def init_from_pretrained(net, pretrained, manifest, alphabet):
         log.info("starting from random weights")
         return
     path = fetch(manifest) if pretrained == "hub" else Path(pretrained)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, weights_only=True)
     source_alphabet = state.get(ALPHABET_KEY) if isinstance(state.get(ALPHABET_KEY), str) else manifest.alphabet
     same_head = source_alphabet == alphabet
     load_weights(net, state, skip_prefixes=() if same_head else ("Prediction.",), source=str(path))
