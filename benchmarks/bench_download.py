@@ -81,7 +81,9 @@ def main():
         handler = functools.partial(_QuietHandler, directory=served)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        manifest = json.load(open(os.path.join(ROOT, "assets", "manifest.json")))
+        sys.path.insert(0, ROOT)
+        from cnnctc.registry import get_model
+        manifest = get_model().manifest.to_dict()
         manifest.update(url=f"http://127.0.0.1:{server.server_address[1]}/asset.ckpt", sha256=digest.hexdigest(),
                         file_name="asset.ckpt")
         manifest_path = os.path.join(work, "manifest.json")

@@ -1,5 +1,6 @@
 """The ``cnnctc`` command. Each subcommand parses its arguments and calls the Python API."""
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -9,9 +10,14 @@ from .errors import CnnctcError
 log = logging.getLogger("cnnctc")
 
 
+def _entry(args):
+    """The registry entry the command works on: --model UID, --manifest FILE, or the default."""
+    from .registry import get_model
+    return get_model(getattr(args, "model", None), manifest=getattr(args, "manifest", None))
+
+
 def _manifest(args):
-    from .manifest import load_manifest
-    return load_manifest(getattr(args, "manifest", None))
+    return _entry(args).manifest
 
 
 class _NoBar:
@@ -31,20 +37,44 @@ def _progress_bar(total, enabled):
 
 
 def cmd_info(args):
+    import json
     from .download import check_cached
-    manifest = _manifest(args)
+    entry = _entry(args)
+    manifest = entry.manifest
+    if args.json:
+        print(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    from .loader import select_device  # validates --device-target before anything is printed
+    device = select_device(args.device_target)
     path = manifest.cache_path(args.cache_dir)
     print(f"model:        {manifest.uid}")
-    print(f"manifest:     {manifest.source}")
+    print(f"card:         {entry.card or '(a user manifest: ' + manifest.source + ')'}")
+    if manifest.accuracy is not None:
+        print(f"accuracy:     {manifest.accuracy}% (card; trained on {manifest.train_dataset or '?'})")
     print(f"asset:        {manifest.url}")
     print(f"sha256:       {manifest.sha256}")
     print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")
     print(f"cache path:   {path}")
     print(f"cache state:  {check_cached(manifest, args.cache_dir)}")
-    import mindspore as ms
-    from .loader import select_device
+    from ._mindspore import mindspore as ms
     print(f"mindspore:    {ms.__version__}")
-    print(f"device:       {select_device(args.device_target)}")
+    print(f"device:       {device}")
+    return 0
+
+
+def cmd_list(args):
+    from .download import check_cached
+    from .registry import list_models
+    rows = [("uid", "accuracy", "size", "cached")]
+    for entry in list_models():
+        manifest = entry.manifest
+        state = check_cached(manifest, args.cache_dir)
+        path = manifest.cache_path(args.cache_dir)
+        size = f"{path.stat().st_size / 2**20:.0f} MiB" if state != "missing" else "-"
+        rows.append((manifest.uid, f"{manifest.accuracy}" if manifest.accuracy is not None else "-", size, state))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
 
 
@@ -67,21 +97,23 @@ def cmd_verify(args):
     manifest = _manifest(args)
     path = args.path or manifest.cache_path(args.cache_dir)
     if not os.path.isfile(path):
-        print(f"{path}: no such file", file=sys.stderr)
-        return 1
+        what = "not a file" if os.path.exists(path) else "no such file"
+        raise CnnctcError(f"{path}: {what}" + ("" if args.path else f"; `cnnctc download --model {manifest.uid}` "
+                                                                       "fetches it"))
     actual = sha256_file(path)  # an explicit check reads every byte, whatever the stamp says
     if actual == manifest.sha256:
         print(f"OK  {path}  sha256 {actual}")
         return 0
-    print(f"MISMATCH  {path}\n  expected {manifest.sha256}\n  actual   {actual}", file=sys.stderr)
+    print(f"cnnctc: error: {path}: SHA-256 mismatch for {manifest.uid} (expected {manifest.sha256}, "
+          f"actual {actual})", file=sys.stderr)
     return 1
 
 
 def cmd_hub_install(args):
     from .hub import hub_install
-    card, code_dir = hub_install(args.hub_dir, _manifest(args))
-    print(f"card:      {card}")
-    print(f"code dir:  {code_dir}")
+    for card, code_dir in hub_install(args.hub_dir, getattr(args, "model", None),
+                                      manifest=getattr(args, "manifest", None)):
+        print(f"{card}  (code: {code_dir})")
     return 0
 
 
@@ -98,7 +130,7 @@ def cmd_predict(args):
     from .transforms import ImageError
     paths = find_images(args.paths, recursive=args.recursive)
     reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
-                        manifest=getattr(args, "manifest", None))
+                        model=getattr(args, "model", None), manifest=getattr(args, "manifest", None))
     show_progress = not args.quiet and sys.stderr.isatty() and any(os.path.isdir(p) for p in args.paths)
     failed = 0
     with _progress_bar(len(paths), show_progress) as bar:
@@ -156,7 +188,7 @@ def cmd_eval(args):
     from .evaluation import evaluate, format_table
     from .recognizer import Recognizer
     reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
-                        manifest=getattr(args, "manifest", None))
+                        model=getattr(args, "model", None), manifest=getattr(args, "manifest", None))
     results, total = evaluate(reader, args.data)
     if args.json:
         print(json.dumps({"datasets": [r.as_dict() for r in results], "total": total.as_dict()}, indent=2))
@@ -200,11 +232,23 @@ def build_parser():
         p.add_argument("--cache-dir", help="cache root shared with MindSpore Hub (default: CNNCTC_CACHE_DIR, "
                        "else ~/.mscache)")
 
-    p = add("info", cmd_info, "show the manifest, the cache path and state, MindSpore version and device")
+    def model_arg(p):
+        p.add_argument("--model", metavar="UID", help="hub uid of the model (default: "
+                       "mindspore/1.3/cnnctc_mjstiiit; `cnnctc list` shows all)")
+
+    p = add("info", cmd_info, "show the model's card, asset, cache path and state, MindSpore version and device")
+    model_arg(p)
     cache_arg(p)
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+    p.add_argument("--json", action="store_true", help="print the model's manifest as JSON (a starting point "
+                   "for a CNNCTC_MANIFEST of your own)")
+
+    p = add("list", cmd_list, "list every registered hub uid with its accuracy, cached size and state "
+            "(missing, verified or corrupt)")
+    cache_arg(p)
 
     p = add("download", cmd_download, "download and verify the checkpoint; prints its local path")
+    model_arg(p)
     cache_arg(p)
     p.add_argument("--url", help="download from this URL (a mirror) instead; the manifest's SHA-256 still binds "
                    "unless --sha256 is given")
@@ -212,16 +256,19 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace a cached file that fails verification")
     p.add_argument("--allow-http", action="store_true", help="allow a plain http:// URL")
 
-    p = add("verify", cmd_verify, "check a file's SHA-256 against the manifest (exit 0 match, 1 otherwise)")
+    p = add("verify", cmd_verify, "check a file's SHA-256 against the model's (exit 0 match, 1 otherwise)")
+    model_arg(p)
     cache_arg(p)
     p.add_argument("path", nargs="?", help="file to check (default: the cached asset)")
 
-    p = add("hub-install", cmd_hub_install, "lay the hub card and this package out under the hub's cache so "
-            "that mindspore_hub.load(uid) uses them")
+    p = add("hub-install", cmd_hub_install, "lay the hub cards and this package out under the hub's cache so "
+            "that mindspore_hub.load(uid) uses them (every registered uid, or --model UID)")
+    model_arg(p)
     p.add_argument("--hub-dir", help="the hub's directory (default: CNNCTC_CACHE_DIR, else ~/.mscache)")
 
     p = add("predict", cmd_predict, "read the words in images: files, folders and globs; one line per image")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    model_arg(p)
     p.add_argument("--checkpoint", help="checkpoint to use (default: the manifest's, downloaded and verified)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per network call (default 32)")
     p.add_argument("--format", choices=("text", "json", "tsv"), default="text",
@@ -269,6 +316,7 @@ def build_parser():
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
     p = add("eval", cmd_eval, "word accuracy and normalized edit distance per dataset and in total")
+    model_arg(p)
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the manifest's)")
     p.add_argument("--data", nargs="+", required=True, metavar="LMDB", help="evaluation LMDB datasets")
     p.add_argument("--batch-size", type=_positive_int, default=32)
@@ -289,11 +337,29 @@ def main(argv=None):
     try:
         return args.func(args)
     except CnnctcError as exc:
-        print(f"cnnctc: error: {exc}", file=sys.stderr)
+        print(f"cnnctc: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cnnctc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cnnctc predict ... | head`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (OSError, MemoryError) as exc:
+        print(f"cnnctc: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug of ours: still one line, with the way to the details
+        if os.environ.get("CNNCTC_DEBUG"):
+            raise
+        print(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in cnnctc; "
+              "run again with CNNCTC_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import os
 import numpy as np
 
 from .data import LabelFilter, LmdbDataset
-from .decoding import ctc_greedy_decode
 from .transforms import ImageError
 
 __all__ = ["evaluate", "EvalResult", "edit_distance", "format_table"]
@@ -82,7 +81,7 @@ def evaluate(recognizer, paths, *, max_length=None, progress=None):
                     images.append(image)
                     labels.append(label)
                 if images:
-                    predictions = ctc_greedy_decode(recognizer.logits(np.stack(images)), alphabet)
+                    predictions = recognizer.read_batch(np.stack(images))
                     for prediction, label in zip(predictions, labels):
                         _score(result, prediction.text, label)
                 if progress:

@@ -1,15 +1,19 @@
 """Lay this package out as the MindSpore Hub client expects it, so ``mindspore_hub.load`` uses it.
 
-The hub reads ``<hub_dir>/<uid>.md`` (the card) and imports ``mindspore_hub_conf.py`` from the
-code directory ``<hub_dir>/<uid's folder>/<last part of repo-link>``. Writing both here saves
-the hub its git checkout; the checkpoint path is the same cache ``cnnctc download`` fills.
-No MindSpore import here.
+For each registered uid the hub reads ``<hub_dir>/<uid>.md`` (the card) and imports
+``mindspore_hub_conf.py`` from the code directory ``<hub_dir>/<uid's folder>/<last part of
+repo-link>``. Writing both here saves the hub its git checkout (which cannot work for 1.5 and
+later: their official entry imports a module no branch has); the checkpoint path is the same
+cache ``cnnctc download`` fills. No MindSpore import here.
 """
+import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .manifest import _PACKAGE_DIR, _assets_dir, cache_root, load_manifest
+from .errors import CnnctcError
+from .manifest import _PACKAGE_DIR, _assets_dir, cache_root, inside
+from .registry import get_model, list_models
 
 __all__ = ["hub_install", "HUB_CONF"]
 
@@ -19,34 +23,62 @@ from cnnctc.loader import create_network  # noqa: F401  (the hub looks this name
 '''
 
 
-def hub_install(hub_dir=None, manifest=None):
-    """Write the card and the code directory under ``hub_dir``; returns (card path, code dir)."""
-    manifest = load_manifest(manifest)
+def _check_writable(root):
+    if root.exists() and not root.is_dir():
+        raise CnnctcError(f"hub directory {root} is a file; pass a folder as --hub-dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.TemporaryFile(dir=root)
+        probe.close()
+    except OSError as exc:
+        raise CnnctcError(f"cannot write to the hub directory {root} ({exc.strerror or exc}); "
+                          "pass a writable folder as --hub-dir") from None
+
+
+def _install_one(root, entry):
+    manifest = entry.manifest
+    if entry.card is None:
+        raise CnnctcError(f"{manifest.uid} is a user manifest without a hub card; hub-install lays out "
+                          "registered uids only (see `cnnctc list`)")
     uid = PurePosixPath(manifest.uid)
-    base = cache_root(hub_dir).joinpath(*uid.parent.parts)
-    repo_link = manifest.extra.get("repo_link") or manifest.model_name
-    code_dir = base / PurePosixPath(repo_link.rstrip("/")).name
-    card_src = _assets_dir() / f"{uid.name}.md"
+    base = inside(root, *uid.parent.parts)
+    repo_link = manifest.repo_link or manifest.model_name
+    code_name = PurePosixPath(repo_link.rstrip("/")).name
+    code_dir = inside(base, code_name)
+    card = inside(base, f"{uid.name}.md")
     base.mkdir(parents=True, exist_ok=True)
 
     # Build the code directory beside its final place, then swap it in, so that a hub client
     # never sees half of it.
     staging = Path(tempfile.mkdtemp(prefix=f".{code_dir.name}.", dir=base))
+    old = None
     try:
         shutil.copytree(_PACKAGE_DIR, staging / "cnnctc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copytree(_assets_dir(), staging / "assets", dirs_exist_ok=True)
         (staging / "mindspore_hub_conf.py").write_text(HUB_CONF)
+        if code_dir.is_symlink() or code_dir.is_file():
+            raise CnnctcError(f"{code_dir} exists and is not a code directory this command made; move it away")
         if code_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{code_dir.name}.old.", dir=base))
             code_dir.rename(old / code_dir.name)
-            staging.rename(code_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(code_dir)
+        staging.rename(code_dir)
+        tmp_card = card.with_name(f".{card.name}.{os.getpid()}.tmp")
+        shutil.copyfile(entry.card, tmp_card)
+        os.replace(tmp_card, card)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    card = base / f"{uid.name}.md"
-    tmp_card = card.with_name(card.name + ".tmp")
-    shutil.copyfile(card_src, tmp_card)
-    tmp_card.replace(card)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return card, code_dir
+
+
+def hub_install(hub_dir=None, model=None, *, manifest=None):
+    """Write the card and the code directory of ``model`` (default: every registered uid) under
+    ``hub_dir``; returns a list of (card path, code dir)."""
+    root = cache_root(hub_dir)
+    _check_writable(root)
+    entries = list_models() if model is None and manifest is None else [get_model(model, manifest=manifest)]
+    try:
+        return [_install_one(root, entry) for entry in entries]
+    except OSError as exc:
+        raise CnnctcError(f"cannot lay out the hub files under {root}: {exc}") from None

@@ -1,33 +1,52 @@
-"""Build the network and load published or user weights: ``cnnctc.load`` and the hub's entry."""
+"""Build a registered network and load published or user weights: ``cnnctc.load`` and the hub's entry."""
+import contextlib
+import dataclasses
 import logging
+from pathlib import Path
 
-import mindspore as ms
-
+from ._mindspore import mindspore as ms
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
 from .errors import CheckpointError, CnnctcError
-from .manifest import load_manifest
-from .network import CNNCTC
+from .manifest import Manifest
+from .registry import ARCHITECTURES, build_network, get_model
 
-__all__ = ["load", "create_network", "select_device", "configure_context", "NETWORKS"]
+__all__ = ["load", "load_model", "LoadedModel", "create_network", "select_device", "configure_context",
+           "DEVICES"]
 
 log = logging.getLogger(__name__)
 
-# Names the hub (and users) can ask create_network for.
-NETWORKS = {"cnnctc": CNNCTC}
+DEVICES = ("Ascend", "GPU", "CPU")
+
+
+@contextlib.contextmanager
+def _quiet_mindspore_logger():
+    # hal.is_available logs a block per missing plugin; silence MindSpore's Python logger just for the probe.
+    from mindspore import log as ms_log
+    logger = ms_log._get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def select_device(device_target=None):
     """The device to run on: ``device_target`` if given, else Ascend, else GPU, else CPU."""
     if device_target:
-        return device_target
+        for name in DEVICES:
+            if str(device_target).lower() == name.lower():
+                return name
+        raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICES)}")
     from mindspore import hal
-    for candidate in ("Ascend", "GPU"):
-        try:
-            if hal.is_available(candidate):
-                return candidate
-        except (RuntimeError, ValueError):
-            pass
+    with _quiet_mindspore_logger():
+        for candidate in ("Ascend", "GPU"):
+            try:
+                if hal.is_available(candidate):
+                    return candidate
+            except (RuntimeError, ValueError):
+                pass
     return "CPU"
 
 
@@ -43,56 +62,85 @@ def configure_context(device_target=None):
         if current != device:
             raise CnnctcError(f"MindSpore already runs on {current} in this process; "
                               f"cannot switch to {device}") from None
+    except ValueError as exc:
+        raise CnnctcError(f"MindSpore cannot use {device} here ({str(exc).splitlines()[0]})") from None
     log.info("MindSpore %s in GRAPH_MODE on %s", ms.__version__, device)
     return device
 
 
 def create_network(name="cnnctc", *args, **kwargs):
     """The hub's entry point: an untrained network; with no arguments, the published configuration."""
-    try:
-        cls = NETWORKS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown network {name!r}; known names: {', '.join(sorted(NETWORKS))}") from None
-    if not args:
-        defaults = load_manifest().network_kwargs()
-        kwargs = {**defaults, **kwargs}
+    if not isinstance(name, str) or name.lower() not in ARCHITECTURES:
+        raise ValueError(f"unknown network {name!r}; known names: {', '.join(sorted(ARCHITECTURES))}")
     configure_context(kwargs.pop("device_target", None))
-    return cls(*args, **kwargs)
+    manifest = get_model().manifest
+    if args:  # the official positional form, CNNCTC_Model(num_class, hidden_size, final_feature_width)
+        from .registry import _builder
+        return _builder(name)(*args, **kwargs)
+    try:
+        return build_network(manifest.replace(model_name=name.lower()), **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise CnnctcError(f"cannot build {name}: {exc}") from None
 
 
-def load(checkpoint=None, *, pretrained=True, device_target=None, manifest=None, cache_dir=None,
-         **network_kwargs):
-    """The CNN-CTC network with weights, in eval mode, MindSpore in GRAPH_MODE on ``device_target``.
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A network in eval mode with the manifest that reads it (alphabet and shape as loaded)."""
+    network: object
+    manifest: Manifest
+    checkpoint: Path = None
 
-    Without ``checkpoint`` the manifest's asset is taken from the shared cache (downloaded and
-    verified if needed). The network's width and class count follow the checkpoint's head
-    (``network_kwargs`` override them); a fine-tuned checkpoint brings its alphabet along.
-    ``net.alphabet`` tells which symbols the classes stand for. ``pretrained=False`` returns
-    freshly initialised weights.
+
+def _fit_to_checkpoint(manifest, state, path):
+    """The manifest adjusted to what the checkpoint holds: its saved alphabet and its head's shape."""
+    alphabet = state.get(ALPHABET_KEY)
+    if isinstance(alphabet, str):
+        manifest = manifest.replace(alphabet=alphabet)
+    head = state.get("Prediction.weight")
+    if head is not None and len(head.shape) == 2:
+        num_class, width = (int(n) for n in head.shape)
+        if num_class != manifest.num_class:
+            raise CheckpointError(f"{path}: its head has {num_class} classes but the alphabet "
+                                  f"{manifest.alphabet!r} needs {manifest.num_class}; load it with the manifest "
+                                  "that names its alphabet")
+        manifest = manifest.replace(network={**manifest.network, "output_channel": width})
+    return manifest
+
+
+def load_model(checkpoint=None, *, model=None, manifest=None, pretrained=True, device_target=None, cache_dir=None,
+               **network_kwargs):
+    """A :class:`LoadedModel`: the network with weights, and the manifest that reads its outputs.
+
+    ``model`` is a registered uid (default: ``CNNCTC_MANIFEST`` if set, else
+    ``mindspore/1.3/cnnctc_mjstiiit``); ``manifest`` a user's manifest instead. Without
+    ``checkpoint`` the entry's asset is taken from the shared cache (downloaded and verified if
+    needed). The width and class count follow the checkpoint's head, and a fine-tuned
+    checkpoint brings its alphabet along; ``network_kwargs`` override them.
     """
-    manifest = load_manifest(manifest)
+    entry = get_model(model, manifest=manifest)
+    manifest = entry.manifest
     configure_context(device_target)
-    kwargs = manifest.network_kwargs()
-    alphabet = manifest.alphabet
-    state = None
+    state, path = None, None
     if pretrained:
-        path = checkpoint if checkpoint is not None else fetch(manifest, cache_dir)
+        path = Path(checkpoint) if checkpoint is not None else fetch(manifest, cache_dir)
         state = read_checkpoint(path, weights_only=True)
-        if isinstance(state.get(ALPHABET_KEY), str):
-            alphabet = state[ALPHABET_KEY]
-        head = state.get("Prediction.weight")
-        if head is not None and len(head.shape) == 2:
-            # The head tells the class count and the width of the variant that was saved.
-            kwargs["num_class"], kwargs["output_channel"] = (int(n) for n in head.shape)
-            if kwargs["num_class"] != len(alphabet) + 1:
-                raise CheckpointError(f"{path}: its head has {kwargs['num_class']} classes but the alphabet "
-                                      f"{alphabet!r} needs {len(alphabet) + 1}; load it with the manifest that "
-                                      "names its alphabet")
-    kwargs.update(network_kwargs)
-    net = CNNCTC(**kwargs)
+        manifest = _fit_to_checkpoint(manifest, state, path)
+    try:
+        net = build_network(manifest, **network_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise CnnctcError(f"cannot build the network: {exc}") from None
     if state is not None:
         load_weights(net, state, source=str(path))
     net.set_train(False)
-    net.alphabet = alphabet  # what the classes mean; the blank is the last class
-    return net
+    return LoadedModel(net, manifest, path)
 
+
+def load(checkpoint=None, *, model=None, pretrained=True, device_target=None, manifest=None, cache_dir=None,
+         **network_kwargs):
+    """The network with weights, in eval mode, MindSpore in GRAPH_MODE on ``device_target``.
+
+    See :func:`load_model` for the arguments; ``pretrained=False`` returns fresh weights.
+    The classes are the manifest's (or the checkpoint's saved) alphabet, the blank last.
+    """
+    return load_model(checkpoint, model=model, manifest=manifest, pretrained=pretrained,
+                      device_target=device_target, cache_dir=cache_dir, **network_kwargs).network

@@ -1,43 +1,62 @@
-"""The asset manifest: which checkpoint, where it lives, and how its inputs and outputs are read.
+"""The manifest of a model: which checkpoint, where it lives, and how its inputs and outputs are read.
 
 Like torchvision's weights enums, the URL, the hash, the alphabet and the preprocessing constants
-travel together, so a fine-tuned checkpoint is served by writing another manifest
-(``CNNCTC_MANIFEST``). No MindSpore import here.
+travel together. The registry (``cnnctc.registry``) holds one manifest per hub uid; a user's own
+checkpoint is served by a manifest JSON of the same shape (``CNNCTC_MANIFEST``). Every field is
+checked when a manifest is read, and every path built from one stays inside its root.
+No MindSpore import here.
 """
 import dataclasses
 import json
+import math
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 from .errors import ManifestError
 
-__all__ = ["Manifest", "load_manifest", "default_manifest_path", "cache_root"]
+__all__ = ["Manifest", "Preprocess", "load_manifest", "cache_root", "inside"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# A path part of a uid or a file name: letters, digits, '.', '_', '-', not starting with a dot.
+_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RESAMPLES = ("bicubic", "bilinear", "nearest")
 
 
 def _assets_dir():
     # Installed wheels carry the assets inside the package; a source tree (and the hub's code
     # directory) keeps them at the repository root.
-    inside = _PACKAGE_DIR / "assets"
-    return inside if (inside / "manifest.json").is_file() else _PACKAGE_DIR.parent / "assets"
-
-
-def default_manifest_path():
-    """The manifest shipped with the package (the hub card's asset)."""
-    return _assets_dir() / "manifest.json"
+    inside_package = _PACKAGE_DIR / "assets"
+    return inside_package if (inside_package / "cards").is_dir() else _PACKAGE_DIR.parent / "assets"
 
 
 def cache_root(cache_dir=None):
-    """The cache shared with the MindSpore Hub client: CNNCTC_CACHE_DIR, else ~/.mscache."""
+    """The cache shared with the MindSpore Hub client: ``cache_dir``, else CNNCTC_CACHE_DIR, else ~/.mscache."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("CNNCTC_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".mscache"
 
 
+def inside(root, *parts):
+    """``root`` joined with ``parts``; raises ManifestError unless the result stays inside ``root``."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    resolved_root = os.path.realpath(root)
+    if os.path.commonpath([resolved_root, os.path.realpath(path)]) != resolved_root:
+        raise ManifestError(f"{'/'.join(map(str, parts))} leads outside {root}; refusing to write there")
+    return path
+
+
+def _safe_part(value, what, source):
+    if not isinstance(value, str) or not _SAFE_PART.match(value) or len(value) > 200:
+        raise ManifestError(f"{source}: {what} must be a plain name (letters, digits, '.', '_', '-'), got {value!r}")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
+    """The image transform the accuracy was measured with (SPEC section 3)."""
     height: int = 32
     max_width: int = 100
     mean: tuple = (121.58949, 123.93914, 123.418655)
@@ -46,15 +65,48 @@ class Preprocess:
     resample: str = "bicubic"
     pad: str = "repeat-last-column"
 
+    @classmethod
+    def from_dict(cls, data, source):
+        if not isinstance(data, dict):
+            raise ManifestError(f"{source}: 'preprocess' must be an object")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ManifestError(f"{source}: unknown preprocess field(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in ("height", "max_width"):
+            if key in values and not (type(values[key]) is int and 1 <= values[key] <= 4096):
+                raise ManifestError(f"{source}: preprocess.{key} must be a positive integer, got {values[key]!r}")
+        for key in ("mean", "std"):
+            if key in values:
+                seq = values[key]
+                if (not isinstance(seq, (list, tuple)) or len(seq) != 3 or
+                        not all(type(v) in (int, float) and math.isfinite(v) for v in seq)):
+                    raise ManifestError(f"{source}: preprocess.{key} must be 3 numbers (R, G, B), got {seq!r}")
+                values[key] = tuple(float(v) for v in seq)
+        if "std" in values and min(values["std"]) <= 0:
+            raise ManifestError(f"{source}: preprocess.std must be positive, got {list(values['std'])}")
+        if values.get("color", "RGB") != "RGB":
+            raise ManifestError(f"{source}: preprocess.color must be 'RGB', got {values['color']!r}")
+        if values.get("resample", "bicubic") not in _RESAMPLES:
+            raise ManifestError(f"{source}: preprocess.resample must be one of {', '.join(_RESAMPLES)}, "
+                                f"got {values['resample']!r}")
+        if values.get("pad", "repeat-last-column") != "repeat-last-column":
+            raise ManifestError(f"{source}: preprocess.pad must be 'repeat-last-column', got {values['pad']!r}")
+        return cls(**values)
+
+
+_NETWORK_KEYS = ("num_class", "final_feature_width", "output_channel", "hidden_size")
+
 
 @dataclasses.dataclass(frozen=True)
 class Manifest:
+    """Everything needed to fetch, build, feed and read one model."""
     uid: str
     file_name: str
     url: str
     sha256: str
     alphabet: str
-    model_name: str = "cnnctc"
+    model_name: str = "cnnctc"        # the architecture the registry builds (and the hub asks for)
     format: str = "ckpt"
     mindspore_version: str = ""
     network: dict = dataclasses.field(default_factory=dict)
@@ -62,6 +114,9 @@ class Manifest:
     preprocess: Preprocess = Preprocess()
     max_label_length: int = 13
     lowercase_labels: bool = True
+    train_dataset: str = ""
+    accuracy: float = None            # the card's word accuracy (%), when it names one
+    repo_link: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
     source: str = ""
 
@@ -74,64 +129,119 @@ class Manifest:
     def blank_index(self):
         return len(self.alphabet)
 
+    @property
+    def version(self):
+        """The uid's folder below the cache root, e.g. ``mindspore/1.3``."""
+        return str(PurePosixPath(self.uid).parent)
+
     def network_kwargs(self):
-        """Keyword arguments for :class:`cnnctc.network.CNNCTC` that build this manifest's network."""
+        """Keyword arguments for the architecture's builder that make this manifest's network."""
         kwargs = {"num_class": self.num_class, "final_feature_width": 26}
         kwargs.update(self.network)
+        kwargs["num_class"] = self.num_class
         return kwargs
 
     def cache_path(self, cache_dir=None):
         """Where the hub client keeps this asset: <cache>/<uid without its last part>/<file name>."""
-        return cache_root(cache_dir).joinpath(*PurePosixPath(self.uid).parent.parts, self.file_name)
+        return inside(cache_root(cache_dir), *PurePosixPath(self.uid).parent.parts, self.file_name)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self):
+        """The JSON form (what ``CNNCTC_MANIFEST`` files hold)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "source")}
+        data["preprocess"] = dataclasses.asdict(self.preprocess)
+        data["preprocess"]["mean"] = list(self.preprocess.mean)
+        data["preprocess"]["std"] = list(self.preprocess.std)
+        data["input_shape"] = list(self.input_shape)
+        data["network"] = {"num_class": self.num_class, **self.network}
+        if data["accuracy"] is None:
+            del data["accuracy"]
+        data.update(self.extra)
+        return data
+
     @classmethod
     def from_dict(cls, data, source=""):
+        """A checked manifest from its JSON form; ManifestError names the first bad field."""
+        where = str(source) or "manifest"
         if not isinstance(data, dict):
-            raise ManifestError(f"{source or 'manifest'}: expected a JSON object")
-        missing = [k for k in ("uid", "file_name", "url", "sha256", "alphabet") if not data.get(k)]
+            raise ManifestError(f"{where}: expected a JSON object")
+        missing = [k for k in ("uid", "file_name", "url", "sha256", "alphabet") if k not in data or data[k] in ("", None)]
         if missing:
-            raise ManifestError(f"{source or 'manifest'}: missing {', '.join(missing)}")
-        sha = str(data["sha256"]).lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise ManifestError(f"{source or 'manifest'}: sha256 must be 64 hex digits, got {data['sha256']!r}")
-        if len(set(data["alphabet"])) != len(data["alphabet"]):
-            raise ManifestError(f"{source or 'manifest'}: the alphabet repeats a character")
-        if "/" in data["file_name"] or "\\" in data["file_name"]:
-            raise ManifestError(f"{source or 'manifest'}: file_name must be a bare file name")
+            raise ManifestError(f"{where}: missing {', '.join(missing)}")
+        for key in ("uid", "file_name", "url", "sha256", "alphabet", "model_name", "format", "mindspore_version",
+                    "train_dataset", "repo_link"):
+            if key in data and not isinstance(data[key], str):
+                raise ManifestError(f"{where}: {key} must be a string, got {data[key]!r}")
+        uid = PurePosixPath(data["uid"])
+        if uid.is_absolute() or len(uid.parts) < 2 or data["uid"] != str(uid):
+            raise ManifestError(f"{where}: uid must look like 'owner/version/name', got {data['uid']!r}")
+        for part in uid.parts:
+            _safe_part(part, "every part of uid", where)
+        _safe_part(data["file_name"], "file_name", where)
+        _safe_part(data.get("model_name", "cnnctc"), "model_name", where)
+        sha = data["sha256"].lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ManifestError(f"{where}: sha256 must be 64 hex digits, got {data['sha256']!r}")
+        alphabet = data["alphabet"]
+        if len(set(alphabet)) != len(alphabet):
+            raise ManifestError(f"{where}: the alphabet repeats a symbol")
+        if any(c in "\t\r\n\0" for c in alphabet):
+            raise ManifestError(f"{where}: the alphabet holds a tab, newline or NUL")
+        network = data.get("network", {})
+        if not isinstance(network, dict):
+            raise ManifestError(f"{where}: network must be an object, got {network!r}")
+        for key, value in network.items():
+            if key not in _NETWORK_KEYS:
+                raise ManifestError(f"{where}: unknown network field {key!r} (known: {', '.join(_NETWORK_KEYS)})")
+            if type(value) is not int or value < 1:
+                raise ManifestError(f"{where}: network.{key} must be a positive integer, got {value!r}")
+        num_class = network.get("num_class")
+        if num_class is not None and num_class != len(alphabet) + 1:
+            raise ManifestError(f"{where}: network.num_class is {num_class} but the alphabet has {len(alphabet)} "
+                                f"symbols (+1 blank = {len(alphabet) + 1})")
+        max_length = data.get("max_label_length", 13)
+        if type(max_length) is not int or max_length < 1:
+            raise ManifestError(f"{where}: max_label_length must be a positive integer, got {max_length!r}")
+        if not isinstance(data.get("lowercase_labels", True), bool):
+            raise ManifestError(f"{where}: lowercase_labels must be true or false")
+        accuracy = data.get("accuracy")
+        if accuracy is not None and (type(accuracy) not in (int, float) or not 0 <= accuracy <= 100):
+            raise ManifestError(f"{where}: accuracy must be a percentage, got {accuracy!r}")
+        shape = data.get("input_shape", [-1, 3, 32, 100])
+        if not isinstance(shape, (list, tuple)) or len(shape) != 4 or not all(type(v) is int for v in shape):
+            raise ManifestError(f"{where}: input_shape must be 4 integers, got {shape!r}")
+
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "source", "preprocess"}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["sha256"] = sha
-        if "input_shape" in kwargs:
-            kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        pre = dict(data.get("preprocess") or {})
-        for key in ("mean", "std"):
-            if key in pre:
-                pre[key] = tuple(float(v) for v in pre[key])
-        try:
-            kwargs["preprocess"] = Preprocess(**pre)
-        except TypeError as exc:
-            raise ManifestError(f"{source or 'manifest'}: bad 'preprocess' section: {exc}") from None
-        manifest = cls(**kwargs, extra={k: v for k, v in data.items() if k not in known | {"preprocess"}},
-                       source=str(source))
-        num_class = manifest.network.get("num_class")
-        if num_class is not None and num_class != manifest.num_class:
-            raise ManifestError(f"{source or 'manifest'}: network.num_class is {num_class} but the alphabet "
-                                f"has {len(manifest.alphabet)} symbols (+1 blank = {manifest.num_class})")
-        return manifest
+        kwargs.update(sha256=sha, input_shape=tuple(shape), network={k: v for k, v in network.items()
+                                                                      if k != "num_class"},
+                      preprocess=Preprocess.from_dict(data.get("preprocess", {}), where))
+        if accuracy is not None:
+            kwargs["accuracy"] = float(accuracy)
+        extra = {k: v for k, v in data.items() if k not in known | {"preprocess"}}
+        return cls(**kwargs, extra=extra, source=str(source))
 
 
-def load_manifest(path=None):
-    """Read a manifest: ``path``, else ``CNNCTC_MANIFEST``, else the one shipped with the package."""
-    if isinstance(path, Manifest):
-        return path
-    path = Path(path or os.environ.get("CNNCTC_MANIFEST") or default_manifest_path()).expanduser()
+def read_manifest_file(path):
+    """A manifest from a JSON file."""
+    path = Path(path).expanduser()
     try:
+        if not path.is_file():
+            raise ManifestError(f"manifest not found: {path}" if not path.exists() else f"{path}: not a file")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {path}") from None
+    except ManifestError:
+        raise
     except (OSError, ValueError) as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}") from None
     return Manifest.from_dict(data, source=path)
+
+
+def load_manifest(path=None, *, model=None):
+    """A manifest: ``path`` (a JSON file or a Manifest), else the registry's entry for ``model``
+    (default: ``CNNCTC_MANIFEST`` if set, else the default hub uid)."""
+    if isinstance(path, Manifest):
+        return path
+    from .registry import get_model
+    return get_model(model, manifest=path).manifest

@@ -1,16 +1,22 @@
-"""Read words from images: preprocessing, the network and CTC decoding, batched."""
+"""Read words from images: preprocessing, a model runtime and CTC decoding, batched.
+
+The runtime is MindSpore for checkpoints (``.ckpt``) and MindIR files, onnxruntime for ``.onnx``
+files (MindSpore is then never imported). Every runtime maps a (B, 3, 32, 100) float32 batch to
+(B, T, C) logits; preprocessing and decoding are the same for all of them.
+"""
 import glob
 import os
 
+from pathlib import Path
+
 import numpy as np
-import mindspore as ms
 
 from .decoding import ctc_greedy_decode
-from .loader import load
+from .errors import CnnctcError
 from .manifest import load_manifest
 from .transforms import ImageError, load_image, preprocess_image
 
-__all__ = ["Recognizer", "find_images"]
+__all__ = ["Recognizer", "MindSporeRunner", "find_images", "padded_batch_size"]
 
 
 def find_images(paths, *, recursive=False):
@@ -44,27 +50,15 @@ def padded_batch_size(n, batch_size):
     return min(size, batch_size)
 
 
-class Recognizer:
-    """CNN-CTC with its preprocessing and decoding.
+class MindSporeRunner:
+    """Runs a MindSpore Cell on numpy batches, in padded batch shapes so graph mode compiles few."""
 
-    >>> reader = Recognizer()                      # hub weights (downloaded and verified once)
-    >>> reader.recognize(["word.png"])[0].text
-    """
-
-    def __init__(self, checkpoint=None, *, batch_size=32, device_target=None, manifest=None, network=None,
-                 **network_kwargs):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.manifest = load_manifest(manifest)
+    def __init__(self, network, batch_size=32):
+        self.network = network
         self.batch_size = batch_size
-        self.network = network if network is not None else load(
-            checkpoint, device_target=device_target, manifest=self.manifest, **network_kwargs)
-        self.alphabet = getattr(self.network, "alphabet", self.manifest.alphabet)
-        self._config = self.manifest.preprocess
 
-    def logits(self, batch):
-        """Network output (B, T, C) for preprocessed (B, 3, 32, 100) images, run in padded batches."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    def __call__(self, batch):
+        from ._mindspore import mindspore as ms
         outputs = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
@@ -73,7 +67,72 @@ class Recognizer:
             if size > count:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
             outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
-        return np.concatenate(outputs) if outputs else np.zeros((0, 26, len(self.alphabet) + 1), np.float32)
+        return np.concatenate(outputs)
+
+
+def _open_model(checkpoint, *, model, manifest, batch_size, device_target, network, network_kwargs):
+    """(runner, manifest) for a checkpoint, an exported file, a given network or the registry's asset."""
+    if network is not None:
+        return MindSporeRunner(network, batch_size), load_manifest(manifest, model=model)
+    suffix = Path(checkpoint).suffix.lower() if checkpoint is not None else ""
+    if suffix == ".onnx":
+        from .onnx_runtime import OnnxRunner
+        runner = OnnxRunner(checkpoint)
+        return runner, runner.manifest
+    if suffix == ".mindir":
+        from .export import MindIRRunner
+        runner = MindIRRunner(checkpoint, device_target=device_target)
+        return runner, runner.manifest
+    from .loader import load_model
+    loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target, **network_kwargs)
+    return MindSporeRunner(loaded.network, batch_size), loaded.manifest
+
+
+class Recognizer:
+    """CNN-CTC with its preprocessing and decoding, on MindSpore or onnxruntime.
+
+    >>> reader = Recognizer()                      # hub weights (downloaded and verified once)
+    >>> reader.recognize(["word.png"])[0].text
+    >>> Recognizer("model.onnx", decoder="beam", top_k=3)
+
+    ``checkpoint``: a ``.ckpt`` (its alphabet and width come along), an exported ``.onnx`` or
+    ``.mindir`` (alphabet and preprocessing read from the file), or None for the registry's
+    asset of ``model`` (a hub uid). ``decoder``: "greedy" (default), "beam", or a callable
+    ``(logits, alphabet, with_chars=False) -> [Prediction]``; ``decoder_options`` go to
+    :func:`cnnctc.decoding.make_decoder` (``beam_width``, ``top_k``, ``lexicon``, ``max_distance``).
+    """
+
+    def __init__(self, checkpoint=None, *, model=None, manifest=None, batch_size=32, device_target=None,
+                 decoder="greedy", decoder_options=None, network=None, **network_kwargs):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise CnnctcError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.runner, self.manifest = _open_model(checkpoint, model=model, manifest=manifest, batch_size=batch_size,
+                                                 device_target=device_target, network=network,
+                                                 network_kwargs=network_kwargs)
+        self.decode = _make_decoder(decoder, decoder_options or {})
+        self._config = self.manifest.preprocess
+
+    @property
+    def alphabet(self):
+        """The symbols of classes 0..C-2; the blank is the last class."""
+        return self.manifest.alphabet
+
+    @property
+    def network(self):
+        """The MindSpore Cell, for MindSpore runtimes."""
+        return getattr(self.runner, "network", None)
+
+    def logits(self, batch):
+        """Network output (B, T, C) for preprocessed (B, 3, 32, 100) float32 images."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not len(batch):
+            return np.zeros((0, 26, len(self.alphabet) + 1), np.float32)
+        return self.runner(batch)
+
+    def read_batch(self, batch, *, with_chars=False):
+        """Preprocessed images -> one Prediction each, with this reader's decoder."""
+        return self.decode(self.logits(batch), self.alphabet, with_chars=with_chars)
 
     def recognize(self, images, *, with_chars=False):
         """Images (PIL, paths, bytes or arrays) -> list of Prediction(text, confidence, chars).
@@ -99,8 +158,16 @@ class Recognizer:
                 except ImageError as exc:
                     results[i] = exc
             if arrays:
-                decoded = ctc_greedy_decode(self.logits(np.stack([a for _, a in arrays])), self.alphabet,
-                                            with_chars=with_chars)
+                decoded = self.read_batch(np.stack([a for _, a in arrays]), with_chars=with_chars)
                 results.update({i: prediction for (i, _), prediction in zip(arrays, decoded)})
             for i, image in enumerate(chunk):
                 yield image, results[i]
+
+
+def _make_decoder(decoder, options):
+    if callable(decoder):
+        return decoder
+    if decoder in (None, "greedy") and not options.get("lexicon"):
+        return ctc_greedy_decode
+    from .decoding import make_decoder
+    return make_decoder(decoder or "greedy", **options)

@@ -37,8 +37,9 @@ def serve():
 
 
 def write_manifest(path, **changes):
-    """A copy of the shipped manifest with some fields changed, written to ``path``."""
-    data = json.loads((ROOT / "assets" / "manifest.json").read_text())
+    """The default registry entry's manifest with some fields changed, written to ``path``."""
+    from cnnctc.registry import get_model
+    data = get_model("mindspore/1.3/cnnctc_mjstiiit").manifest.to_dict()
     data.update(changes)
     Path(path).write_text(json.dumps(data))
     return Path(path)

@@ -10,41 +10,7 @@ import pytest
 
 from conftest import ROOT, subprocess_env
 from cnnctc.hub import HUB_CONF
-from cnnctc.manifest import load_manifest
-
-CARD = ROOT / "assets" / "cnnctc_mjstiiit.md"
-
-
-def card_front_matter(text):
-    """The fields the hub client reads from a card, parsed independently of the package."""
-    front = text.split("---")[1]
-    fields = dict(re.findall(r"^([\w-]+): *(\S.*)$", front, re.M))
-    fields["asset-link"] = re.search(r"asset-link: <([^>]+)>", front).group(1)
-    fields["asset-sha256"] = re.search(r"asset-sha256: (\w+)", front).group(1)
-    fields["file-format"] = re.search(r"file-format: (\w+)", front).group(1)
-    fields["repo-link"] = re.search(r"repo-link: <([^>]+)>", front).group(1)
-    return fields
-
-
-def test_card_is_the_published_one():
-    shared = ROOT.parent / "shared" / "cnnctc" / "cnnctc_mjstiiit.md"
-    if shared.exists():
-        assert CARD.read_bytes() == shared.read_bytes()
-    assert hashlib.sha256(CARD.read_bytes()).hexdigest()  # present and readable
-
-
-def test_manifest_agrees_with_the_card():
-    card, manifest = card_front_matter(CARD.read_text()), load_manifest()
-    assert manifest.url == card["asset-link"]
-    assert manifest.file_name == card["asset-link"].rsplit("/", 1)[1]
-    assert manifest.sha256 == card["asset-sha256"]
-    assert manifest.format == card["file-format"]
-    assert manifest.model_name == card["model-name"]
-    assert manifest.mindspore_version == card["mindspore-version"]
-    assert manifest.extra["repo_link"] == card["repo-link"]
-    assert manifest.uid == f"mindspore/{card['model-version']}/{card['model-name']}_{card['train-dataset']}"
-    assert manifest.extra["evaluation"]["value"] == float(card["evaluation"].removeprefix("acc"))
-
+from cnnctc.registry import get_model, list_models
 
 def test_root_hub_conf_is_the_one_hub_install_writes():
     assert (ROOT / "mindspore_hub_conf.py").read_text() == HUB_CONF
@@ -70,19 +36,24 @@ print(json.dumps({"not_loaded": not_loaded, "digests": {p.name: hashlib.sha256(p
 """
 
 
+def hub_install(*args):
+    return subprocess.run([sys.executable, "-m", "cnnctc", "hub-install", *map(str, args)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_hub_procedure_with_hub_install(tmp_path, full_checkpoint):
     path, written = full_checkpoint
     hub = tmp_path / "hub"
-    run = subprocess.run([sys.executable, "-m", "cnnctc", "hub-install", "--hub-dir", str(hub)],
-                         env=subprocess_env(), capture_output=True, text=True)
+    run = hub_install("--hub-dir", hub, "--model", "mindspore/1.3/cnnctc_mjstiiit")
     assert run.returncode == 0, run.stderr
-    manifest = load_manifest()
+    entry = get_model("mindspore/1.3/cnnctc_mjstiiit")
     base = hub / "mindspore" / "1.3"
-    assert (base / "cnnctc_mjstiiit.md").read_bytes() == CARD.read_bytes()
+    assert (base / "cnnctc_mjstiiit.md").read_bytes() == entry.card.read_bytes()
+    assert sorted(p.name for p in hub.joinpath("mindspore").iterdir()) == ["1.3"]  # --model: that uid only
     code_dir = base / "cnnctc"  # the last part of the card's repo-link
     assert (code_dir / "mindspore_hub_conf.py").is_file()
-    ckpt = manifest.cache_path(hub)
-    assert ckpt == base / manifest.file_name
+    ckpt = entry.manifest.cache_path(hub)
+    assert ckpt == base / entry.manifest.file_name
     os.symlink(path, ckpt)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -95,10 +66,70 @@ def test_hub_procedure_with_hub_install(tmp_path, full_checkpoint):
     assert result["digests"] == {n: hashlib.sha256(v.tobytes()).hexdigest() for n, v in written.items()}
 
     # Running hub-install again replaces the code directory whole, leaving no staging folders.
-    run = subprocess.run([sys.executable, "-m", "cnnctc", "hub-install", "--hub-dir", str(hub)],
-                         env=subprocess_env(), capture_output=True, text=True)
+    run = hub_install("--hub-dir", hub, "--model", "mindspore/1.3/cnnctc_mjstiiit")
     assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in base.iterdir()) == sorted(["cnnctc", "cnnctc_mjstiiit.md", manifest.file_name])
+    assert sorted(p.name for p in base.iterdir()) == sorted(["cnnctc", "cnnctc_mjstiiit.md", entry.manifest.file_name])
+
+
+# The hub client's procedure for every uid in one process, as one Python session loading several
+# versions would: each version's code directory is imported by path, its own copy of the package.
+EVERY_VERSION = r"""
+import hashlib, importlib.util, json, os, sys
+hub, versions = sys.argv[1], sys.argv[2:]
+import mindspore as ms
+results = {}
+for version, file_name in zip(versions[::2], versions[1::2]):
+    code_dir = os.path.join(hub, "mindspore", version, "cnnctc")
+    for name in [m for m in sys.modules if m == "cnnctc" or m.startswith("cnnctc.")]:
+        del sys.modules[name]
+    sys.path.insert(0, code_dir)
+    spec = importlib.util.spec_from_file_location("mindspore_hub_conf", os.path.join(code_dir, "mindspore_hub_conf.py"))
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    import cnnctc
+    assert os.path.dirname(os.path.dirname(cnnctc.__file__)) == code_dir, cnnctc.__file__
+    net = conf.create_network("cnnctc")
+    ckpt = os.path.join(hub, "mindspore", version, file_name)
+    not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(ckpt))
+    digest = hashlib.sha256(b"".join(p.asnumpy().tobytes() for p in net.get_parameters())).hexdigest()
+    results[version] = {"not_loaded": not_loaded, "digest": digest}
+    sys.path.remove(code_dir)
+print(json.dumps(results))
+"""
+
+
+def test_every_uid_loads_through_the_hub_procedure(tmp_path, full_checkpoint):
+    path, written = full_checkpoint
+    hub = tmp_path / "hub"
+    run = hub_install("--hub-dir", hub)
+    assert run.returncode == 0, run.stderr
+    args = []
+    for entry in list_models():
+        version = entry.uid.split("/")[1]
+        base = hub / "mindspore" / version
+        assert (base / "cnnctc_mjstiiit.md").read_bytes() == entry.card.read_bytes(), version
+        assert (base / "cnnctc" / "mindspore_hub_conf.py").read_text() == HUB_CONF
+        os.symlink(path, entry.manifest.cache_path(hub))
+        args += [version, entry.manifest.file_name]
+    run = subprocess.run([sys.executable, "-c", EVERY_VERSION, str(hub), *args], cwd=tmp_path,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    expected = hashlib.sha256(b"".join(written[n].tobytes() for n in written)).hexdigest()
+    assert sorted(results) == sorted(e.uid.split("/")[1] for e in list_models())
+    assert all(r == {"not_loaded": [], "digest": expected} for r in results.values()), results
+
+
+def test_hub_install_refuses_bad_targets_in_one_line(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    run = hub_install("--hub-dir", a_file)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1
+    assert a_file.read_text() == "keep me"
+    # A place nobody can write, root included (tests run as root, for whom mode bits do not bind).
+    run = hub_install("--hub-dir", "/proc/cnnctc-hub")
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "cannot write" in run.stderr
 
 
 def test_create_network_defaults_and_unknown_names():

@@ -1,0 +1,124 @@
+"""The model registry: one entry per MindSpore Hub uid, the single path every entry point takes.
+
+An entry holds the hub card (byte for byte), the manifest (asset, hash, alphabet, preprocessing,
+network configuration, accuracy, dataset) and the architecture it builds. A user's own manifest
+(``CNNCTC_MANIFEST`` or ``--manifest``) becomes an entry of the same kind without a card. Adding
+a hub version, or another model, is one more entry here. No MindSpore import here.
+"""
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+
+from .errors import CnnctcError
+from .manifest import Manifest, _assets_dir, read_manifest_file
+
+__all__ = ["ModelEntry", "get_model", "list_models", "build_network", "DEFAULT_MODEL", "ARCHITECTURES"]
+
+DEFAULT_MODEL = "mindspore/1.3/cnnctc_mjstiiit"
+
+# Architecture name (a manifest's ``model_name``, what the hub passes to create_network) -> builder.
+ARCHITECTURES = {"cnnctc": "cnnctc.network:CNNCTC"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its manifest and, for hub uids, the path of its card."""
+    manifest: Manifest
+    card: Path = None
+
+    @property
+    def uid(self):
+        return self.manifest.uid
+
+
+def _builder(name):
+    try:
+        module, _, attr = ARCHITECTURES[name.lower()].partition(":")
+    except KeyError:
+        raise CnnctcError(f"unknown network {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_network(manifest, **overrides):
+    """An untrained network of ``manifest``'s architecture and configuration (``overrides`` win)."""
+    kwargs = {**manifest.network_kwargs(), **overrides}
+    return _builder(manifest.model_name)(**kwargs)
+
+
+# The published CNN-CTC of the model zoo (r1.3 to r1.10 share network and transform: SPEC 2, 3, 8).
+_CNNCTC_MJSTIIIT = {
+    "model_name": "cnnctc",
+    "format": "ckpt",
+    "alphabet": "0123456789abcdefghijklmnopqrstuvwxyz",
+    "network": {"final_feature_width": 26, "output_channel": 512},
+    "input_shape": [-1, 3, 32, 100],
+    "preprocess": {"color": "RGB", "height": 32, "max_width": 100, "resample": "bicubic",
+                   "mean": [121.58949, 123.93914, 123.418655], "std": [65.70353, 65.142426, 68.61079],
+                   "pad": "repeat-last-column"},
+    "max_label_length": 13,
+    "lowercase_labels": True,
+}
+_SHA_8597 = "3468204da46492286ed466c9bab9572443b4e7d359396a5e38b42ceb3d0a6c6f"
+_SHA_840 = "93bf15cb0429aa70c57e313f285f90e2bd08c874bac9a517cdce50a849ce1d56"
+
+
+def _hub_cnnctc(version, sha256, accuracy, dataset):
+    # The hub's file names: cnnctc_ascend_v130_..._acc85.97.ckpt, ..._v1100_..._acc84.0.ckpt
+    file_name = f"cnnctc_ascend_v{version.replace('.', '')}0_mjstiiit_official_cv_acc{accuracy}.ckpt"
+    return dict(_CNNCTC_MJSTIIIT, uid=f"mindspore/{version}/cnnctc_mjstiiit", file_name=file_name,
+                url=f"https://download.mindspore.cn/models/r{version}/{file_name}", sha256=sha256,
+                mindspore_version=version, accuracy=float(accuracy), train_dataset=dataset,
+                repo_link=f"https://gitee.com/mindspore/models/tree/r{version}/official/cv/cnnctc")
+
+
+# Every hub version of cnnctc_mjstiiit: two checkpoints, seven uids (1.3-1.7 share one file's bytes).
+_ENTRIES = [
+    _hub_cnnctc("1.3", _SHA_8597, "85.97", "mjstiiit"),
+    _hub_cnnctc("1.5", _SHA_8597, "85.97", "mjstiiit"),
+    _hub_cnnctc("1.6", _SHA_8597, "85.97", "mjstiiit"),
+    _hub_cnnctc("1.7", _SHA_8597, "85.97", "mjstiiit"),
+    _hub_cnnctc("1.8", _SHA_840, "84.0", "MJ-ST-IIIT"),
+    _hub_cnnctc("1.9", _SHA_840, "84.0", "MJ-ST-IIIT"),
+    _hub_cnnctc("1.10", _SHA_840, "84.0", "MJ-ST-IIIT"),
+]
+
+
+def _card_path(manifest):
+    version = manifest.uid.split("/")[1]
+    return _assets_dir() / "cards" / version / f"{manifest.uid.rsplit('/', 1)[1]}.md"
+
+
+_REGISTRY = {}
+for _data in _ENTRIES:
+    _manifest = Manifest.from_dict(_data, source=f"registry:{_data['uid']}")
+    _REGISTRY[_manifest.uid] = ModelEntry(_manifest, _card_path(_manifest))
+
+
+def list_models():
+    """The registered entries, in registry order."""
+    return list(_REGISTRY.values())
+
+
+def get_model(model=None, *, manifest=None):
+    """The entry for ``model`` (a uid), or for ``manifest`` (a JSON path or a Manifest: a user entry).
+
+    With neither: ``CNNCTC_MANIFEST`` when set, else the default uid. An unknown uid is an
+    error listing the known ones.
+    """
+    if model is not None and manifest is not None:
+        raise CnnctcError("give a model uid or a manifest, not both")
+    if isinstance(manifest, Manifest):
+        registered = _REGISTRY.get(manifest.uid)
+        return registered if registered is not None and registered.manifest == manifest else ModelEntry(manifest)
+    if manifest is None and model is None:
+        manifest = os.environ.get("CNNCTC_MANIFEST") or None
+        model = None if manifest else DEFAULT_MODEL
+    if manifest is not None:
+        return ModelEntry(read_manifest_file(manifest))
+    if not isinstance(model, str):
+        raise CnnctcError(f"a model is named by its uid (a string), got {model!r}")
+    entry = _REGISTRY.get(model.strip().strip("/"))
+    if entry is None:
+        raise CnnctcError(f"unknown model {model!r}; known: {', '.join(_REGISTRY)}")
+    return entry
