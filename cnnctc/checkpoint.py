@@ -1,43 +1,94 @@
 """Reading, mapping and writing MindSpore checkpoints of CNN-CTC.
 
 The hub file carries the network's 162 weights plus the optimizer state of its training run;
-loading is strict about the weights, skips the optimizer state and names anything else.
+loading is strict about the weights, skips the optimizer state and names anything else, and
+refuses weights that are not finite or a saved alphabet that cannot be right. Every failure is
+a one-line :class:`~cnnctc.errors.CheckpointError`; only regular files are read (a FIFO never
+blocks), and a file is only ever written whole (a temporary file renamed into place).
 """
 import contextlib
+import logging
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
-import mindspore as ms
 
+from ._mindspore import mindspore as ms
 from .errors import CheckpointError
 
-__all__ = ["read_checkpoint", "split_state", "load_weights", "save_checkpoint", "slim", "ALPHABET_KEY"]
+__all__ = ["read_checkpoint", "split_state", "check_alphabet", "check_weights", "load_weights", "save_checkpoint",
+           "slim", "ALPHABET_KEY"]
 
 ALPHABET_KEY = "alphabet"
 # Entries MindSpore's optimizers and training wrappers add to a checkpoint.
 _OPTIMIZER_PREFIXES = ("moment.", "mean_square.", "mean_grad.", "moments.", "accum.")
 _TRAINING_SCALARS = {"global_step", "learning_rate", "scale_sense", "current_iterator_step",
                      "last_overflow_iterator_step", "epoch_num", "step_num"}
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _is_training_state(name):
     return name.startswith(_OPTIMIZER_PREFIXES) or name in _TRAINING_SCALARS
 
 
-def read_checkpoint(path, *, weights_only=False):
-    """The name -> value mapping of a checkpoint file, with a clear error for bad files.
+def _kind(mode):
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
-    ``weights_only`` leaves the optimizer state on disk (three quarters of the hub file).
+
+def _reason(exc):
+    """The first line of an exception's message, without Python's [Errno N] preamble."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_readable(path):
+    """Raise CheckpointError unless ``path`` is a non-empty regular file this process can open."""
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:  # a dangling symlink too
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {_reason(exc)}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: {_kind(st.st_mode)}, not a checkpoint file")
+    if st.st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty, not a checkpoint (an interrupted copy or download?)")
+
+
+def read_checkpoint(path, *, weights_only=False):
+    """The name -> value mapping of a checkpoint file, with a one-line CheckpointError for bad files.
+
+    ``weights_only`` leaves the optimizer state on disk (three quarters of the hub file). A saved
+    alphabet that is empty or repeats a symbol is refused here (see :func:`check_alphabet`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_readable(path)
     choice = (lambda name: not _is_training_state(name)) if weights_only else None
     try:
-        return ms.load_checkpoint(str(path), choice_func=choice)
-    except (ValueError, RuntimeError, OSError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({str(exc).splitlines()[0]})") from None
+        state = ms.load_checkpoint(str(path), choice_func=choice)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001  MindSpore raises ValueError, RuntimeError, TypeError, protobuf errors...
+        detail = _reason(exc)
+        if "Failed to read the checkpoint file" in detail or "cannot be parsed" in detail:
+            detail = "it is damaged, truncated or another kind of file"
+        elif "dict is empty" in detail:
+            detail = "it holds no weights" if weights_only else "it holds no entries"
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint: {detail}") from None
+    if not state:
+        raise CheckpointError(f"{path}: the checkpoint holds no entries")
+    if isinstance(state.get(ALPHABET_KEY), str):
+        check_alphabet(state[ALPHABET_KEY], str(path))
+    return state
 
 
 def split_state(state):
@@ -53,9 +104,54 @@ def split_state(state):
     return weights, training, meta
 
 
+def check_alphabet(alphabet, source="checkpoint"):
+    """Raise CheckpointError when a checkpoint's saved alphabet is empty or repeats a symbol."""
+    if not alphabet:
+        raise CheckpointError(f"{source}: its saved alphabet is empty; the checkpoint is damaged or was not "
+                              "written by cnnctc")
+    seen, repeated = set(), []
+    for symbol in alphabet:
+        if symbol in seen and symbol not in repeated:
+            repeated.append(symbol)
+        seen.add(symbol)
+    if repeated:
+        shown = ", ".join(repr(s) for s in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
+        raise CheckpointError(f"{source}: its saved alphabet repeats {shown}; every symbol must name one class, "
+                              "so the checkpoint is damaged or was not written by cnnctc")
+
+
+def _numpy(value):
+    return value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+
+
+def check_weights(state, source="checkpoint", *, skip_prefixes=()):
+    """Raise CheckpointError for weights holding NaN or Inf, or a bad saved alphabet.
+
+    ``state`` is a checkpoint mapping; optimizer state and entries under ``skip_prefixes`` (not
+    loaded) are not checked. One vectorised pass per tensor.
+    """
+    if isinstance(state.get(ALPHABET_KEY), str):
+        check_alphabet(state[ALPHABET_KEY], source)
+    bad = []
+    for name, value in state.items():
+        if isinstance(value, str) or _is_training_state(name) or name.startswith(tuple(skip_prefixes)):
+            continue
+        try:
+            array = _numpy(value)
+        except (TypeError, ValueError, RuntimeError):  # a dtype numpy cannot hold: nothing to check here
+            continue
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad.append(name)
+    if bad:
+        count = "1 parameter holds" if len(bad) == 1 else f"{len(bad)} parameters hold"
+        raise CheckpointError(f"{source}: {count} NaN/Inf values (e.g. {bad[0]}); the checkpoint is damaged or "
+                              "came from a diverged run")
+
+
 def _as_parameter(name, value, dtype):
-    array = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
-    return ms.Parameter(ms.Tensor(array.astype(ms.dtype_to_nptype(dtype), copy=False)), name=name)
+    # Tensor(..., dtype=) casts (e.g. float16 values into a float32 network) without the
+    # deprecated mindspore.dtype_to_nptype, which logs a warning per call.
+    return ms.Parameter(ms.Tensor(_numpy(value), dtype=dtype), name=name)
 
 
 def load_weights(net, checkpoint, *, skip_prefixes=(), source=None):
@@ -63,8 +159,9 @@ def load_weights(net, checkpoint, *, skip_prefixes=(), source=None):
 
     Every parameter of ``net`` whose name does not start with one of ``skip_prefixes`` must be
     present with its shape; float16 values are cast to the parameter's dtype; optimizer state
-    is ignored; any other unknown entry is an error naming it. Returns the checkpoint's
-    string metadata (e.g. its alphabet).
+    is ignored; any other unknown entry is an error naming it. Weights holding NaN/Inf and a
+    saved alphabet that is empty or repeats a symbol are refused (:func:`check_weights`).
+    Returns the checkpoint's string metadata (e.g. its alphabet).
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         source = source or str(checkpoint)
@@ -86,6 +183,7 @@ def load_weights(net, checkpoint, *, skip_prefixes=(), source=None):
         problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
     if problems:
         raise CheckpointError(f"{source} does not fit this network ({'; '.join(problems)})")
+    check_weights(checkpoint, source, skip_prefixes=skip_prefixes)
     params = {n: _as_parameter(n, weights[n], p.dtype) for n, p in loadable.items()}
     not_loaded, _ = ms.load_param_into_net(net, params, strict_load=True)
     if not_loaded and set(not_loaded) & set(loadable):
@@ -98,27 +196,94 @@ def _names(items, limit=6):
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
+def _check_destination(path):
+    """Raise CheckpointError unless a file can be put at ``path`` (its folder exists; it is no folder)."""
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise CheckpointError(f"cannot write {path}: the folder {parent} {what}")
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {path}: it is a directory; name a file inside it")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"cannot write {path}: it exists and is not a regular file")
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, prefix):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _without_mindspore_record(prefix):
+    """Drop MindSpore's own log record that starts with ``prefix`` (we raise one line instead)."""
+    try:
+        from mindspore import log as ms_log
+        logger = ms_log._get_logger()
+    except (ImportError, AttributeError):
+        yield
+        return
+    drop = _DropRecords(prefix)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def save_checkpoint(params, path, *, metadata=None):
-    """Write a checkpoint atomically (a temporary file renamed into place).
+    """Write a checkpoint atomically (a temporary file renamed into place); returns ``path``.
 
     ``params`` is a Cell or a list of {"name", "data"} dicts; ``metadata`` holds string
-    (or scalar) entries such as the alphabet.
+    (or scalar) entries such as the alphabet. An existing file at ``path`` is replaced. The
+    folder must exist. Any failure (no such folder, no permission, no space) is a one-line
+    CheckpointError and leaves no temporary file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # MindSpore appends ".ckpt" to names without it, so the temporary name must end with it.
+    _check_destination(path)
+    # MindSpore appends ".ckpt" to names without it, so the temporary name must end with it; it
+    # writes "<name>.tmp" first and does not remove that file when the write fails.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.ckpt")
+    leftovers = (tmp, tmp.with_suffix(".tmp"))
     try:
-        ms.save_checkpoint(params, str(tmp), append_dict=dict(metadata) if metadata else None)
+        with _without_mindspore_record("Failed to save the checkpoint file"):
+            ms.save_checkpoint(params, str(tmp), append_dict=dict(metadata) if metadata else None)
         os.replace(tmp, path)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001  MindSpore raises OSError, RuntimeError, ValueError...
+        raise CheckpointError(f"cannot write {path}: {_reason(exc)}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        for leftover in leftovers:
+            with contextlib.suppress(OSError):
+                if leftover.exists() or leftover.is_symlink():
+                    os.chmod(leftover, stat.S_IWUSR | stat.S_IRUSR)  # MindSpore makes them read-only
+                    leftover.unlink()
     return path
 
 
-def slim(src, dst):
-    """Write ``src`` without its optimizer state to ``dst``; returns (entries kept, entries dropped)."""
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def slim(src, dst, *, overwrite=False):
+    """Write ``src`` without its optimizer state to ``dst``; returns (entries kept, entries dropped).
+
+    ``src`` is never modified. ``dst`` must not be ``src``, and an existing ``dst`` is only
+    replaced with ``overwrite=True``.
+    """
+    src, dst = Path(src), Path(dst)
+    if os.path.lexists(dst) and _same_file(src, dst):
+        raise CheckpointError(f"{dst} is the source checkpoint itself; write the slim copy to another file")
+    if os.path.lexists(dst) and not dst.is_dir() and not overwrite:
+        raise CheckpointError(f"{dst} already exists; choose another name or allow replacing it (--overwrite)")
+    _check_destination(dst)
     state = read_checkpoint(src)
     weights, training, meta = split_state(state)
     save_checkpoint([{"name": n, "data": v} for n, v in weights.items()], dst, metadata=meta)

@@ -4,6 +4,10 @@ Guarantees (see the README): the file at the final cache path only ever appears 
 rename after its SHA-256 matched; a cached file is re-verified before use whenever its size,
 mtime, ctime or inode changed since it was last hashed; interrupted downloads resume from a
 ``.part`` file; one process downloads while the others wait on a lock beside the target.
+Every failure is a :class:`~cnnctc.errors.CnnctcError` with a one-line message: a bad URL or
+SHA-256 is refused before any network access, a host name that does not resolve fails at once,
+and a download that cannot reach its server names the ways to work offline or from a mirror.
+Only regular files are ever opened for reading, so a FIFO never blocks.
 No MindSpore import here, so ``cnnctc verify`` and ``cnnctc download`` start fast.
 """
 import contextlib
@@ -12,15 +16,18 @@ import json
 import logging
 import os
 import random
+import re
+import stat
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from .errors import DownloadError, IntegrityError, OfflineError
-from .manifest import load_manifest
+from .errors import CnnctcError, DownloadError, IntegrityError, ManifestError, OfflineError
+from .manifest import cache_root, is_inside, load_manifest
 
-__all__ = ["fetch", "sha256_file", "file_sha256", "verify_file", "check_cached"]
+__all__ = ["fetch", "sha256_file", "file_sha256", "verify_file", "check_cached", "check_url", "check_sha256",
+           "asset_for_url", "file_name_for_url"]
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +38,68 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 1.0           # seconds before the first retry; doubles each time
 MAX_BACKOFF = 60.0
 _RETRY_STATUS = {408, 429}
+MAX_FILE_NAME = 120             # characters of a cache file name taken from a URL
+# Files this module keeps beside an asset; an asset must never be named like one of them.
+_SIDE_SUFFIXES = (".part", ".part.json", ".lock", ".verified", ".tmp")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _os_reason(exc):
+    """'Permission denied' and the like, from an OSError, without Python's [Errno N] preamble."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode):
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _open_regular(path):
+    """A read-only file object for ``path``, which must be a regular file (a FIFO never blocks)."""
+    try:
+        # O_NONBLOCK makes opening a FIFO return at once; it changes nothing for regular files.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise CnnctcError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise CnnctcError(f"{path}: cannot read it: {_os_reason(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CnnctcError(f"{path}: {_kind(mode)}, not a file; remove it or name the file itself")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_small(path):
+    """The text of a small side file (stamp, resume record), or None when it cannot be read."""
+    try:
+        with _open_regular(path) as f:
+            return f.read(1 << 16).decode("utf-8")
+    except (CnnctcError, OSError, UnicodeDecodeError):
+        return None
+
+
 def sha256_file(path, chunk_size=CHUNK_SIZE):
-    """SHA-256 of a file, read in constant memory."""
+    """SHA-256 of a regular file, read in constant memory; CnnctcError names a file it cannot read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            digest.update(block)
+    with _open_regular(path) as f:
+        try:
+            for block in iter(lambda: f.read(chunk_size), b""):
+                digest.update(block)
+        except OSError as exc:
+            raise CnnctcError(f"{path}: cannot read it: {_os_reason(exc)}") from None
     return digest.hexdigest()
 
 
@@ -60,10 +117,12 @@ def _identity(st):
 
 
 def _read_stamp(path):
+    text = _read_small(_stamp_path(path))
     try:
-        return json.loads(_stamp_path(path).read_text())
-    except (OSError, ValueError):
+        stamp = json.loads(text) if text is not None else None
+    except ValueError:
         return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def _write_stamp(path, sha256, st):
@@ -78,17 +137,40 @@ def _write_stamp(path, sha256, st):
             tmp.unlink()
 
 
+def _stat(path):
+    try:
+        return os.stat(path)
+    except FileNotFoundError:  # a dangling symlink too
+        raise CnnctcError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise CnnctcError(f"{path}: cannot read it: {_os_reason(exc)}") from None
+
+
 def file_sha256(path):
     """SHA-256 of ``path``, taken from its stamp when the file has not changed since it was hashed."""
     path = Path(path)
-    st = path.stat()
+    st = _stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise CnnctcError(f"{path}: {_kind(st.st_mode)}, not a file; remove it or name the file itself")
     stamp = _read_stamp(path)
     if stamp and stamp.get("sha256") and {k: stamp.get(k) for k in _identity(st)} == _identity(st):
         return stamp["sha256"]
     actual = sha256_file(path)
-    if path.stat().st_mtime_ns == st.st_mtime_ns:  # not written to while we read it
-        _write_stamp(path, actual, st)
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_mtime_ns == st.st_mtime_ns:  # not written to while we read it
+            _write_stamp(path, actual, st)
     return actual
+
+
+def _present(path):
+    """True when ``path`` names something (a dangling symlink counts as missing)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # there, but not reachable: let the reader name the reason
+    return True
 
 
 def _mismatch(path, expected, actual):
@@ -99,9 +181,13 @@ def _mismatch(path, expected, actual):
 
 
 def verify_file(path, expected):
-    """Raise :class:`IntegrityError` unless ``path`` hashes to ``expected``; returns the path."""
+    """Raise :class:`IntegrityError` unless ``path`` hashes to ``expected``; returns the path.
+
+    A file that exists but cannot be read (a directory, a FIFO, no permission) raises
+    :class:`~cnnctc.errors.CnnctcError` naming it and the reason.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not _present(path):
         raise IntegrityError(f"{path}: no such file")
     actual = file_sha256(path)
     if actual != expected.lower():
@@ -110,11 +196,227 @@ def verify_file(path, expected):
 
 
 def check_cached(manifest, cache_dir=None):
-    """The state of the manifest's asset in the cache: 'missing', 'verified' or 'corrupt'."""
+    """The state of the manifest's asset in the cache: 'missing', 'verified' or 'corrupt'.
+
+    Raises :class:`~cnnctc.errors.CnnctcError` when something is at the cache path that cannot
+    be read as a file (a directory, a FIFO, no permission).
+    """
     path = manifest.cache_path(cache_dir)
-    if not path.is_file():
+    if not _present(path):
         return "missing"
     return "verified" if file_sha256(path) == manifest.sha256 else "corrupt"
+
+
+# --- identical bytes under several names --------------------------------------------------------
+# Hub versions 1.3 to 1.7 publish one file under four names (1.8 to 1.10 another under three): a
+# verified copy already in the cache serves the others without the network.
+
+def _verified_copies(root, sha256, target):
+    """Cached files other than ``target`` whose stamps (or registry paths) say they hash to ``sha256``."""
+    seen, found = {os.path.abspath(target)}, []
+    candidates = []
+    for depth in ("*", "*/*", "*/*/*", "*/*/*/*"):
+        candidates += [stamp.with_name(stamp.name[:-len(".verified")])
+                       for stamp in root.glob(f"{depth}/*.verified")]
+    from .registry import list_models
+    candidates += [entry.manifest.cache_path(root) for entry in list_models() if entry.manifest.sha256 == sha256]
+    for path in candidates:
+        key = os.path.abspath(path)
+        if key in seen or not _present(path):
+            continue
+        seen.add(key)
+        stamp = _read_stamp(path)
+        if stamp is not None and stamp.get("sha256") not in (None, sha256):
+            continue  # stamped as another file: not worth hashing
+        try:
+            if file_sha256(path) == sha256:
+                found.append(Path(path))
+        except CnnctcError:
+            continue
+    return found
+
+
+def _from_identical_copy(sources, target, sha256):
+    """Make ``target`` from one of ``sources``, verified files with the same SHA-256: a hard link
+    where the filesystem allows, else a copy verified while it is written. Returns ``target`` or None."""
+    for source in sources:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                os.link(source, tmp)
+                how = "linked"
+            except OSError:
+                digest = hashlib.sha256()
+                with _open_regular(source) as src, open(tmp, "wb") as out:
+                    for block in iter(lambda: src.read(CHUNK_SIZE), b""):
+                        digest.update(block)
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+                if digest.hexdigest() != sha256:
+                    continue
+                how = "copied"
+            os.replace(tmp, target)
+        except (OSError, CnnctcError) as exc:
+            log.debug("cannot reuse %s: %s", source, exc)
+            continue
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        # A link changes the shared inode's ctime: both names get a fresh stamp of the verified hash.
+        for path in {source, target}:
+            with contextlib.suppress(OSError):
+                _write_stamp(path, sha256, os.stat(path))
+        log.info("%s %s from the identical verified file %s", how, target.name, source)
+        return target
+    return None
+
+
+# --- URLs, hashes and cache file names -------------------------------------------------------
+
+def _show(text, limit=100):
+    """``text`` for an error message: control characters escaped, long values shortened."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def check_url(url, what="URL"):
+    """Return ``url`` if it is an absolute http(s) URL with a host; else raise a one-line DownloadError.
+
+    ``what`` names where the URL came from (e.g. ``--url``, ``CNNCTC_ASSET_URL``). Nothing is
+    fetched; whether plain http is allowed is decided when downloading.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise DownloadError(f"{what} is empty; give a full https://host/path URL")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise DownloadError(f"{what} {_show(url)!r} contains spaces or control characters; "
+                            "percent-encode them (a space is %20)")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as exc:
+        raise DownloadError(f"{what} {_show(url)} cannot be parsed: {exc}; give a full https://host/path URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = f"'{scheme}://'" if scheme else "no scheme"
+        raise DownloadError(f"{what} {_show(url)} has {shown}; only https:// (and http:// when allowed) "
+                            "can be downloaded")
+    if not host:
+        raise DownloadError(f"{what} {_show(url)} has no host name; give a full https://host/path URL")
+    return url
+
+
+def check_sha256(sha256, what="SHA-256"):
+    """The lower-case form of a 64-hex-digit SHA-256; else a one-line DownloadError."""
+    text = sha256.strip().lower() if isinstance(sha256, str) else ""
+    if not _HEX64.match(text):
+        got = repr(_show(sha256, 70)) if isinstance(sha256, str) else repr(sha256)
+        raise DownloadError(f"{what} must be 64 hexadecimal digits (as `sha256sum` prints them), got {got}")
+    return text
+
+
+def file_name_for_url(url, sha256):
+    """A safe cache file name for ``url``: the last part of its path, percent-decoded.
+
+    Never the query or fragment; only letters, digits, '.', '_' and '-' (others become '_'),
+    starting with a letter or digit, at most :data:`MAX_FILE_NAME` characters, and never one
+    of the names this module keeps beside an asset. Falls back to ``<sha256[:16]>.ckpt``.
+    """
+    last = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", last)
+    name = re.sub(r"^[^A-Za-z0-9]+", "", name)
+    if len(name) > MAX_FILE_NAME:
+        stem, dot, suffix = name.rpartition(".")
+        if dot and stem and len(suffix) <= 16:
+            name = stem[:MAX_FILE_NAME - len(suffix) - 1] + "." + suffix
+        else:
+            name = name[:MAX_FILE_NAME]
+    if not name or name.lower().endswith(_SIDE_SUFFIXES):
+        name = f"{sha256[:16]}.ckpt"
+    return name
+
+
+def asset_for_url(manifest, url, sha256):
+    """The manifest with ``url``, ``sha256`` and a safe ``file_name`` taken from the URL.
+
+    What ``cnnctc download --url URL --sha256 HEX`` fetches. Both are checked before any network
+    access; a bad one raises a one-line DownloadError.
+    """
+    url = check_url(url, "--url")
+    sha = check_sha256(sha256, "--sha256")
+    return load_manifest(manifest).replace(url=url, sha256=sha, file_name=file_name_for_url(url, sha))
+
+
+def _check_url(url, allow_http):
+    check_url(url, "the asset URL")
+    if urlsplit(url).scheme.lower() == "http" and not allow_http:
+        raise DownloadError(f"refusing plain http:// URL {_show(url)}: the SHA-256 still protects the bytes, but "
+                            "allow it explicitly with CNNCTC_ALLOW_HTTP=1 or --allow-http")
+
+
+# --- network errors ------------------------------------------------------------------------
+
+def _causes(exc):
+    """``exc`` and everything it wraps (urllib3's ``reason``, args, ``__cause__``, ``__context__``)."""
+    seen, queue = set(), [exc]
+    while queue:
+        e = queue.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        queue.extend([getattr(e, "reason", None), e.__cause__, e.__context__, *getattr(e, "args", ())])
+
+
+def _reason(exc, host=None):
+    """(short reason, retry?) for a requests error, without urllib3's pool and URL preamble."""
+    import socket
+    import ssl
+    import requests
+    causes = list(_causes(exc))
+    proxy = "proxy: " if any(isinstance(e, requests.exceptions.ProxyError) for e in causes) else ""
+    names = {type(e).__name__ for e in causes}
+    if "NameResolutionError" in names or any(isinstance(e, socket.gaierror) for e in causes):
+        # Not transient in practice: retrying a name that does not resolve only makes the user wait.
+        name = "the proxy's host name" if proxy else f"the host name {host}" if host else "the host name"
+        return f"{name} does not resolve", False
+    for e in causes:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            detail = getattr(e, "verify_message", "") or "certificate verify failed"
+            return f"{proxy}TLS certificate not trusted: {detail}", False
+    checks = ((ConnectionRefusedError, "connection refused"), (ConnectionResetError, "connection reset"),
+              (requests.exceptions.Timeout, "timed out"), (socket.timeout, "timed out"),
+              (TimeoutError, "timed out"), (ssl.SSLError, "TLS handshake failed"),
+              (requests.exceptions.ChunkedEncodingError, "connection closed early"))
+    for cls, text in checks:
+        if any(isinstance(e, cls) for e in causes):
+            return proxy + text, True
+    if "ProtocolError" in names or "IncompleteRead" in names:
+        return f"{proxy}connection closed early", True
+    for e in reversed(causes):
+        if isinstance(e, OSError) and e.strerror:
+            return proxy + e.strerror.lower(), True
+    return proxy + type(causes[-1]).__name__, True
+
+
+def _ways_out(target, sha256):
+    return (f"To work offline, put the file whose SHA-256 is {sha256} at {target} and set CNNCTC_OFFLINE=1; "
+            "or fetch it from a mirror with --url URL (or CNNCTC_ASSET_URL=URL).")
+
+
+def _cache_error(root, exc):
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        reason = "it is a file, not a folder"
+    else:
+        reason = _os_reason(exc)
+        if exc.filename and os.fspath(exc.filename) != os.fspath(root):
+            reason += f" ({exc.filename})"
+    return DownloadError(f"cannot write to the cache {root}: {reason}; set CNNCTC_CACHE_DIR or --cache-dir "
+                         "to a writable folder")
 
 
 # --- locking ---------------------------------------------------------------------------------
@@ -123,7 +425,7 @@ def check_cached(manifest, cache_dir=None):
 def _locked(lock_path):
     """An exclusive lock across processes; the OS drops it when a holder dies."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o644)
     try:
         try:
             import fcntl
@@ -152,20 +454,12 @@ class _Retry(Exception):
     """A transient failure: try again after a pause."""
 
 
+class _GiveUp(Exception):
+    """A network failure that another attempt would not cure."""
+
+
 class _Restart(Exception):
     """The partial file cannot be continued: start from byte 0."""
-
-
-def _check_url(url, allow_http):
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "https":
-        return
-    if scheme == "http":
-        if allow_http:
-            return
-        raise DownloadError(f"refusing plain http:// URL {url}: the SHA-256 still protects the bytes, but "
-                            "allow it explicitly with CNNCTC_ALLOW_HTTP=1 or --allow-http")
-    raise DownloadError(f"unsupported URL {url!r}: only https:// (and http:// when allowed) can be downloaded")
 
 
 def _validators(response):
@@ -187,14 +481,6 @@ def _same_remote(saved, now):
                for k in ("etag", "last_modified", "total"))
 
 
-def _reason(exc):
-    """The innermost cause of a requests error, without urllib3's pool and URL preamble."""
-    text = str(exc)
-    if "Caused by " in text:
-        text = text.split("Caused by ", 1)[1].rstrip(")")
-    return text
-
-
 class _Downloader:
     def __init__(self, url, sha256, target, *, timeout, quiet):
         self.url, self.sha256, self.target = url, sha256, target
@@ -203,11 +489,12 @@ class _Downloader:
         self.timeout, self.quiet = timeout, quiet
 
     def _read_meta(self):
+        text = _read_small(self.meta)
         try:
-            meta = json.loads(self.meta.read_text())
-        except (OSError, ValueError):
+            meta = json.loads(text) if text is not None else None
+        except ValueError:
             return None
-        if meta.get("sha256") != self.sha256 or not self.part.is_file():
+        if not isinstance(meta, dict) or meta.get("sha256") != self.sha256 or not self.part.is_file():
             return None
         return meta
 
@@ -231,10 +518,11 @@ class _Downloader:
         try:
             response = session.get(self.url, headers=headers, stream=True, timeout=self.timeout)
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema) as exc:
-            raise DownloadError(f"bad URL {self.url}: {exc}") from None
+                requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader) as exc:
+            raise DownloadError(f"bad URL {_show(self.url)}: {str(exc).splitlines()[0]}") from None
         except requests.RequestException as exc:
-            raise _Retry(f"cannot connect: {_reason(exc)}") from None
+            reason, transient = _reason(exc, urlsplit(self.url).hostname)
+            raise (_Retry if transient else _GiveUp)(reason) from None
         with response:
             status = response.status_code
             if status in _RETRY_STATUS or status >= 500:
@@ -242,8 +530,8 @@ class _Downloader:
             if status == 416 and offset:
                 raise _Restart("server rejected the resume offset (416)")
             if status >= 400:
-                raise DownloadError(f"{self.url}: server answered {status} {response.reason}; not retrying. "
-                                    "Check the URL, or use a mirror (CNNCTC_ASSET_URL / --url).")
+                raise DownloadError(f"{_show(self.url)}: server answered {status} {response.reason}; not retrying. "
+                                    f"Check the URL. {_ways_out(self.target, self.sha256)}")
             now = _validators(response)
             if offset and status == 206:
                 start = response.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
@@ -275,7 +563,7 @@ class _Downloader:
                     size += len(block)
                     bar.update(len(block))
             except requests.RequestException as exc:
-                raise _Retry(f"connection lost after {size} bytes: {_reason(exc)}") from None
+                raise _Retry(f"connection lost after {size} bytes: {_reason(exc)[0]}") from None
             out.flush()
             os.fsync(out.fileno())
         if total is not None and size != total:
@@ -286,7 +574,7 @@ class _Downloader:
             self.discard_partial()
             if resumed:  # the splice might be at fault; one clean download decides
                 raise _Restart(f"resumed download does not match its SHA-256 (got {actual})")
-            raise IntegrityError(f"{self.url}: downloaded bytes do not match the manifest's SHA-256 "
+            raise IntegrityError(f"{_show(self.url)}: downloaded bytes do not match the manifest's SHA-256 "
                                  f"(expected {self.sha256}, got {actual}); nothing was kept. "
                                  "The server or mirror serves another file.")
         os.replace(self.part, self.target)
@@ -314,6 +602,7 @@ def _progress(total, initial, name, quiet):
 def _download(url, sha256, target, *, retries, backoff, timeout, quiet):
     import requests
     downloader = _Downloader(url, sha256, target, timeout=timeout, quiet=quiet)
+    where = urlsplit(url).netloc.rpartition("@")[2]
     failures = 0
     with requests.Session() as session:  # proxies and CA bundles come from the environment
         while True:
@@ -324,13 +613,18 @@ def _download(url, sha256, target, *, retries, backoff, timeout, quiet):
                 # Only a resumed attempt restarts, and a fresh one either succeeds or fails for good.
                 log.warning("%s; starting over", exc)
                 downloader.discard_partial()
+            except _GiveUp as exc:
+                raise DownloadError(f"cannot download {_show(url)}: {exc}; not retrying. "
+                                    f"{_ways_out(target, sha256)}") from None
             except _Retry as exc:
                 failures += 1
                 if failures > retries:
                     kept = " The partial file is kept; run again to resume." if downloader.part.exists() else ""
-                    raise DownloadError(f"{url}: giving up after {failures} attempts: {exc}.{kept}") from None
+                    attempts = f"{failures} attempt{'s' if failures > 1 else ''}"
+                    raise DownloadError(f"cannot download {_show(url)}: giving up after {attempts}: "
+                                        f"{exc}.{kept} {_ways_out(target, sha256)}") from None
                 pause = min(MAX_BACKOFF, backoff * 2 ** (failures - 1)) * (1 + 0.1 * random.random())
-                log.warning("%s; retry %d/%d in %.1fs", exc, failures, retries, pause)
+                log.warning("cannot reach %s: %s; retry %d/%d in %.1fs", where, exc, failures, retries, pause)
                 time.sleep(pause)
 
 
@@ -338,19 +632,28 @@ def fetch(manifest=None, cache_dir=None, *, url=None, force=False, offline=None,
           quiet=False, retries=DEFAULT_RETRIES, backoff=DEFAULT_BACKOFF, timeout=DEFAULT_TIMEOUT):
     """Return the path of the manifest's verified asset in the cache, downloading it if needed.
 
-    ``url`` (or ``CNNCTC_ASSET_URL``) replaces the manifest's URL; the SHA-256 still binds.
-    ``offline`` (or ``CNNCTC_OFFLINE=1``) never touches the network. ``force`` replaces a
-    cached file that fails verification. Raises :class:`DownloadError`,
-    :class:`OfflineError` or :class:`IntegrityError` with a message meant for the user.
+    ``url`` (or ``CNNCTC_ASSET_URL``) replaces the manifest's URL; the SHA-256 still binds. It is
+    checked before anything else. ``offline`` (or ``CNNCTC_OFFLINE=1``) never touches the
+    network. ``force`` replaces a cached file that fails verification. A verified file in a
+    read-only cache is used as it is. Raises :class:`DownloadError`, :class:`OfflineError`,
+    :class:`IntegrityError` or :class:`ManifestError` with a one-line message meant for the user.
     """
     manifest = load_manifest(manifest)
+    root = cache_root(cache_dir)
     target = manifest.cache_path(cache_dir)
+    if not is_inside(root, target):
+        raise ManifestError(f"{manifest.source or manifest.uid}: the asset's cache path {target} is outside the "
+                            f"cache {root}; refusing to write there")
     offline = _env_flag("CNNCTC_OFFLINE") if offline is None else offline
     allow_http = _env_flag("CNNCTC_ALLOW_HTTP") if allow_http is None else allow_http
-    url = url or os.environ.get("CNNCTC_ASSET_URL") or manifest.url
+    if url:
+        check_url(url, "the download URL")
+    elif os.environ.get("CNNCTC_ASSET_URL"):
+        url = check_url(os.environ["CNNCTC_ASSET_URL"], "CNNCTC_ASSET_URL")
+    url = url or manifest.url
 
     def cached():
-        if not target.is_file():
+        if not _present(target):
             return None
         actual = file_sha256(target)
         if actual == manifest.sha256:
@@ -361,17 +664,34 @@ def fetch(manifest=None, cache_dir=None, *, url=None, force=False, offline=None,
 
     if cached():
         return target
+    try:
+        sources = _verified_copies(root, manifest.sha256, target)
+        if sources:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(target.with_name(target.name + ".lock")):
+                if cached() or _from_identical_copy(sources, target, manifest.sha256):
+                    return target
+    except OSError as exc:
+        raise _cache_error(root, exc) from None
     if offline:
         raise OfflineError(f"offline (CNNCTC_OFFLINE) and {target} is not in the cache. Copy the verified "
                            f"file there (SHA-256 {manifest.sha256}), or download it with network.")
     _check_url(url, allow_http)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
-        if cached():  # another process finished it while we waited
-            return target
-        if target.exists():
-            log.warning("replacing %s, which failed verification", target)
-            target.unlink()
-        log.info("downloading %s to %s", url, target)
-        return _download(url, manifest.sha256, target, retries=retries, backoff=backoff,
-                         timeout=timeout, quiet=quiet)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target.with_name(target.name + ".lock")):
+            if cached():  # another process finished it while we waited
+                return target
+            if os.path.lexists(target):
+                if _present(target):
+                    log.warning("replacing %s, which failed verification", target)
+                target.unlink()
+            log.info("downloading %s to %s", _show(url, 200), target)
+            return _download(url, manifest.sha256, target, retries=retries, backoff=backoff,
+                             timeout=timeout, quiet=quiet)
+    except OSError as exc:
+        import requests
+        if isinstance(exc, requests.RequestException):  # network errors are handled inside; a stray one
+            raise DownloadError(f"cannot download {_show(url)}: {_reason(exc, urlsplit(url).hostname)[0]}. "
+                                f"{_ways_out(target, manifest.sha256)}") from None
+        raise _cache_error(root, exc) from None

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import ManifestError
 
-__all__ = ["Manifest", "Preprocess", "load_manifest", "cache_root", "inside"]
+__all__ = ["Manifest", "Preprocess", "load_manifest", "cache_root", "inside", "is_inside"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A path part of a uid or a file name: letters, digits, '.', '_', '-', not starting with a dot.
@@ -38,12 +38,20 @@ def cache_root(cache_dir=None):
     return Path(env).expanduser() if env else Path.home() / ".mscache"
 
 
+def is_inside(root, path):
+    """True when ``path``, with '.' and '..' resolved, lies strictly inside ``root``.
+
+    This catches what manifest fields could do (a '..' part, an absolute uid). Symlinks are not
+    followed: inside the cache only the user makes them (e.g. the asset kept on another disk).
+    """
+    root, path = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    return path != root and os.path.commonpath([root, path]) == root
+
+
 def inside(root, *parts):
     """``root`` joined with ``parts``; raises ManifestError unless the result stays inside ``root``."""
-    root = Path(root)
-    path = root.joinpath(*parts)
-    resolved_root = os.path.realpath(root)
-    if os.path.commonpath([resolved_root, os.path.realpath(path)]) != resolved_root:
+    path = Path(root).joinpath(*parts)
+    if not is_inside(root, path):
         raise ManifestError(f"{'/'.join(map(str, parts))} leads outside {root}; refusing to write there")
     return path
 

@@ -1,5 +1,6 @@
 """The model registry: every hub version of cnnctc_mjstiiit, one path for every entry point."""
 import hashlib
+import os
 import json
 import re
 import subprocess
@@ -126,3 +127,41 @@ def test_bad_manifests_are_refused_before_any_path_is_built(tmp_path, changes, m
     run = cnnctc("--manifest", path, "download", "--cache-dir", tmp_path / "cache")
     assert run.returncode == 1 and "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_one_download_serves_every_name_of_the_same_bytes(tmp_path, serve):
+    """Two manifests that share a hash: one request, the second name made from the first copy."""
+    from cnnctc.download import check_cached, fetch
+    content = os.urandom(300_000)
+    server = serve(content)
+    first = get_model(manifest=write_manifest(tmp_path / "a.json", uid="mindspore/1.3/cnnctc_mjstiiit",
+                                              url=server.url, sha256=server.sha256, file_name="a.ckpt")).manifest
+    second = get_model(manifest=write_manifest(tmp_path / "b.json", uid="mindspore/1.5/cnnctc_mjstiiit",
+                                               url=server.url, sha256=server.sha256, file_name="b.ckpt")).manifest
+    a = fetch(first, allow_http=True, quiet=True)
+    assert len(server.log) == 1
+    b = fetch(second, allow_http=True, quiet=True, offline=True)  # no network needed, none used
+    assert len(server.log) == 1
+    assert b == second.cache_path() and b.read_bytes() == content and a.read_bytes() == content
+    assert os.stat(a).st_ino == os.stat(b).st_ino  # a hard link on one filesystem
+    assert check_cached(first) == check_cached(second) == "verified"
+    # A third name in another version folder, through the CLI, offline.
+    third = write_manifest(tmp_path / "c.json", uid="mindspore/1.6/cnnctc_mjstiiit", url=server.url,
+                           sha256=server.sha256, file_name="c.ckpt")
+    run = cnnctc("--manifest", third, "download", "--quiet", CNNCTC_OFFLINE=1)
+    assert run.returncode == 0, run.stderr
+    assert len(server.log) == 1 and second.cache_path().parent.parent.joinpath("1.6", "c.ckpt").read_bytes() == content
+
+
+def test_a_copy_with_other_bytes_is_never_used(tmp_path, serve):
+    from cnnctc.download import fetch
+    server = serve(b"the real bytes" * 1000)
+    first = get_model(manifest=write_manifest(tmp_path / "a.json", url=server.url, sha256=server.sha256,
+                                              file_name="a.ckpt")).manifest
+    path = fetch(first, allow_http=True, quiet=True)
+    path.chmod(0o644)
+    path.write_bytes(b"changed after it was verified" * 100)  # the stamp no longer matches
+    second = get_model(manifest=write_manifest(tmp_path / "b.json", uid="mindspore/1.5/cnnctc_mjstiiit",
+                                               url=server.url, sha256=server.sha256, file_name="b.ckpt")).manifest
+    assert fetch(second, allow_http=True, quiet=True).read_bytes() == b"the real bytes" * 1000
+    assert len(server.log) == 2  # downloaded, not made from the changed file
