@@ -4,8 +4,6 @@ The runtime is MindSpore for checkpoints (``.ckpt``) and MindIR files, onnxrunti
 files (MindSpore is then never imported). Every runtime maps a (B, 3, 32, 100) float32 batch to
 (B, T, C) logits; preprocessing and decoding are the same for all of them.
 """
-import glob
-import os
 
 from pathlib import Path
 
@@ -14,31 +12,9 @@ import numpy as np
 from .decoding import ctc_greedy_decode
 from .errors import CnnctcError
 from .manifest import load_manifest
-from .transforms import ImageError, load_image, preprocess_image
+from .transforms import ImageError, find_images, load_image, preprocess_image  # noqa: F401 (find_images: API)
 
 __all__ = ["Recognizer", "MindSporeRunner", "find_images", "padded_batch_size"]
-
-
-def find_images(paths, *, recursive=False):
-    """Expand files, folders (their files, sorted; subfolders with ``recursive``) and globs.
-
-    Names that match nothing are kept, so that reading them reports the missing file.
-    """
-    found = []
-    for path in map(os.fspath, paths):
-        if os.path.isdir(path):
-            if recursive:
-                for root, dirs, files in os.walk(path):
-                    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                    found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
-            else:
-                found += [os.path.join(path, f) for f in sorted(os.listdir(path))
-                          if not f.startswith(".") and os.path.isfile(os.path.join(path, f))]
-        elif not os.path.exists(path) and glob.has_magic(path):
-            found += sorted(p for p in glob.glob(path, recursive=recursive) if os.path.isfile(p)) or [path]
-        else:
-            found.append(path)
-    return found
 
 
 def padded_batch_size(n, batch_size):

@@ -1,9 +1,15 @@
 """Synthetic word images for tests and demos, drawn with Pillow and common Debian fonts."""
+import json
 import os
 import random
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from .errors import CnnctcError
 
 __all__ = ["render_word", "find_fonts", "random_words", "write_word_images", "FONT_CANDIDATES"]
 
@@ -60,23 +66,155 @@ def random_words(count, alphabet, *, min_length=2, max_length=8, rng=None):
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(min_length, max_length))) for _ in range(count)]
 
 
+MARKER = ".cnnctc-render"  # written into every set write_word_images makes; lists its files
+_BAD_IN_WORDS = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\0": "a NUL"}
+
+
+def _check_text(text, what):
+    if not isinstance(text, str):
+        raise CnnctcError(f"{what} must be text, not {type(text).__name__}")
+    for char, name in _BAD_IN_WORDS.items():
+        if char in text:
+            raise CnnctcError(f"{what} {text!r} contains {name}, which labels.tsv cannot hold")
+
+
+def _check_request(count, alphabet, words):
+    if words is None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise CnnctcError(f"count must be a whole number of at least 1, got {count!r}")
+        if not isinstance(alphabet, str) or not alphabet.strip():
+            raise CnnctcError(f"the alphabet {alphabet!r} has no symbols; give the symbols to draw words from")
+        _check_text(alphabet, "the alphabet")
+        return None
+    if isinstance(words, str):
+        raise CnnctcError("words must be a list of words, not one string")
+    words = list(words)
+    if not words:
+        raise CnnctcError("no words to draw (words is empty)")
+    for number, word in enumerate(words, 1):
+        _check_text(word, f"word {number}")
+        if not word.strip():
+            raise CnnctcError(f"word {number} is empty; every word needs at least one visible symbol")
+    return words
+
+
+def _rendered_set(folder):
+    """Whether ``folder`` holds exactly a set write_word_images made (its marker names every file)."""
+    try:
+        names = set(os.listdir(folder))
+        with open(folder / MARKER, encoding="utf-8") as f:
+            listed = set(json.load(f)["files"])
+        regular = all(stat.S_ISREG(os.lstat(folder / name).st_mode) for name in names)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return regular and "labels.tsv" in names and names <= listed | {MARKER}
+
+
+def _check_out(out, overwrite):
+    """'new' (absent), 'empty' (an empty folder) or 'replace' (a rendered set we may replace)."""
+    if not os.path.lexists(out):
+        ancestor = out.parent
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise CnnctcError(f"{out}: {ancestor} is not a folder; choose another OUT")
+        return "new"
+    if out.is_symlink():
+        raise CnnctcError(f"{out} is a symbolic link; name a folder (not a link) to render into")
+    if not out.is_dir():
+        raise CnnctcError(f"{out} exists and is not a folder; choose another OUT")
+    try:
+        empty = not os.listdir(out)
+    except OSError as exc:
+        raise CnnctcError(f"{out}: cannot read the folder ({exc.strerror or exc})") from None
+    if empty:
+        return "empty"
+    if not _rendered_set(out):
+        raise CnnctcError(f"{out} already holds other files; render into a new or empty folder (--overwrite "
+                          "replaces only a set rendered by this command)")
+    if not overwrite:
+        raise CnnctcError(f"{out} already holds a rendered set; pass --overwrite to replace it, or choose "
+                          "another OUT")
+    return "replace"
+
+
+def _render_into(folder, words, fonts, rng, noise):
+    lines, names = [], []
+    for number, word in enumerate(words):
+        name = f"{number:05d}.png"
+        render_word(word, font=fonts[number % len(fonts)], rng=rng, noise=noise).save(folder / name)
+        lines.append(f"{name}\t{word}\n")
+        names.append(name)
+    (folder / "labels.tsv").write_text("".join(lines), encoding="utf-8")
+    # The marker goes last: a folder without it is never taken for a finished set.
+    (folder / MARKER).write_text(json.dumps({"files": names + ["labels.tsv"]}) + "\n", encoding="utf-8")
+
+
+def _render_in_empty(out, words, fonts, rng, noise):
+    """Draw straight into an empty folder whose parent we cannot write; on failure remove what we drew."""
+    try:
+        _render_into(out, words, fonts, rng, noise)
+    except BaseException:
+        made = [f"{number:05d}.png" for number in range(len(words))] + ["labels.tsv", MARKER]
+        for name in made:
+            try:
+                (out / name).unlink()
+            except OSError:
+                pass
+        raise
+
+
 def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", words=None, fonts=None,
-                      seed=0, noise=False):
+                      seed=0, noise=False, overwrite=False):
     """Draw words to ``out/NNNNN.png`` with a ``labels.tsv`` (``name<TAB>word``); returns its path.
 
     Random words over ``alphabet`` unless ``words`` is given; fonts cycle through ``fonts``
-    (default: every installed candidate).
+    (default: every installed candidate). ``out`` must be new or an empty folder; with
+    ``overwrite`` it may also be a set this function rendered before (recognised by its
+    ``.cnnctc-render`` marker), never a folder holding anything else. The set is drawn in a
+    temporary folder beside ``out`` and renamed into place, so a failure leaves ``out`` as it was.
+    Raises :class:`CnnctcError` (one line) for bad arguments or an unwritable ``out``.
     """
+    words = _check_request(count, alphabet, words)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    state = _check_out(out, overwrite)
     rng = random.Random(seed)
-    words = list(words) if words else random_words(count, alphabet, rng=rng)
+    words = words if words is not None else random_words(count, alphabet, rng=rng)
     fonts = list(fonts) if fonts is not None else (find_fonts() or [None])
-    lines = []
-    for number, word in enumerate(words):
-        name = f"{number:05d}.png"
-        render_word(word, font=fonts[number % len(fonts)], rng=rng, noise=noise).save(out / name)
-        lines.append(f"{name}\t{word}\n")
-    labels = out / "labels.tsv"
-    labels.write_text("".join(lines), encoding="utf-8")
-    return labels
+    if not fonts:
+        raise CnnctcError("fonts is empty; give font files, or None for the installed ones")
+    for font in fonts:
+        try:
+            _font(font, 32)
+        except (OSError, ValueError) as exc:
+            raise CnnctcError(f"{font}: not a usable font ({exc})") from None
+    try:
+        if state == "empty" and not os.access(out.parent, os.W_OK | os.X_OK):
+            _render_in_empty(out, words, fonts, rng, noise)  # nothing there to keep
+            return out / "labels.tsv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise CnnctcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    old = None
+    try:
+        try:
+            _render_into(staging, words, fonts, rng, noise)
+            if state == "replace":
+                old = staging.with_name(staging.name + ".old")
+                os.rename(out, old)
+                try:
+                    os.rename(staging, out)
+                except BaseException:
+                    os.rename(old, out)
+                    old = None
+                    raise
+            else:
+                os.rename(staging, out)  # atomically replaces an empty folder too
+        except OSError as exc:
+            raise CnnctcError(f"{out}: cannot write the images ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out / "labels.tsv"

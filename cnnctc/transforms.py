@@ -4,25 +4,125 @@ RGB; aspect-kept bicubic resize to height 32, width ceil(32 * w / h) capped at 1
 (x - mean) / std on the 0-255 values in float64, stored as float32; CHW; right padding to width
 100 by repeating the last column. The constants come from the manifest. Used by prediction,
 evaluation and training alike.
+
+Before that transform an image is made upright (EXIF orientation) and any transparency is
+composited onto white; plain RGB inputs reach the transform untouched. Only regular files are
+read, and images larger than Pillow's decompression-bomb limit are refused.
 """
+import fnmatch
+import glob
 import io
 import math
 import os
+import re
+import stat
+import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import CnnctcError
 from .manifest import load_manifest
 
-__all__ = ["preprocess", "preprocess_image", "load_image", "ImageError"]
+__all__ = ["preprocess", "preprocess_image", "load_image", "read_image_file", "find_images", "ImageError"]
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_ORIENTATION = 0x0112  # EXIF tag
 
 
 class ImageError(CnnctcError):
     """An input is not a readable image."""
+
+
+def _shown(name):
+    """A path as one printable line (control characters escaped)."""
+    name = os.fsdecode(name)
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return name.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return name
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _os_error(name, exc):
+    shown = _shown(name)
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(f"{shown}: no such file")
+    if isinstance(exc, PermissionError):
+        return ImageError(f"{shown}: permission denied (cannot read it)")
+    return ImageError(f"{shown}: cannot read it ({_one_line(exc.strerror or exc)})")
+
+
+def _not_regular(name, mode):
+    shown = _shown(name)
+    if stat.S_ISDIR(mode):
+        if not os.access(name, os.R_OK | os.X_OK):
+            return ImageError(f"{shown}: a folder that cannot be read (permission denied)")
+        return ImageError(f"{shown}: a folder, not an image file")
+    return ImageError(f"{shown}: not a regular file ({_file_kind(mode)}); only regular files are read")
+
+
+def read_image_file(path):
+    """The bytes of a regular file; FIFOs, devices and folders are refused without blocking.
+
+    Raises :class:`ImageError` with a one-line reason for anything that cannot be read.
+    """
+    name = os.fspath(path)
+    try:
+        # stat first: opening a device can have side effects, opening a FIFO can block.
+        info = os.stat(name)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(name, info.st_mode)
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):  # replaced between stat and open
+                raise _not_regular(name, mode)
+            return f.read()
+    except OSError as exc:
+        raise _os_error(name, exc) from None
+    except ValueError:  # e.g. an embedded NUL
+        raise ImageError(f"{_shown(name)}: not a valid file name") from None
+
+
+def _bomb_error(name, exc):
+    limit = Image.MAX_IMAGE_PIXELS
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return ImageError(f"{name}: image has {size}, more than the {limit:,} Pillow allows for "
+                      "decompression-bomb safety; not read")
+
+
+def _decode(data, name):
+    """Decode encoded bytes fully; every failure becomes an ImageError."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; refuse there too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(name, exc) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (unknown or damaged image format)") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode this image") from None
+    except Exception as exc:  # Pillow's plugins raise many types on hostile input
+        reason = _one_line(exc) or type(exc).__name__
+        raise ImageError(f"{name}: not a readable image ({reason})") from None
 
 
 def _from_array(array):
@@ -40,38 +140,58 @@ def _from_array(array):
     raise ImageError(f"arrays must be HxW or HxWxC with C in 1, 3, 4; got shape {array.shape}")
 
 
-def load_image(source):
-    """A PIL image in RGB from a PIL image, a path, encoded bytes or a uint8/uint16 array."""
-    name = None
+def _upright(image):
+    """Apply the EXIF orientation, if any (a camera's rotated JPEG reads upright)."""
     try:
-        if isinstance(source, Image.Image):
-            image = source
-        elif isinstance(source, (str, os.PathLike)):
-            name = os.fspath(source)
-            with Image.open(name) as opened:
-                opened.load()
-                image = opened.copy()
-        elif isinstance(source, (bytes, bytearray, memoryview)):
-            name = "image bytes"
-            image = Image.open(io.BytesIO(bytes(source)))
-            image.load()
-        elif isinstance(source, np.ndarray):
-            image = _from_array(source)
-        else:
-            raise ImageError(f"cannot read an image from {type(source).__name__}")
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name or 'image'}: not a readable image ({exc})") from None
+        orientation = image.getexif().get(_ORIENTATION, 1)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            return ImageOps.exif_transpose(image)
+    except Exception:  # damaged metadata: read the pixels as stored
+        pass
+    return image
+
+
+def _on_white(image):
+    """Composite an image with transparency onto white, in RGB; others are returned as they are."""
+    if image.mode not in _ALPHA_MODES and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return out
+
+
+def load_image(source):
+    """A PIL image in RGB from a PIL image, a path, encoded bytes or a uint8/uint16 array.
+
+    EXIF orientation is applied and transparency composited onto white. Raises
+    :class:`ImageError` (one line, naming the input) for anything that is not a readable image.
+    """
+    if isinstance(source, Image.Image):
+        name, image = "image", source
+    elif isinstance(source, (str, os.PathLike)):
+        name = _shown(os.fspath(source))
+        image = _decode(read_image_file(source), name)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name = "image bytes"
+        image = _decode(bytes(source), name)
+    elif isinstance(source, np.ndarray):
+        name, image = "image array", _from_array(source)
+    else:
+        raise ImageError(f"cannot read an image from {type(source).__name__}")
     if image.width < 1 or image.height < 1:
-        raise ImageError(f"{name or 'image'}: empty image ({image.width}x{image.height})")
-    if image.mode in _SIXTEEN_BIT:
-        # Pillow clips 16-bit values to 255 when converting; scale the range instead.
-        values = np.asarray(image).astype(np.float64)
-        image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
-    return image if image.mode == "RGB" else image.convert("RGB")
+        raise ImageError(f"{name}: empty image ({image.width}x{image.height})")
+    try:  # a PIL image given lazily opened is decoded only here
+        image.load()
+        image = _upright(image)
+        if image.mode in _SIXTEEN_BIT:
+            # Pillow clips 16-bit values to 255 when converting; scale the range instead.
+            values = np.asarray(image).astype(np.float64)
+            image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+        image = _on_white(image)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name}: not a readable image ({_one_line(exc) or type(exc).__name__})") from None
 
 
 def preprocess_image(image, config):
@@ -97,3 +217,111 @@ def preprocess(images, manifest=None):
     if not batch:
         return np.zeros((0, 3, config.height, config.max_width), np.float32)
     return np.stack(batch)
+
+
+# Finding images -------------------------------------------------------------------------------
+
+def _is_regular(path):
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _walk(top):
+    """Pre-order walk of ``top``: yields (folder, sorted visible entry names, error or None).
+
+    Symbolic links to folders are followed, each real folder once, so loops end.
+    """
+    seen = set()
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        except OSError as exc:
+            yield folder, [], exc
+            continue
+        yield folder, names, None
+        subfolders = [os.path.join(folder, n) for n in names if os.path.isdir(os.path.join(folder, n))]
+        stack.extend(reversed(subfolders))
+
+
+def _files_under(top):
+    """Regular files under ``top`` (sorted per folder, folders in order); unreadable folders are
+    returned as themselves, so that reading them reports the problem."""
+    found = []
+    for folder, names, error in _walk(top):
+        if error is not None:
+            found.append(folder)
+            continue
+        found += [os.path.join(folder, n) for n in names if _is_regular(os.path.join(folder, n))]
+    return found
+
+
+def _strip_curdir(path):
+    if path == os.curdir:
+        return ""
+    prefix = os.curdir + os.sep
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _recursive_glob(pattern):
+    """``glob.glob(pattern, recursive=True)`` without following symbolic-link loops forever."""
+    head, tail = os.path.splitdrive(pattern)
+    parts = [p for p in tail.split(os.sep) if p]
+    current = [head + os.sep if tail.startswith(os.sep) else head]
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        matched = []
+        for base in current:
+            if part == "**":
+                for folder, names, error in _walk(base or os.curdir):
+                    if error is None:
+                        folder = folder if base else _strip_curdir(folder)
+                        matched.append(folder)
+                        if last:
+                            matched += [os.path.join(folder, n) for n in names]
+            elif glob.has_magic(part):
+                try:
+                    names = os.listdir(base or os.curdir)
+                except OSError:
+                    continue
+                matched += [os.path.join(base, n) for n in sorted(names) if fnmatch.fnmatchcase(n, part)
+                            and (part.startswith(".") or not n.startswith("."))]
+            else:
+                matched.append(os.path.join(base, part))
+        current = list(dict.fromkeys(matched))
+    return [p for p in current if p]
+
+
+def find_images(paths, *, recursive=False):
+    """Expand files, folders (their files, sorted; subfolders with ``recursive``) and globs.
+
+    Only regular files are taken from folders and globs (FIFOs, sockets and devices are skipped
+    unopened; symbolic-link loops end). Names given directly are kept as they are, and so are
+    names that match nothing, so that reading them reports the problem.
+    """
+    found = []
+    for path in map(os.fspath, paths):
+        if os.path.isdir(path):
+            if recursive:
+                found += _files_under(path)
+            else:
+                try:
+                    names = sorted(os.listdir(path))
+                except OSError:
+                    found.append(path)  # reading it reports why
+                    continue
+                found += [os.path.join(path, f) for f in names
+                          if not f.startswith(".") and _is_regular(os.path.join(path, f))]
+        elif not os.path.lexists(path) and glob.has_magic(path):
+            matches = _recursive_glob(path) if recursive and "**" in path else glob.glob(path)
+            found += sorted(p for p in matches if _is_regular(p)) or [path]
+        else:
+            found.append(path)
+    return found

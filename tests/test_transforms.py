@@ -16,7 +16,13 @@ ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def reference(image):
-    """SPEC section 3 written out plainly: RGB, resize, normalise in float64, CHW, repeat-pad."""
+    """SPEC section 3 written out plainly: RGB, resize, normalise in float64, CHW, repeat-pad.
+
+    Transparent images are first composited onto white (RGB inputs are untouched by that step)."""
+    if image.mode in ("RGBA", "LA") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
+        alpha = rgba[:, :, 3:] / 255.0
+        image = Image.fromarray(np.rint(rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8), "RGB")
     image = image.convert("RGB")
     w, h = image.size
     new_w = min(-(-32 * w // h), 100)
