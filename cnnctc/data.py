@@ -278,10 +278,12 @@ def write_lmdb(out, samples, *, overwrite=False, inputs=()):
             txn = env.begin(write=True)
             try:
                 for sample in samples:
-                    image, label = _checked_sample(sample, count + 1)
+                    image, label, lexicon = _checked_sample(sample, count + 1)
                     count += 1
                     txn.put(b"image-%09d" % count, image)
                     txn.put(b"label-%09d" % count, label.encode("utf-8"))
+                    if lexicon:
+                        txn.put(b"lexicon-%09d" % count, "\n".join(lexicon).encode("utf-8"))
                     if count % 1000 == 0:
                         txn.commit()
                         txn = env.begin(write=True)
@@ -305,9 +307,15 @@ def write_lmdb(out, samples, *, overwrite=False, inputs=()):
 
 def _checked_sample(sample, number):
     try:
-        image, label = sample
+        image, label, *rest = sample
+        if len(rest) > 1:
+            raise ValueError
     except (TypeError, ValueError):
-        raise CnnctcError(f"sample {number}: expected an (image bytes, label) pair") from None
+        raise CnnctcError(f"sample {number}: expected an (image bytes, label) pair, or (image bytes, label, "
+                          "lexicon words)") from None
+    lexicon = list(rest[0]) if rest and rest[0] is not None else None
+    if lexicon is not None and not all(isinstance(w, str) and w and not set(w) & set("\n\r\0") for w in lexicon):
+        raise CnnctcError(f"sample {number}: a lexicon is a list of non-empty one-line words")
     if not isinstance(label, str):
         raise CnnctcError(f"sample {number}: the label must be text (str), not {type(label).__name__}")
     if not isinstance(image, (bytes, bytearray, memoryview)):
@@ -316,11 +324,12 @@ def _checked_sample(sample, number):
         label.encode("utf-8")
     except UnicodeEncodeError:
         raise CnnctcError(f"sample {number}: the label {label!r} cannot be written as UTF-8") from None
-    return bytes(image), label
+    return bytes(image), label, lexicon
 
 
 def read_labels_file(path):
-    """Parse ``relative/path<TAB>text`` lines; returns (pairs, malformed line numbers).
+    """Parse ``relative/path<TAB>text[<TAB>lexicon words separated by spaces]`` lines; returns
+    ((image, text, lexicon or None) entries, malformed line numbers).
 
     Raises :class:`CnnctcError` (one line) for a file that is missing, not a regular file,
     unreadable or not UTF-8.
@@ -339,8 +348,8 @@ def read_labels_file(path):
                 if "\t" not in line:
                     malformed.append(number)
                     continue
-                image, text = line.split("\t", 1)
-                pairs.append((image, text))
+                image, text, *rest = line.split("\t", 2)
+                pairs.append((image, text, rest[0].split() if rest and rest[0].strip() else None))
     except FileNotFoundError:
         raise CnnctcError(f"{path}: no such labels file") from None
     except PermissionError:
@@ -382,7 +391,7 @@ def make_lmdb(images_dir, labels_file, out, *, overwrite=False, progress=None):
     stats = MakeLmdbStats(malformed=len(malformed))
 
     def samples():
-        for relative, text in pairs:
+        for relative, text, lexicon in pairs:
             if progress:
                 progress(1)
             if not text.strip():
@@ -399,7 +408,7 @@ def make_lmdb(images_dir, labels_file, out, *, overwrite=False, progress=None):
                     reason = reason[len(prefix):] if reason.startswith(prefix) else reason
                 log.warning("skipping %s: %s", path, reason)
                 continue
-            yield data, text
+            yield data, text, lexicon
 
     stats.written = write_lmdb(out, samples(), overwrite=overwrite, inputs=inputs)
     return stats
@@ -511,6 +520,19 @@ class LmdbDataset:
         if data is None:
             raise ImageError(f"{self.paths[number]}: image-{key:09d} is missing")
         return data, label
+
+    def lexicon(self, index):
+        """The per-image lexicon of kept sample ``index`` (key ``lexicon-%09d``, one word per line), or None."""
+        number, key, _ = self.samples[index]
+        try:
+            with self._envs[number].begin() as txn:
+                raw = txn.get(b"lexicon-%09d" % key)
+        except _lmdb().Error as exc:
+            raise self._damaged(number, exc) from None
+        if raw is None:
+            return None
+        words = raw.decode("utf-8", errors="replace").split("\n")
+        return [w for w in words if w.strip()] or None
 
     def encode(self, label):
         target = np.full(self.filter.max_length, len(self.filter.alphabet), np.int32)

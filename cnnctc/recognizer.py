@@ -87,6 +87,8 @@ class Recognizer:
                                                  device_target=device_target, network=network,
                                                  network_kwargs=network_kwargs)
         self.decode = _make_decoder(decoder, decoder_options or {})
+        if getattr(self.decode, "lexicon", None) is not None:  # refuse a lexicon with no readable word now
+            self.decode.prepared_lexicon(self.alphabet)
         self._config = self.manifest.preprocess
 
     @property
@@ -143,7 +145,7 @@ class Recognizer:
 def _make_decoder(decoder, options):
     if callable(decoder):
         return decoder
-    if decoder in (None, "greedy") and not options.get("lexicon"):
+    if decoder in (None, "greedy") and options.get("lexicon") is None and options.get("top_k", 1) == 1:
         return ctc_greedy_decode
     from .decoding import make_decoder
     return make_decoder(decoder or "greedy", **options)

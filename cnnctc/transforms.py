@@ -259,7 +259,8 @@ def _files_under(top):
         if error is not None:
             found.append(folder)
             continue
-        found += [os.path.join(folder, n) for n in names if _is_regular(os.path.join(folder, n))]
+        found += [os.path.join(folder, n) for n in names
+                  if _image_name(n) and _is_regular(os.path.join(folder, n))]
     return found
 
 
@@ -299,11 +300,17 @@ def _recursive_glob(pattern):
     return [p for p in current if p]
 
 
-def find_images(paths, *, recursive=False):
-    """Expand files, folders (their files, sorted; subfolders with ``recursive``) and globs.
+def _image_name(name):
+    """True for a file name with an image extension Pillow knows (folders also hold labels and notes)."""
+    return os.path.splitext(name)[1].lower() in Image.registered_extensions()
 
-    Only regular files are taken from folders and globs (FIFOs, sockets and devices are skipped
-    unopened; symbolic-link loops end). Names given directly are kept as they are, and so are
+
+def find_images(paths, *, recursive=False):
+    """Expand files, folders (their image files, sorted; subfolders with ``recursive``) and globs.
+
+    From folders only files with an image extension are taken (a labels file beside the images
+    is not an input); only regular files are taken from folders and globs (FIFOs, sockets and
+    devices are skipped unopened; symbolic-link loops end). Names given directly are kept as they are, and so are
     names that match nothing, so that reading them reports the problem.
     """
     found = []
@@ -318,7 +325,7 @@ def find_images(paths, *, recursive=False):
                     found.append(path)  # reading it reports why
                     continue
                 found += [os.path.join(path, f) for f in names
-                          if not f.startswith(".") and _is_regular(os.path.join(path, f))]
+                          if not f.startswith(".") and _image_name(f) and _is_regular(os.path.join(path, f))]
         elif not os.path.lexists(path) and glob.has_magic(path):
             matches = _recursive_glob(path) if recursive and "**" in path else glob.glob(path)
             found += sorted(p for p in matches if _is_regular(p)) or [path]
