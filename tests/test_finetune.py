@@ -69,8 +69,9 @@ def labels_of(folder):
 
 def test_validation_accuracy_goes_from_chance_to_high(trained):
     untrained = CNNCTC(num_class=len(DIGITS) + 1, output_channel=32)
-    untrained.alphabet = DIGITS
-    _, before = evaluate(Recognizer(network=untrained, batch_size=50), [trained.root / "valid"])
+    digits_manifest = load_manifest().replace(alphabet=DIGITS)
+    _, before = evaluate(Recognizer(network=untrained, manifest=digits_manifest, batch_size=50),
+                         [trained.root / "valid"])
     assert before.kept == 100 and before.accuracy <= 5.0
     result = trained.result
     assert result.best_accuracy >= 90.0, result.history

@@ -1,0 +1,332 @@
+"""The error contract of fine-tuning: bad settings are refused before training, with one line.
+
+Real CLI subprocesses on tiny real LMDBs: every bad path or setting ends with exit status 1 (2 for
+usage errors), one ``cnnctc: error:`` line, no traceback, within a bound that leaves no room for
+training, and the user's files unchanged. A diverging run stops naming its step and writes no
+non-finite checkpoint; Ctrl-C leaves a checkpoint that --resume continues.
+"""
+import hashlib
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import subprocess_env
+from cnnctc.data import make_lmdb
+from cnnctc.errors import CnnctcError
+from cnnctc.render import find_fonts, write_word_images
+
+DIGITS = "0123456789"
+ONE_FONT = (find_fonts() or [None])[:1]
+SMALL = ["--output-channel", "32", "--batch-size", "8"]
+REFUSAL_SECONDS = 60  # MindSpore's import included; compiling and training take longer than this
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """48 training and 16 validation images of digit strings, as LMDBs, and a user's folder."""
+    root = tmp_path_factory.mktemp("contract")
+    write_word_images(root / "train_images", 48, alphabet=DIGITS, fonts=ONE_FONT, seed=1)
+    write_word_images(root / "valid_images", 16, alphabet=DIGITS, fonts=ONE_FONT, seed=2)
+    make_lmdb(root / "train_images", root / "train_images" / "labels.tsv", root / "train.lmdb")
+    make_lmdb(root / "valid_images", root / "valid_images" / "labels.tsv", root / "valid.lmdb")
+    mine = root / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's own file\n")
+    (root / "a_file.txt").write_text("not a folder\n")
+    return root
+
+
+def digest(*paths):
+    """SHA-256 over the names and bytes of every file under ``paths``."""
+    h = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def run_cli(*args, timeout=600, **env):
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "cnnctc", *map(str, args)], env=subprocess_env(**env),
+                         capture_output=True, text=True, timeout=timeout)
+    run.seconds = time.monotonic() - started
+    return run
+
+
+def finetune_args(data, out, *extra, train=None, valid=None):
+    return ["finetune", "--train", train or data / "train.lmdb", "--valid", valid or data / "valid.lmdb",
+            "--out", out, "--pretrained", "none", "--alphabet", DIGITS, "--steps", "3", *SMALL, *extra]
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("cnnctc: error:")]
+
+
+def assert_refused(run, code, pattern):
+    assert run.returncode == code, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.seconds < REFUSAL_SECONDS, f"refused only after {run.seconds:.0f} s: {run.stderr[-1000:]}"
+    if code == 2:
+        [line] = [line for line in run.stderr.splitlines() if "error:" in line]
+    else:
+        [line] = error_lines(run.stderr)
+    assert pattern.lower() in line.lower(), line
+    return line
+
+
+def checkpoints(folder):
+    return sorted(p.name for p in Path(folder).glob("cnnctc-*.ckpt"))
+
+
+def no_temporary_files(folder):
+    return [p.name for p in Path(folder).iterdir() if p.name.startswith(".") or ".tmp" in p.name] == []
+
+
+def all_finite(path):
+    from cnnctc.checkpoint import read_checkpoint
+    state = read_checkpoint(path)
+    arrays = [v.asnumpy() for v in state.values() if not isinstance(v, str)]
+    return all(np.isfinite(a).all() for a in arrays if np.issubdtype(a.dtype, np.floating))
+
+
+USAGE_ERRORS = [
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--lr", "0"], "--lr"),
+    (["--alphabet", ""], "--alphabet"),
+    (["--alphabet", "01234567890"], "repeats '0'"),
+    (["--output-channel", "1"], "multiple of 16"),
+    (["--output-channel", "24"], "multiple of 16"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--steps", "0"], "--steps"),
+    (["--seed", "-1"], "--seed"),
+]
+
+
+@pytest.mark.parametrize("extra,pattern", USAGE_ERRORS, ids=[" ".join(e) or "empty" for e, _ in USAGE_ERRORS])
+def test_a_bad_setting_is_a_usage_error(data, tmp_path, extra, pattern):
+    out = tmp_path / "out"
+    before = digest(data / "train.lmdb", data / "valid.lmdb")
+    # The later option wins in argparse: the bad value replaces the good one given before it.
+    run = run_cli(*finetune_args(data, out, *extra))
+    assert_refused(run, 2, pattern)
+    assert not out.exists()
+    assert digest(data / "train.lmdb", data / "valid.lmdb") == before
+
+
+def test_epochs_out_of_range_is_a_usage_error(data, tmp_path):
+    run = run_cli("finetune", "--train", data / "train.lmdb", "--out", tmp_path / "out", "--epochs", "0")
+    assert_refused(run, 2, "--epochs")
+
+
+# (case, its arguments given the data folder, a phrase of the error line, run as a real subprocess?): each
+# exits 1 before training. The in-process ones go through the same parser and command (cnnctc.cli.main),
+# without paying MindSpore's import again.
+REFUSALS = [
+    ("valid typo", lambda d: finetune_args(d, d / "new_out", valid=d / "vaild.lmdb"), "vaild.lmdb", True),
+    ("valid is a folder of images", lambda d: finetune_args(d, d / "new_out", valid=d / "valid_images"),
+     "valid_images", True),
+    ("train missing", lambda d: finetune_args(d, d / "new_out", train=d / "nope.lmdb"), "nope.lmdb", False),
+    ("train is a text file", lambda d: finetune_args(d, d / "new_out", train=d / "a_file.txt"), "a_file.txt", True),
+    ("out is a file", lambda d: finetune_args(d, d / "a_file.txt"), "is a file", True),
+    ("out under a file", lambda d: finetune_args(d, d / "a_file.txt" / "run"), "is a file", False),
+    ("out is an LMDB", lambda d: finetune_args(d, d / "train.lmdb"), "LMDB dataset", True),
+    ("batch larger than the data", lambda d: finetune_args(d, d / "new_out", "--batch-size", "64"),
+     "fewer than one batch", True),
+    ("batch beyond the limit", lambda d: finetune_args(d, d / "new_out", "--batch-size", "100000"), "--batch-size",
+     False),
+    ("steps beyond the limit", lambda d: finetune_args(d, d / "new_out", "--steps", str(10 ** 9)), "--steps", True),
+    ("alphabet that fits no label", lambda d: finetune_args(d, d / "new_out", "--alphabet", "abc"),
+     "none of its samples", True),
+    ("resume without checkpoints", lambda d: finetune_args(d, d / "mine", "--resume", d / "mine"),
+     "no cnnctc-<step>.ckpt", True),
+    ("resume a missing folder", lambda d: finetune_args(d, d / "new_out", "--resume", d / "gone"), "no such folder",
+     False),
+    ("pretrained missing", lambda d: finetune_args(d, d / "new_out", "--pretrained", d / "missing.ckpt"),
+     "missing.ckpt", True),
+    ("pretrained a folder", lambda d: finetune_args(d, d / "new_out", "--pretrained", d / "mine"), "is a folder",
+     False),
+    ("pretrained unknown uid", lambda d: finetune_args(d, d / "new_out", "--pretrained", "mindspore/9.9/cnnctc_x"),
+     "mindspore/1.3/cnnctc_mjstiiit", True),
+]
+
+
+class InProcessRun:
+    """``cnnctc.cli.main`` called in this process, shaped like a finished subprocess."""
+
+    def __init__(self, capsys, args):
+        from cnnctc.cli import main
+        capsys.readouterr()
+        started = time.monotonic()
+        try:
+            self.returncode = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's usage errors
+            self.returncode = exc.code
+        self.seconds = time.monotonic() - started
+        self.stdout, self.stderr = capsys.readouterr()
+
+
+@pytest.mark.parametrize("name,make_args,pattern,in_subprocess", REFUSALS, ids=[case[0] for case in REFUSALS])
+def test_a_bad_path_or_setting_is_refused_before_training(data, capsys, name, make_args, pattern, in_subprocess):
+    user_files = [data / "train.lmdb", data / "valid.lmdb", data / "mine", data / "a_file.txt"]
+    before = digest(*user_files)
+    run = run_cli(*make_args(data)) if in_subprocess else InProcessRun(capsys, make_args(data))
+    line = assert_refused(run, 1, pattern)
+    assert len(line) < 400, line
+    assert digest(*user_files) == before, name
+    assert not (data / "new_out").exists(), f"{name}: a refused run left its --out folder behind"
+    assert sorted(p.name for p in (data / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_a_registered_uid_is_fetched_only_after_the_data_is_checked(data, tmp_path, capsys, monkeypatch):
+    # --valid has a typo: it is reported, not the missing asset that a download would need first.
+    monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+    args = finetune_args(data, tmp_path / "out", "--pretrained", "mindspore/1.8/cnnctc_mjstiiit",
+                         valid=data / "vaild.lmdb")
+    assert_refused(InProcessRun(capsys, args), 1, "vaild.lmdb")
+    # With good data the uid names the 1.8 asset (offline here: it is not in the cache).
+    args = finetune_args(data, tmp_path / "out", "--pretrained", "mindspore/1.8/cnnctc_mjstiiit")
+    line = assert_refused(run_cli(*args, CNNCTC_OFFLINE="1", CNNCTC_CACHE_DIR=tmp_path / "cache"), 1, "offline")
+    assert "cnnctc_ascend_v180_mjstiiit_official_cv_acc84.0.ckpt" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def finished(data):
+    """A finished 4-step run (saving every 2 steps)."""
+    out = data / "finished"
+    run = run_cli(*finetune_args(data, out, "--steps", "4", "--save-every", "2"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert checkpoints(out) == ["cnnctc-0000002.ckpt", "cnnctc-0000004.ckpt"]
+    return out
+
+
+def test_a_finished_run_is_not_resumed_or_overwritten(data, finished, capsys):
+    before = digest(finished, data / "train.lmdb")
+    run = run_cli(*finetune_args(data, finished, "--resume", finished, "--steps", "8"))
+    line = assert_refused(run, 1, "finished at step 4")
+    assert f"--pretrained {finished / 'cnnctc-0000004.ckpt'}" in line and "--output-channel 32" in line
+    assert_refused(InProcessRun(capsys, finetune_args(data, finished, "--resume", finished)), 1, "finished at step 4")
+    assert_refused(InProcessRun(capsys, finetune_args(data, finished)), 1, "already holds the checkpoints of a run")
+    assert digest(finished, data / "train.lmdb") == before
+
+
+def test_a_diverging_run_stops_at_its_step_and_keeps_finite_checkpoints(data, tmp_path):
+    out = tmp_path / "diverged"
+    run = run_cli(*finetune_args(data, out, "--lr", "1e6", "--steps", "60", "--save-every", "5",
+                                 "--log-every", "1"))
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    [line] = error_lines(run.stderr)
+    assert "diverged at step" in line and "lower --lr" in line
+    step = int(line.split("diverged at step ")[1].split(":")[0])
+    assert step < 60 and f"step {step - 1}/60" in run.stderr  # it stopped there, not at the end
+    assert f"step {step}/60" not in run.stderr
+    left = sorted(out.glob("*.ckpt"))
+    assert left and all(all_finite(p) for p in left)
+    assert f"cnnctc-{step:07d}.ckpt" not in checkpoints(out) and no_temporary_files(out)
+
+
+def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_path, capsys):
+    out = tmp_path / "interrupted"
+    # Start from the finished run's weights without --alphabet: the checkpoint's alphabet comes along.
+    command = ["finetune", "--train", data / "train.lmdb", "--valid", data / "valid.lmdb", "--out", out,
+               "--pretrained", finished / "cnnctc-0000004.ckpt", "--steps", "30", *SMALL, "--save-every", "3"]
+    process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, command)], env=subprocess_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpoints(out), "no periodic checkpoint appeared"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert no_temporary_files(out)
+    newest = checkpoints(out)[-1]
+    interrupted_at = int(newest[len("cnnctc-"):-len(".ckpt")])
+    assert 3 <= interrupted_at < 30 and all_finite(out / newest)
+
+    # Resuming may repeat the run's settings but not change them.
+    before = digest(out)
+    steps_changed = InProcessRun(capsys, [*command, "--resume", out, "--steps", "100"])
+    line = assert_refused(steps_changed, 1, "planned for 30 steps")
+    assert f"--pretrained {out / newest}" in line
+    lr_changed = InProcessRun(capsys, [*command, "--resume", out, "--lr", "0.01"])
+    assert_refused(lr_changed, 1, "--lr")
+    assert digest(out) == before
+
+    resumed = run_cli(*command, "--resume", out, "--log-every", "1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {out / newest} at step {interrupted_at} of 30" in resumed.stderr
+    assert f"step {interrupted_at + 1}/30" in resumed.stderr and f"step {interrupted_at}/30" not in resumed.stderr
+    from cnnctc.checkpoint import read_checkpoint
+    assert checkpoints(out)[-1] == "cnnctc-0000030.ckpt"
+    assert read_checkpoint(out / "cnnctc-0000030.ckpt")["alphabet"] == DIGITS
+
+
+# -- the library refuses the same settings (no CLI in between) -------------------------------------------
+
+CONFIG_ERRORS = [
+    dict(lr=float("nan")), dict(lr=float("inf")), dict(lr=0.0), dict(lr=-1.0), dict(lr="0.1"),
+    dict(alphabet=""), dict(alphabet="0120"), dict(alphabet="ab\n"), dict(output_channel=1),
+    dict(output_channel=40), dict(batch_size=0), dict(batch_size=10 ** 6), dict(steps=0), dict(steps=10 ** 9),
+    dict(epochs=0), dict(epochs=True), dict(seed=-1), dict(save_every=0), dict(log_every=0), dict(keep=0),
+    dict(momentum=1.0), dict(warmup_start=0.0), dict(loss_scale=math.inf), dict(amp_level="O9"),
+]
+
+
+@pytest.mark.parametrize("changes", CONFIG_ERRORS, ids=[repr(c) for c in CONFIG_ERRORS])
+def test_the_library_refuses_each_bad_setting(changes):
+    from cnnctc.train import TrainConfig
+    TrainConfig().check()  # the recipe itself is fine
+    with pytest.raises(CnnctcError) as caught:
+        TrainConfig(**changes).check()
+    assert "\n" not in str(caught.value)
+
+
+def test_finetune_refuses_an_empty_alphabet_before_anything_is_built(data, tmp_path):
+    from cnnctc.train import TrainConfig, finetune
+    with pytest.raises(CnnctcError, match="--alphabet is empty"):
+        finetune(data / "train.lmdb", None, tmp_path / "out", pretrained=None, config=TrainConfig(alphabet=""))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data, tmp_path):
+    import mindspore as ms
+    from cnnctc.train import DivergenceError, TrainConfig, Trainer
+    config = TrainConfig(alphabet=DIGITS, steps=12, batch_size=8, output_channel=32, save_every=2, log_every=100)
+
+    def poison(step, loss):
+        if step == 3:  # the head's weights: the next loss is NaN (and so are its gradients)
+            head = next(p for p in trainer.net.get_parameters() if p.name == "Prediction.weight")
+            head.set_data(ms.Tensor(np.full(head.shape, np.nan, np.float32)))
+
+    out = tmp_path / "run"
+    trainer = Trainer(data / "train.lmdb", data / "valid.lmdb", out, pretrained=None, config=config, on_step=poison)
+    with pytest.raises(DivergenceError, match=r"diverged at step 4: the loss became nan; lower --lr \(it was "
+                                              r"0.0005\).*newest: .*cnnctc-0000002.ckpt"):
+        trainer.run()
+    assert checkpoints(out) == ["cnnctc-0000002.ckpt"]
+    assert all_finite(out / "cnnctc-0000002.ckpt") and no_temporary_files(out)
+    # The weights themselves are checked too, and never saved.
+    with pytest.raises(DivergenceError, match=r"the weights became NaN or infinite \(Prediction.weight\)"):
+        trainer.check_weights()
+    with pytest.raises(DivergenceError, match="Prediction.weight became NaN or infinite"):
+        trainer.save_periodic()
+    with pytest.raises(DivergenceError):
+        trainer.save(out / "best.ckpt")
+    assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000002.ckpt"]
