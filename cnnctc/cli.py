@@ -79,13 +79,12 @@ def cmd_list(args):
 
 
 def cmd_download(args):
-    from .download import fetch
+    from .download import asset_for_url, fetch
     manifest = _manifest(args)
     if args.sha256:
         if not args.url:
             raise CnnctcError("--sha256 names another file and needs --url")
-        name = args.url.rstrip("/").rsplit("/", 1)[-1]
-        manifest = manifest.replace(url=args.url, sha256=args.sha256.lower(), file_name=name)
+        manifest = asset_for_url(manifest, args.url, args.sha256)  # checked before any network access
     path = fetch(manifest, args.cache_dir, url=args.url, force=args.force, allow_http=args.allow_http or None,
                  quiet=args.quiet)
     print(path)
@@ -96,10 +95,8 @@ def cmd_verify(args):
     from .download import sha256_file
     manifest = _manifest(args)
     path = args.path or manifest.cache_path(args.cache_dir)
-    if not os.path.isfile(path):
-        what = "not a file" if os.path.exists(path) else "no such file"
-        raise CnnctcError(f"{path}: {what}" + ("" if args.path else f"; `cnnctc download --model {manifest.uid}` "
-                                                                       "fetches it"))
+    if not args.path and not os.path.exists(path):
+        raise CnnctcError(f"{path}: no such file; `cnnctc download --model {manifest.uid}` fetches it")
     actual = sha256_file(path)  # an explicit check reads every byte, whatever the stamp says
     if actual == manifest.sha256:
         print(f"OK  {path}  sha256 {actual}")
@@ -119,18 +116,45 @@ def cmd_hub_install(args):
 
 def cmd_slim(args):
     from .checkpoint import slim
-    kept, dropped = slim(args.src, args.dst)
+    kept, dropped = slim(args.src, args.dst, overwrite=args.overwrite)
     print(f"{args.dst}: kept {kept} entries, dropped {dropped} optimizer entries")
     return 0
 
 
-def cmd_predict(args):
+def _decoder_options(args):
+    """The decoder settings of predict/eval; the lexicon file is read (and refused) before any model loads."""
+    from .decoding import make_decoder, read_lexicon
+    lexicon = read_lexicon(args.lexicon) if getattr(args, "lexicon", None) else None
+    options = {"beam_width": args.beam_width, "top_k": getattr(args, "top_k", 1), "lexicon": lexicon,
+               "max_distance": args.max_distance}
+    make_decoder(args.decoder, **options)  # checks the combination now
+    return options
+
+
+def _reader(args):
+    from .recognizer import Recognizer
+    return Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
+                      model=getattr(args, "model", None), manifest=getattr(args, "manifest", None),
+                      decoder=args.decoder, decoder_options=_decoder_options(args))
+
+
+def _json_line(path, result):
     import json
-    from .recognizer import Recognizer, find_images
-    from .transforms import ImageError
+    def number(value):  # six significant digits: sequence probabilities can be tiny
+        return float(f"{value:.6g}")
+    record = {"path": path, "text": result.text, "confidence": number(result.confidence),
+              "chars": [[c, number(p)] for c, p in result.chars]}
+    if result.alternatives:
+        record["alternatives"] = [{"text": text, "confidence": number(prob)} for text, prob in result.alternatives]
+    if result.greedy is not None:
+        record["greedy"] = result.greedy
+    return json.dumps(record, ensure_ascii=False)
+
+
+def cmd_predict(args):
+    from .transforms import ImageError, find_images
     paths = find_images(args.paths, recursive=args.recursive)
-    reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
-                        model=getattr(args, "model", None), manifest=getattr(args, "manifest", None))
+    reader = _reader(args)
     show_progress = not args.quiet and sys.stderr.isatty() and any(os.path.isdir(p) for p in args.paths)
     failed = 0
     with _progress_bar(len(paths), show_progress) as bar:
@@ -143,8 +167,7 @@ def cmd_predict(args):
             if args.format == "tsv":
                 line = f"{path}\t{result.text}\t{result.confidence:.4f}"
             elif args.format == "json":
-                line = json.dumps({"path": path, "text": result.text, "confidence": round(result.confidence, 6),
-                                   "chars": [[c, round(p, 6)] for c, p in result.chars]}, ensure_ascii=False)
+                line = _json_line(path, result)
             else:
                 line = f"{path}: {result.text} ({result.confidence:.3f})"
             bar.write(line, file=sys.stdout)
@@ -164,19 +187,93 @@ def cmd_make_lmdb(args):
 def cmd_render(args):
     from .render import write_word_images
     labels = write_word_images(args.out, args.count, alphabet=args.alphabet, seed=args.seed, noise=args.noise,
-                               words=args.words)
+                               words=args.words, overwrite=args.overwrite)
     print(f"{args.out}: {args.count if not args.words else len(args.words)} images, labels in {labels}")
     return 0
 
 
+def _finite_positive_float(text):
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _channel_width(text):
+    value = int(text)
+    if value < 16 or value % 16:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 16 (512 is the published width), got {value}")
+    return value
+
+
+def _alphabet_arg(text):
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give the symbols to read, or leave it out for the pretrained "
+                                         "model's alphabet")
+    repeated = sorted({c for c in text if text.count(c) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"repeats {''.join(repeated)!r}; every symbol must appear once")
+    if any(c in "\t\r\n\0" for c in text):
+        raise argparse.ArgumentTypeError("holds a tab, newline or NUL")
+    return text
+
+
+def _seed_arg(text):
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2 ** 32 - 1}, got {value}")
+    return value
+
+
+def _msrun_workers():
+    """The number of workers when msrun started this process (a worker or its scheduler), else None."""
+    if os.environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
+        return None
+    try:
+        workers = int(os.environ.get("MS_WORKER_NUM", "1"))
+    except ValueError:
+        raise CnnctcError(f"MS_WORKER_NUM is {os.environ['MS_WORKER_NUM']!r}, not a number of workers") from None
+    return workers if workers > 1 else None
+
+
+def _join_cluster():
+    """Join msrun's cluster: (rank, world) for a worker, None for msrun's scheduler process (its
+    init() serves the cluster until the workers are done)."""
+    from mindspore.communication import get_group_size, get_rank, init
+    try:
+        init()
+    except RuntimeError as exc:
+        raise CnnctcError(f"cannot join the msrun cluster ({str(exc).strip().splitlines()[0]})") from None
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        return None
+    return get_rank(), get_group_size()
+
+
 def cmd_finetune(args):
-    from .train import TrainConfig, finetune
+    from .train import TrainConfig, Trainer
     config = TrainConfig(alphabet=args.alphabet, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, save_every=args.save_every, output_channel=args.output_channel,
                          seed=args.seed, log_every=args.log_every)
-    pretrained = None if args.pretrained == "none" else args.pretrained
-    result = finetune(args.train, args.valid, args.out, pretrained=pretrained, config=config, resume=args.resume,
-                      manifest=getattr(args, "manifest", None), device_target=args.device_target)
+    config.check()
+    workers = _msrun_workers()
+    trainer = Trainer(args.train, args.valid, args.out, pretrained=args.pretrained, config=config,
+                      resume=args.resume, manifest=getattr(args, "manifest", None), model=getattr(args, "model", None),
+                      device_target=args.device_target, rank=0 if workers else None, world=workers)
+    if workers:
+        from .loader import configure_context
+        configure_context(args.device_target)  # before init(): MindSpore fixes the device when it joins
+        # Every process, msrun's scheduler too, checks the settings before the cluster forms, so a bad
+        # one ends the whole job at once instead of leaving the scheduler waiting for its workers.
+        trainer.check()
+        cluster = _join_cluster()
+        if cluster is None:  # the scheduler: the workers did the training
+            return 0
+        trainer.set_rank(*cluster)
+    result = trainer.run()
     print(f"last checkpoint: {result.last_checkpoint} (step {result.steps})")
     if result.best_accuracy >= 0:
         print(f"best checkpoint: {result.best_checkpoint} (validation accuracy {result.best_accuracy:.2f}%)")
@@ -186,15 +283,45 @@ def cmd_finetune(args):
 def cmd_eval(args):
     import json
     from .evaluation import evaluate, format_table
-    from .recognizer import Recognizer
-    reader = Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
-                        model=getattr(args, "model", None), manifest=getattr(args, "manifest", None))
-    results, total = evaluate(reader, args.data)
+    if args.max_distance is not None and not (args.lexicon or args.per_image_lexicon):
+        raise CnnctcError("--max-distance needs --lexicon FILE or --per-image-lexicon")
+    reader = _reader(args)
+    results, total = evaluate(reader, args.data, per_image_lexicon=args.per_image_lexicon,
+                              max_distance=args.max_distance)
     if args.json:
         print(json.dumps({"datasets": [r.as_dict() for r in results], "total": total.as_dict()}, indent=2))
     else:
         print(format_table(results, total))
     return 0
+
+
+def cmd_export(args):
+    from .export import export_model
+    path = export_model(args.out, format=args.format, checkpoint=args.checkpoint, model=args.model,
+                        manifest=getattr(args, "manifest", None), batch_size=args.batch_size,
+                        device_target=args.device_target, overwrite=args.overwrite)
+    batch = f"batch {args.batch_size}" if args.batch_size else "dynamic batch"
+    where = "in its metadata" if args.format == "onnx" else f"in {path.name}.json beside it"
+    print(f"{path}: {args.format.upper()}, {batch}; alphabet, preprocessing and source {where}")
+    return 0
+
+
+def cmd_quantize(args):
+    from .quantize import quantize_model
+    report = quantize_model(args.model_file, args.calib, args.out, max_images=args.max_images,
+                            per_channel=not args.per_tensor, overwrite=args.overwrite)
+    print(report)
+    return 0
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _positive_int(text):
@@ -231,6 +358,19 @@ def build_parser():
     def cache_arg(p):
         p.add_argument("--cache-dir", help="cache root shared with MindSpore Hub (default: CNNCTC_CACHE_DIR, "
                        "else ~/.mscache)")
+
+    def decoder_args(p, top_k=True):
+        p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy",
+                       help="greedy: best class per column (default, fastest); beam: CTC prefix beam search, "
+                       "summing over alignments")
+        p.add_argument("--beam-width", type=_positive_int, default=10, help="prefixes the beam keeps (default 10)")
+        if top_k:
+            p.add_argument("--top-k", type=_positive_int, default=1, help="readings to report per image, best "
+                           "first (beam or lexicon; shown with --format json)")
+        p.add_argument("--lexicon", metavar="FILE", help="read only words from this UTF-8 file (one word per "
+                       "line): the word with the highest CTC probability")
+        p.add_argument("--max-distance", type=_non_negative_int, metavar="D", help="with a lexicon: only words "
+                       "within D edits of the greedy reading (the CRNN protocol; faster on large lexicons)")
 
     def model_arg(p):
         p.add_argument("--model", metavar="UID", help="hub uid of the model (default: "
@@ -276,6 +416,7 @@ def build_parser():
                    "per line with per-character probabilities")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders (and ** in globs)")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+    decoder_args(p)
 
     p = add("render", cmd_render, "draw synthetic word images with the installed fonts (for demos and tests); "
             "writes OUT/NNNNN.png and OUT/labels.tsv for make-lmdb")
@@ -284,7 +425,9 @@ def build_parser():
     p.add_argument("--words", nargs="+", help="draw these words instead of random ones")
     p.add_argument("--alphabet", default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
     p.add_argument("--noise", action="store_true", help="slant and blur the words")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random words, fonts and colours (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a set this command rendered into OUT before "
+                   "(never a folder holding anything else)")
 
     p = add("make-lmdb", cmd_make_lmdb, "build an LMDB dataset in the field's format from images and a labels "
             "file (one 'relative/path<TAB>text' per line); unreadable images and empty labels are skipped")
@@ -294,48 +437,94 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = add("finetune", cmd_finetune, "fine-tune from the hub weights (official recipe: centered RMSProp, warm-up "
-            "then cosine, loss scale 8096); under msrun, data-parallel over the workers")
+            "then cosine, loss scale 8096); under msrun, data-parallel over the workers. Every setting and path is "
+            "checked before training starts; a run whose loss or weights become NaN stops with its last good "
+            "checkpoint kept")
     p.add_argument("--train", nargs="+", required=True, metavar="LMDB", help="training LMDB datasets")
     p.add_argument("--valid", nargs="+", metavar="LMDB", help="validation LMDB datasets (accuracy per epoch)")
-    p.add_argument("--out", required=True, metavar="DIR", help="where checkpoints go")
-    p.add_argument("--pretrained", default="hub", metavar="hub|PATH|none",
-                   help="start from the hub checkpoint (default), a checkpoint file, or random weights")
-    p.add_argument("--alphabet", help="symbols to read (default: the pretrained one's); a new alphabet gets a "
-                   "new head, the backbone still comes from the pretrained weights")
+    p.add_argument("--out", required=True, metavar="DIR", help="where checkpoints go (a new or empty folder, or "
+                   "the --resume folder)")
+    p.add_argument("--pretrained", default="hub", metavar="hub|UID|PATH|none",
+                   help="start from the selected model's hub checkpoint (default), another registered model's "
+                   "(e.g. mindspore/1.8/cnnctc_mjstiiit), a checkpoint file, or random weights")
+    p.add_argument("--alphabet", type=_alphabet_arg, help="symbols to read (default: the pretrained checkpoint's); a "
+                   "new alphabet gets a new head, the backbone still comes from the pretrained weights")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--epochs", type=_positive_int, default=3, help="passes over the data (default 3)")
     group.add_argument("--steps", type=_positive_int, help="optimizer steps (instead of --epochs)")
     p.add_argument("--batch-size", type=_positive_int, default=192, help="images per step and worker (default 192)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--lr", type=_finite_positive_float, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--save-every", type=_positive_int, default=1000, help="steps between checkpoints (default 1000)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoints are in DIR")
-    p.add_argument("--output-channel", type=_positive_int, default=512,
-                   help="network width (default 512, the published one)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--log-every", type=_positive_int, default=50, help="steps between log lines")
+    p.add_argument("--resume", metavar="DIR", help="continue the unfinished run whose checkpoints are in DIR, with "
+                   "its own settings (--steps, --lr, ... may be repeated but not changed; to train a finished run "
+                   "further, start a new run with --pretrained DIR/cnnctc-<step>.ckpt)")
+    p.add_argument("--output-channel", type=_channel_width, default=512,
+                   help="network width, a multiple of 16 (default 512, the published one)")
+    p.add_argument("--seed", type=_seed_arg, default=1, help="seed of the initial weights and data order (default 1)")
+    p.add_argument("--log-every", type=_positive_int, default=50, help="steps between log lines (default 50)")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
     p = add("eval", cmd_eval, "word accuracy and normalized edit distance per dataset and in total")
     model_arg(p)
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the manifest's)")
     p.add_argument("--data", nargs="+", required=True, metavar="LMDB", help="evaluation LMDB datasets")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per network call (default 32)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+    decoder_args(p, top_k=False)
+    p.add_argument("--per-image-lexicon", action="store_true", help="read each sample that carries a lexicon "
+                   "(LMDB key lexicon-NNNNNNNNN, one word per line; make-lmdb takes it from a third column) "
+                   "as its best lexicon word: the field's lexicon protocol (IIIT5K 50/1k, SVT 50)")
 
     p = add("slim", cmd_slim, "write a weights-only copy of a checkpoint (drops the optimizer state)")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="checkpoint to read (left untouched)")
+    p.add_argument("dst", help="weights-only checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+
+    p = add("export", cmd_export, "export the model to ONNX (for onnxruntime), MindIR (MindSpore, MindSpore Lite) "
+            "or AIR (Ascend); the file carries its alphabet and preprocessing, so predict and eval take it as "
+            "--checkpoint")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="UID", help="hub uid whose checkpoint to export (default: "
+                        "mindspore/1.3/cnnctc_mjstiiit; `cnnctc list` shows all)")
+    source.add_argument("--checkpoint", metavar="CKPT", help="checkpoint to export (its alphabet and width "
+                        "come along)")
+    p.add_argument("--format", choices=("onnx", "mindir", "air"), required=True,
+                   help="onnx: opset 13, metadata in the file; mindir/air: description in FILE.json beside it; "
+                   "air needs an Ascend device")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write, ending with .onnx, .mindir or .air")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="fix the batch size (default: any batch)")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+
+    p = add("quantize", cmd_quantize, "write a static int8 copy of an exported ONNX model (onnxruntime's QDQ "
+            "quantizer), calibrated on your images; prints its agreement with the float model. Check the "
+            "accuracy cost with `cnnctc eval --checkpoint MODEL.int8.onnx --data LMDB`")
+    p.add_argument("model_file", metavar="MODEL.onnx", help="float ONNX file written by `cnnctc export`")
+    p.add_argument("--calib", nargs="+", required=True, metavar="PATH",
+                   help="calibration images: files, folders (recursively), globs or LMDBs, like those the model "
+                   "will read; unreadable ones are skipped")
+    p.add_argument("--out", required=True, metavar="MODEL.int8.onnx", help="int8 file to write")
+    p.add_argument("--max-images", type=_positive_int, default=256, metavar="N",
+                   help="calibration images to use, spread over all given (default 256)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per output "
+                   "channel (less accurate; for runtimes without per-channel support)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     return parser
 
 
 def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 still print
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown the output otherwise
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="cnnctc: %(message)s",
                         stream=sys.stderr)
+    from ._signals import terminate_as_interrupt
     try:
-        return args.func(args)
+        with terminate_as_interrupt():  # MindSpore turns Ctrl-C into SIGTERM once a graph has run
+            return args.func(args)
     except CnnctcError as exc:
         print(f"cnnctc: error: {_one_line(exc)}", file=sys.stderr)
         return 1
