@@ -430,11 +430,13 @@ def build_parser():
                    "(never a folder holding anything else)")
 
     p = add("make-lmdb", cmd_make_lmdb, "build an LMDB dataset in the field's format from images and a labels "
-            "file (one 'relative/path<TAB>text' per line); unreadable images and empty labels are skipped")
+            "file (one 'relative/path<TAB>text' per line, optionally <TAB>a per-image lexicon of words separated "
+            "by spaces); unreadable images and empty labels are skipped and counted")
     p.add_argument("images_dir", metavar="IMAGES_DIR")
     p.add_argument("labels_file", metavar="LABELS_FILE")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it is an LMDB (never a folder "
+                   "holding anything else, nor one that is, holds or contains the inputs)")
 
     p = add("finetune", cmd_finetune, "fine-tune from the hub weights (official recipe: centered RMSProp, warm-up "
             "then cosine, loss scale 8096); under msrun, data-parallel over the workers. Every setting and path is "
