@@ -1,0 +1,126 @@
+"""The error contract walked over every command: careless input gets one line (exit 1, usage 2),
+no traceback, no signal death, no hang, and the user's files hash the same before and after.
+
+The deeper cases of each class live beside their code (test_contract_inputs, _assets, _training,
+test_decoding_cli); this table makes sure no command is left out.
+"""
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import subprocess_env
+
+COMMANDS = ["info", "list", "download", "verify", "hub-install", "slim", "predict", "render", "make-lmdb",
+            "finetune", "eval", "export", "quantize"]
+
+
+def snapshot(root):
+    """{path: sha256 or kind} of everything under ``root``, opening regular files only."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                with open(path, "rb") as f:
+                    found[path] = hashlib.sha256(f.read()).hexdigest()
+            else:
+                found[path] = "dir" if stat.S_ISDIR(mode) else "other"
+    return found
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """A user's folder: images with labels, an LMDB, a checkpoint, junk, a FIFO, a file, a folder."""
+    from cnnctc.checkpoint import save_checkpoint
+    from cnnctc.data import make_lmdb
+    from cnnctc.network import CNNCTC
+    from cnnctc.render import write_word_images
+    root = tmp_path_factory.mktemp("user")
+    write_word_images(root / "images", 6, alphabet="0123456789", seed=1)
+    make_lmdb(root / "images", root / "images" / "labels.tsv", root / "data.lmdb")
+    save_checkpoint(CNNCTC(output_channel=32), root / "net.ckpt")
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    (root / "notes.txt").write_text("my notes")
+    (root / "dir.ckpt").mkdir()
+    os.mkfifo(root / "fifo")
+    return root
+
+
+# (command line with {u} for the user's folder, expected exit status, text the error must hold)
+CASES = [
+    ("info --device-target TPU", 1, "unknown device target"),
+    ("info --model mindspore/0.1/nothing", 1, "known: mindspore/1.3/cnnctc_mjstiiit"),
+    ("list --cache-dir {u}/notes.txt", 0, ""),
+    ("download --cache-dir {u}/notes.txt", 1, "cache"),
+    ("download --url https://[bad --sha256 " + "a" * 64, 1, "cannot be parsed"),
+    ("download --url https://example.invalid/x.ckpt --sha256 xyz", 1, "64 hexadecimal digits"),
+    ("download --url https://example.invalid/x.ckpt --sha256 " + "a" * 64 + " --cache-dir {u}/c", 1, "CNNCTC_OFFLINE"),
+    ("verify {u}/dir.ckpt", 1, "dir.ckpt"),
+    ("verify {u}/nothing-here.ckpt", 1, "no such file"),
+    ("verify {u}/fifo", 1, "fifo"),
+    ("verify --model mindspore/1.8/cnnctc_mjstiiit {u}/net.ckpt", 1, "93bf15cb"),
+    ("hub-install --hub-dir {u}/notes.txt", 1, "is a file"),
+    ("hub-install --hub-dir /proc/cnnctc-hub", 1, "cannot write"),
+    ("slim {u}/empty.png {u}/out.ckpt", 1, "empty.png"),
+    ("slim {u}/net.ckpt {u}/dir.ckpt", 1, "dir.ckpt"),
+    ("slim {u}/net.ckpt {u}/notes.txt", 1, "--overwrite"),
+    ("slim {u}/net.ckpt {u}/net.ckpt", 1, "net.ckpt"),
+    ("predict --checkpoint {u}/empty.png {u}/text.png", 1, "empty.png"),
+    ("predict --checkpoint {u}/dir.ckpt {u}/images", 1, "dir.ckpt"),
+    ("predict --checkpoint {u}/net.ckpt --lexicon {u}/fifo {u}/images", 1, "regular file"),
+    ("predict --checkpoint {u}/net.ckpt --batch-size 0 {u}/images", 2, "usage:"),
+    ("predict --checkpoint {u}/net.ckpt --device-target TPU {u}/images", 1, "unknown device target"),
+    ("render {u}/images --count 2", 1, "images"),
+    ("render {u}/notes.txt --count 2", 1, "notes.txt"),
+    ("render {u}/new --alphabet=", 1, "alphabet"),
+    ("render {u}/new --words two\nlines", 1, "newline"),
+    ("make-lmdb {u}/nothing {u}/notes.txt {u}/out.lmdb", 1, "nothing"),
+    ("make-lmdb {u}/images {u}/images/labels.tsv {u}/images --overwrite", 1, "images"),
+    ("make-lmdb {u}/images {u}/images/labels.tsv {u} --overwrite", 1, ""),
+    ("make-lmdb {u}/images {u}/fifo {u}/out.lmdb", 1, "fifo"),
+    ("finetune --train {u}/data.lmdb --out {u}/run --output-channel 1", 2, "multiple of 16"),
+    ("finetune --train {u}/data.lmdb --out {u}/run --lr nan", 2, "finite"),
+    ("finetune --train {u}/data.lmdb --valid {u}/typo.lmdb --out {u}/run --pretrained none", 1, "typo.lmdb"),
+    ("finetune --train {u}/data.lmdb --out {u}/notes.txt --pretrained none", 1, "notes.txt"),
+    ("eval --checkpoint {u}/dir.ckpt --data {u}/notes.txt", 1, ""),
+    ("eval --checkpoint {u}/net.ckpt --data {u}/notes.txt", 1, "notes.txt"),
+    ("eval --checkpoint {u}/net.ckpt --data {u}/data.lmdb --max-distance 2", 1, "lexicon"),
+    ("export --checkpoint {u}/net.ckpt --format air --out {u}/m.air", 1, "Ascend"),
+    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/notes.txt", 1, "--overwrite"),
+    ("export --checkpoint {u}/dir.ckpt --format onnx --out {u}/m.onnx", 1, "dir.ckpt"),
+    ("quantize {u}/net.ckpt --calib {u}/images --out {u}/m.int8.onnx", 1, "net.ckpt"),
+    ("quantize {u}/text.png --calib {u}/images --out {u}/m.int8.onnx", 1, "text.png"),
+]
+
+
+def test_the_table_covers_every_command():
+    from cnnctc.cli import build_parser
+    parser = build_parser()
+    names = set(next(a for a in parser._actions if hasattr(a, "choices") and a.choices).choices)
+    assert names == set(COMMANDS)
+    assert {case[0].split()[0] for case in CASES} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("line, status, text", CASES, ids=[c[0].split(" {u}")[0][:60] for c in CASES])
+def test_careless_input_gets_one_clear_line(user, tmp_path, line, status, text):
+    argv = [part.replace("{u}", str(user)) for part in line.split(" ")]
+    argv = [a.replace("\\n", "\n") for a in argv]
+    before = snapshot(user)
+    run = subprocess.run([sys.executable, "-m", "cnnctc", *argv], env=subprocess_env(CNNCTC_CACHE_DIR=tmp_path,
+                         CNNCTC_OFFLINE=1), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+                         cwd=tmp_path)
+    assert run.returncode == status, (run.returncode, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    if status:
+        errors = [l for l in run.stderr.splitlines() if l.startswith("cnnctc: error:")]
+        assert status == 2 or len(errors) == 1, run.stderr
+        assert text in run.stderr, run.stderr
+    after = snapshot(user)
+    changed = {p for p in before if after.get(p) != before[p]}
+    assert not changed, f"the user's files changed: {sorted(changed)}"
