@@ -7,6 +7,7 @@ interpreter then aborts at exit; so the import is refused before it is tried.
 """
 import sys
 
+from ._signals import interrupt_deferred
 from .errors import CnnctcError
 
 __all__ = ["mindspore", "require_mindspore"]
@@ -27,10 +28,15 @@ def require_mindspore():
                           "implementation is already loaded); import cnnctc's MindSpore parts (or mindspore) "
                           "before onnx, or set PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python before starting Python")
     try:
-        import mindspore
+        # Ctrl-C while MindSpore's native libraries initialise aborts the interpreter at exit; it is
+        # held until the import is done, then arrives as the usual KeyboardInterrupt.
+        with interrupt_deferred():
+            import mindspore
+    except ModuleNotFoundError as exc:
+        raise CnnctcError(f"MindSpore is not installed ({exc}); pip install 'mindspore>=2.7,<2.9' 'numpy<2'") from None
     except ImportError as exc:
-        raise CnnctcError(f"MindSpore is not installed or cannot be loaded ({exc}); "
-                          "pip install 'mindspore>=2.7,<2.9' 'numpy<2'") from None
+        raise CnnctcError(f"MindSpore cannot be loaded ({exc}); check the install with "
+                          "python -c 'import mindspore'") from None
     return mindspore
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ._mindspore import mindspore as ms
+from ._signals import interrupt_deferred
 from .errors import CheckpointError
 
 __all__ = ["read_checkpoint", "split_state", "check_alphabet", "check_weights", "load_weights", "save_checkpoint",
@@ -74,7 +75,8 @@ def read_checkpoint(path, *, weights_only=False):
     _check_readable(path)
     choice = (lambda name: not _is_training_state(name)) if weights_only else None
     try:
-        state = ms.load_checkpoint(str(path), choice_func=choice)
+        with interrupt_deferred():  # MindSpore reports a Ctrl-C inside it as an unreadable file
+            state = ms.load_checkpoint(str(path), choice_func=choice)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001  MindSpore raises ValueError, RuntimeError, TypeError, protobuf errors...

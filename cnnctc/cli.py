@@ -64,9 +64,12 @@ def cmd_info(args):
 
 def cmd_list(args):
     from .download import check_cached
-    from .registry import list_models
+    from .registry import get_model, list_models
     rows = [("uid", "accuracy", "size", "cached")]
-    for entry in list_models():
+    entries = list_models()
+    if getattr(args, "manifest", None):  # a user's manifest is listed (and checked) too
+        entries.append(get_model(manifest=args.manifest))
+    for entry in entries:
         manifest = entry.manifest
         state = check_cached(manifest, args.cache_dir)
         path = manifest.cache_path(args.cache_dir)
@@ -109,7 +112,7 @@ def cmd_verify(args):
 def cmd_hub_install(args):
     from .hub import hub_install
     for card, code_dir in hub_install(args.hub_dir, getattr(args, "model", None),
-                                      manifest=getattr(args, "manifest", None)):
+                                      manifest=getattr(args, "manifest", None), overwrite=args.overwrite):
         print(f"{card}  (code: {code_dir})")
     return 0
 
@@ -138,6 +141,11 @@ def _reader(args):
                       decoder=args.decoder, decoder_options=_decoder_options(args))
 
 
+def _printable(name):
+    name = os.fspath(name) if not isinstance(name, str) else name
+    return name if name.isprintable() else name.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
 def _json_line(path, result):
     import json
     def number(value):  # six significant digits: sequence probabilities can be tiny
@@ -154,6 +162,9 @@ def _json_line(path, result):
 def cmd_predict(args):
     from .transforms import ImageError, find_images
     paths = find_images(args.paths, recursive=args.recursive)
+    if not paths:
+        raise CnnctcError(f"no image files in {', '.join(args.paths)}" +
+                          ("" if args.recursive else "; --recursive also reads subfolders"))
     reader = _reader(args)
     show_progress = not args.quiet and sys.stderr.isatty() and any(os.path.isdir(p) for p in args.paths)
     failed = 0
@@ -164,6 +175,7 @@ def cmd_predict(args):
                 failed += 1
                 bar.write(f"cnnctc: error: {result}", file=sys.stderr)
                 continue
+            path = _printable(path)  # a newline or tab in a file name must not break the line format
             if args.format == "tsv":
                 line = f"{path}\t{result.text}\t{result.confidence:.4f}"
             elif args.format == "json":
@@ -288,6 +300,10 @@ def cmd_eval(args):
     reader = _reader(args)
     results, total = evaluate(reader, args.data, per_image_lexicon=args.per_image_lexicon,
                               max_distance=args.max_distance)
+    if not total.kept:
+        raise CnnctcError(f"no sample could be evaluated ({total.skipped} skipped: labels empty, longer than "
+                          f"{reader.manifest.max_label_length} or outside the alphabet {reader.alphabet!r}, or "
+                          "unreadable images)")
     if args.json:
         print(json.dumps({"datasets": [r.as_dict() for r in results], "total": total.as_dict()}, indent=2))
     else:
@@ -325,7 +341,10 @@ def _non_negative_int(text):
 
 
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -405,6 +424,8 @@ def build_parser():
             "that mindspore_hub.load(uid) uses them (every registered uid, or --model UID)")
     model_arg(p)
     p.add_argument("--hub-dir", help="the hub's directory (default: CNNCTC_CACHE_DIR, else ~/.mscache)")
+    p.add_argument("--overwrite", action="store_true", help="also replace code directories and cards this "
+                   "command did not write (e.g. the hub client's own git checkout)")
 
     p = add("predict", cmd_predict, "read the words in images: files, folders and globs; one line per image")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
@@ -444,8 +465,9 @@ def build_parser():
             "checkpoint kept")
     p.add_argument("--train", nargs="+", required=True, metavar="LMDB", help="training LMDB datasets")
     p.add_argument("--valid", nargs="+", metavar="LMDB", help="validation LMDB datasets (accuracy per epoch)")
-    p.add_argument("--out", required=True, metavar="DIR", help="where checkpoints go (a new or empty folder, or "
-                   "the --resume folder)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the checkpoints (created if needed; a "
+                   "folder holding another run's checkpoints is refused unless it is the --resume folder; other "
+                   "files in it are left alone)")
     p.add_argument("--pretrained", default="hub", metavar="hub|UID|PATH|none",
                    help="start from the selected model's hub checkpoint (default), another registered model's "
                    "(e.g. mindspore/1.8/cnnctc_mjstiiit), a checkpoint file, or random weights")

@@ -210,8 +210,8 @@ def _check_out(out, overwrite, inputs=()):
             how = "is" if os.path.realpath(given) == os.path.realpath(out) else "holds"
             raise CnnctcError(f"{out} {how} the input {given}; refusing to replace it, choose another OUT")
     if not overwrite:
-        raise CnnctcError(f"{out} already exists (choose another OUT, or overwrite an LMDB made by make-lmdb "
-                          "with --overwrite)")
+        raise CnnctcError(f"{out} already exists (choose another OUT, or replace it with --overwrite if it is an "
+                          "LMDB you no longer need)")
     if out.is_symlink():
         raise CnnctcError(f"{out} is a symbolic link; not replaced (remove it or choose another OUT)")
     if out.is_dir():
@@ -340,7 +340,7 @@ def read_labels_file(path):
         if not stat.S_ISREG(info.st_mode):
             kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
             raise CnnctcError(f"{path}: the labels file is {kind}; give a text file of 'path<TAB>text' lines")
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first name
             for number, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
                 if not line.strip():

@@ -574,7 +574,7 @@ class _Downloader:
             self.discard_partial()
             if resumed:  # the splice might be at fault; one clean download decides
                 raise _Restart(f"resumed download does not match its SHA-256 (got {actual})")
-            raise IntegrityError(f"{_show(self.url)}: downloaded bytes do not match the manifest's SHA-256 "
+            raise IntegrityError(f"{_show(self.url)}: downloaded bytes do not match the expected SHA-256 "
                                  f"(expected {self.sha256}, got {actual}); nothing was kept. "
                                  "The server or mirror serves another file.")
         os.replace(self.part, self.target)

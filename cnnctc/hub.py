@@ -15,7 +15,9 @@ from .errors import CnnctcError
 from .manifest import _PACKAGE_DIR, _assets_dir, cache_root, inside
 from .registry import get_model, list_models
 
-__all__ = ["hub_install", "HUB_CONF"]
+__all__ = ["hub_install", "HUB_CONF", "MARKER"]
+
+MARKER = ".cnnctc-hub"  # in a code directory this command wrote: it may replace that one again
 
 # The text of mindspore_hub_conf.py at the repository root (a test keeps the two equal).
 HUB_CONF = '''"""MindSpore Hub entry point: the hub imports this file by path and calls ``create_network``."""
@@ -35,7 +37,19 @@ def _check_writable(root):
                           "pass a writable folder as --hub-dir") from None
 
 
-def _install_one(root, entry):
+def _refuse_foreign(code_dir, card, entry, overwrite):
+    """Refuse to replace a code directory or a card this command did not write, unless asked."""
+    if overwrite:
+        return
+    if code_dir.exists() and not (code_dir / MARKER).is_file():
+        raise CnnctcError(f"{code_dir} exists and was not written by cnnctc hub-install (the hub client's own "
+                          "checkout, or your files); move it away, or replace it with --overwrite")
+    if card.exists() and (not card.is_file() or card.read_bytes() != entry.card.read_bytes()):
+        raise CnnctcError(f"{card} exists and is not the published card of {entry.uid}; move it away, or "
+                          "replace it with --overwrite")
+
+
+def _install_one(root, entry, overwrite):
     manifest = entry.manifest
     if entry.card is None:
         raise CnnctcError(f"{manifest.uid} is a user manifest without a hub card; hub-install lays out "
@@ -46,6 +60,9 @@ def _install_one(root, entry):
     code_name = PurePosixPath(repo_link.rstrip("/")).name
     code_dir = inside(base, code_name)
     card = inside(base, f"{uid.name}.md")
+    if code_dir.is_symlink() or (code_dir.exists() and not code_dir.is_dir()):
+        raise CnnctcError(f"{code_dir} exists and is not a folder; move it away")
+    _refuse_foreign(code_dir, card, entry, overwrite)
     base.mkdir(parents=True, exist_ok=True)
 
     # Build the code directory beside its final place, then swap it in, so that a hub client
@@ -56,8 +73,7 @@ def _install_one(root, entry):
         shutil.copytree(_PACKAGE_DIR, staging / "cnnctc", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copytree(_assets_dir(), staging / "assets", dirs_exist_ok=True)
         (staging / "mindspore_hub_conf.py").write_text(HUB_CONF)
-        if code_dir.is_symlink() or code_dir.is_file():
-            raise CnnctcError(f"{code_dir} exists and is not a code directory this command made; move it away")
+        (staging / MARKER).write_text(f"written by cnnctc hub-install for {manifest.uid}\n")
         if code_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{code_dir.name}.old.", dir=base))
             code_dir.rename(old / code_dir.name)
@@ -72,13 +88,17 @@ def _install_one(root, entry):
     return card, code_dir
 
 
-def hub_install(hub_dir=None, model=None, *, manifest=None):
+def hub_install(hub_dir=None, model=None, *, manifest=None, overwrite=False):
     """Write the card and the code directory of ``model`` (default: every registered uid) under
-    ``hub_dir``; returns a list of (card path, code dir)."""
+    ``hub_dir``; returns a list of (card path, code dir).
+
+    A code directory or card already there is replaced only when this command wrote it (or with
+    ``overwrite``): the hub client's own checkout, or files of yours, are refused otherwise.
+    """
     root = cache_root(hub_dir)
     _check_writable(root)
     entries = list_models() if model is None and manifest is None else [get_model(model, manifest=manifest)]
     try:
-        return [_install_one(root, entry) for entry in entries]
+        return [_install_one(root, entry, overwrite) for entry in entries]
     except OSError as exc:
         raise CnnctcError(f"cannot lay out the hub files under {root}: {exc}") from None

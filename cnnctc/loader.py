@@ -32,6 +32,15 @@ def _quiet_mindspore_logger():
         logger.setLevel(level)
 
 
+def _available(device):
+    from mindspore import hal
+    with _quiet_mindspore_logger():
+        try:
+            return hal.is_available(device)
+        except (RuntimeError, ValueError):
+            return False
+
+
 def select_device(device_target=None):
     """The device to run on: ``device_target`` if given, else Ascend, else GPU, else CPU."""
     if device_target:
@@ -39,20 +48,18 @@ def select_device(device_target=None):
             if str(device_target).lower() == name.lower():
                 return name
         raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICES)}")
-    from mindspore import hal
-    with _quiet_mindspore_logger():
-        for candidate in ("Ascend", "GPU"):
-            try:
-                if hal.is_available(candidate):
-                    return candidate
-            except (RuntimeError, ValueError):
-                pass
+    for candidate in ("Ascend", "GPU"):
+        if _available(candidate):
+            return candidate
     return "CPU"
 
 
 def configure_context(device_target=None):
     """Put MindSpore in GRAPH_MODE on the selected device; returns the device name."""
     device = select_device(device_target)
+    if device_target and device != "CPU" and not _available(device):
+        raise CnnctcError(f"{device} is not available here (MindSpore finds no {device} device or plugin); "
+                          "leave --device-target out to use the best available one")
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
         ms.set_device(device)

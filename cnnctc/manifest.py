@@ -243,6 +243,8 @@ def read_manifest_file(path):
         raise
     except (OSError, ValueError) as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"cannot read manifest {path}: its JSON is nested too deeply") from None
     return Manifest.from_dict(data, source=path)
 
 

@@ -11,6 +11,7 @@ path before anything is built, :meth:`~Trainer.build` the network and optimizer,
 :meth:`~Trainer.save` — and :func:`finetune` is the one-call form. Joining an ``msrun`` cluster is
 the caller's job (the CLI does it); the trainer is given its rank and the world size.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -133,7 +134,7 @@ class TrainConfig:
         if self.steps is not None:
             integer("steps", 1, MAX_STEPS)
         integer("batch_size", 1, MAX_BATCH_SIZE)
-        real("lr", 0)
+        real("lr", 0, 1e3)  # float32 holds the schedule; far beyond any rate that trains
         integer("warmup_steps", 0)
         real("warmup_start", 0, 1)
         real("momentum", 0, 1, low_open=False, high_open=True)
@@ -356,6 +357,8 @@ def _epoch_batches(source, *, seed, epoch, start_step, steps_per_epoch, batch_si
     The epoch's order is a permutation seeded by (seed, epoch), so a resumed run continues at
     the same place; step k of the epoch gives worker r rows [(k * world + r) * batch_size ...].
     """
+    if not 0 <= start_step < steps_per_epoch:  # an empty sampler crashes MindSpore's iterator
+        raise ValueError(f"start_step {start_step} is outside the epoch's {steps_per_epoch} steps")
     order = np.random.default_rng(seed + epoch).permutation(len(source))
     usable = order[:steps_per_epoch * world * batch_size].reshape(steps_per_epoch, world, batch_size)
     indices = usable[start_step:, rank, :].reshape(-1).tolist()
@@ -436,6 +439,7 @@ class Trainer:
         self._last_saved = None
         self._skipped_in_a_row = 0
         self._checked = False
+        self._created_out_dir = False
 
     # -- check: every setting and path, before a network exists ---------------------------------------------
 
@@ -524,6 +528,7 @@ class Trainer:
 
     def _make_out_dir(self):
         try:
+            self._created_out_dir = not self.out_dir.exists()
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.out_dir):
                 pass
@@ -807,8 +812,23 @@ class Trainer:
                 self.check()
             try:
                 return self._run()
+            except BaseException:
+                if self._created_out_dir:  # a run that failed before its first checkpoint leaves no trace
+                    with contextlib.suppress(OSError):
+                        self.out_dir.rmdir()  # only when still empty
+                raise
             finally:
                 self.train_set.close()
+
+    def _train_epoch(self):
+        """The rest of the current epoch's steps (or up to the planned total), saving on schedule."""
+        for images, targets, lengths in self._batches().create_tuple_iterator(num_epochs=1):
+            self.train_step(images, targets, lengths)
+            if self.step % self.config.save_every == 0 and self.step < self.total_steps:
+                self.check_weights()
+                self.save_periodic()
+            if self.step >= self.total_steps:
+                break
 
     def _run(self):
         self.build()
@@ -818,13 +838,10 @@ class Trainer:
                  self.steps_per_epoch, config.batch_size, self.world, config.lr, self.warmup, self.amp_level)
         self._first_step, self._started = self.step, time.monotonic()
         while self.step < self.total_steps:
-            for images, targets, lengths in self._batches().create_tuple_iterator(num_epochs=1):
-                self.train_step(images, targets, lengths)
-                if self.step % config.save_every == 0 and self.step < self.total_steps:
-                    self.check_weights()
-                    self.save_periodic()
-                if self.step >= self.total_steps:
-                    break
+            # A run saved (or stopped) right after an epoch's last step resumes with that epoch's
+            # batches all done: it goes straight to the epoch's validation.
+            if self.epoch_step < self.steps_per_epoch:
+                self._train_epoch()
             if self.epoch_step >= self.steps_per_epoch or self.step >= self.total_steps:
                 self.validate()
                 if self.epoch_step >= self.steps_per_epoch:

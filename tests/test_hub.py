@@ -140,3 +140,24 @@ def test_create_network_defaults_and_unknown_names():
     assert narrow.hidden_size == 64
     with pytest.raises(ValueError, match="unknown network 'crnn'; known names: cnnctc"):
         create_network("crnn")
+
+
+def test_hub_install_never_replaces_what_it_did_not_write(tmp_path):
+    hub = tmp_path / "hub"
+    theirs = hub / "mindspore" / "1.3" / "cnnctc"
+    theirs.mkdir(parents=True)
+    (theirs / "mine.py").write_text("the hub client's checkout, or the user's code")
+    run = hub_install("--hub-dir", hub, "--model", "mindspore/1.3/cnnctc_mjstiiit")
+    assert run.returncode == 1 and "--overwrite" in run.stderr and "Traceback" not in run.stderr
+    assert (theirs / "mine.py").read_text().startswith("the hub client's")
+    card = hub / "mindspore" / "1.3" / "cnnctc_mjstiiit.md"
+    (theirs / "mine.py").unlink()
+    theirs.rmdir()
+    card.write_text("an edited card")
+    run = hub_install("--hub-dir", hub, "--model", "mindspore/1.3/cnnctc_mjstiiit")
+    assert run.returncode == 1 and "not the published card" in run.stderr and card.read_text() == "an edited card"
+    run = hub_install("--hub-dir", hub, "--model", "mindspore/1.3/cnnctc_mjstiiit", "--overwrite")
+    assert run.returncode == 0, run.stderr
+    assert card.read_bytes() == get_model("mindspore/1.3/cnnctc_mjstiiit").card.read_bytes()
+    # What it wrote itself, it replaces without being asked.
+    assert hub_install("--hub-dir", hub, "--model", "mindspore/1.3/cnnctc_mjstiiit").returncode == 0
