@@ -62,8 +62,8 @@ def test_download_errors_are_one_line(tmp_path, served):
     assert run.returncode == 1 and "manifest not found" in run.stderr
 
 
-@pytest.mark.parametrize("command", ["info", "download", "verify", "hub-install", "slim", "predict", "render",
-                                     "make-lmdb", "finetune", "eval"])
+@pytest.mark.parametrize("command", ["info", "list", "download", "verify", "hub-install", "slim", "predict", "render",
+                                     "make-lmdb", "finetune", "eval", "export", "quantize"])
 def test_help_explains_each_command(command):
     run = cnnctc(command, "--help")
     assert run.returncode == 0 and "usage: cnnctc " + command in run.stdout

@@ -47,6 +47,7 @@ def user(tmp_path_factory):
     (root / "empty.png").write_bytes(b"")
     (root / "text.png").write_text("not an image")
     (root / "notes.txt").write_text("my notes")
+    (root / "old.onnx").write_bytes(b"the user's earlier export")
     (root / "dir.ckpt").mkdir()
     os.mkfifo(root / "fifo")
     return root
@@ -92,7 +93,8 @@ CASES = [
     ("eval --checkpoint {u}/net.ckpt --data {u}/notes.txt", 1, "notes.txt"),
     ("eval --checkpoint {u}/net.ckpt --data {u}/data.lmdb --max-distance 2", 1, "lexicon"),
     ("export --checkpoint {u}/net.ckpt --format air --out {u}/m.air", 1, "Ascend"),
-    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/notes.txt", 1, "--overwrite"),
+    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/old.onnx", 1, "--overwrite"),
+    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/notes.txt", 1, ".onnx"),
     ("export --checkpoint {u}/dir.ckpt --format onnx --out {u}/m.onnx", 1, "dir.ckpt"),
     ("quantize {u}/net.ckpt --calib {u}/images --out {u}/m.int8.onnx", 1, "net.ckpt"),
     ("quantize {u}/text.png --calib {u}/images --out {u}/m.int8.onnx", 1, "text.png"),

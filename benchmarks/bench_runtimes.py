@@ -1,0 +1,197 @@
+"""Runtimes compared: MindSpore, onnxruntime float32 and onnxruntime int8, same weights, same images.
+
+Builds the full-size network with seeded random weights (or takes ``--checkpoint``), saves it
+as a checkpoint, exports it to ONNX with ``cnnctc export``'s code and quantizes that with
+``cnnctc quantize``'s (calibrated on rendered words other than the timed ones). Then, in this one
+process, times end to end recognition (PIL image in, text out) at batch 1 and 32 for each runtime
+on the same rendered words, compares the int8 model's per-column argmaxes and texts with the
+float model's, and times the first word of ``cnnctc predict --checkpoint X one.png`` in fresh
+processes. ``--eval LMDB`` adds word accuracy of the float and int8 files (``cnnctc eval``).
+Prints Markdown tables and the machine.
+
+    python benchmarks/bench_runtimes.py [--images 128] [--repeats 3] [--checkpoint CKPT] [--eval LMDB]
+"""
+import argparse
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("GLOG_v", "3")
+
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402  (MindSpore before onnx: SPEC section 9)
+
+from cnnctc.checkpoint import save_checkpoint  # noqa: E402
+from cnnctc.decoding import ctc_greedy_decode  # noqa: E402
+from cnnctc.export import export_model  # noqa: E402
+from cnnctc.loader import configure_context  # noqa: E402
+from cnnctc.network import CNNCTC  # noqa: E402
+from cnnctc.quantize import quantize_model  # noqa: E402
+from cnnctc.recognizer import Recognizer  # noqa: E402
+from cnnctc.render import find_fonts, random_words, render_word  # noqa: E402
+
+
+def seeded_network(seed):
+    """The full-size network with He-normal convolutions and identity batch norms, seeded.
+
+    (MindSpore's default initializer leaves every column's argmax the same class, which would
+    make the int8 agreement meaningless.)
+    """
+    net = CNNCTC()
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        shape = tuple(p.shape)
+        if p.name.endswith("weight") and len(shape) > 1:
+            fan_in = int(np.prod(shape[1:]))
+            value = rng.standard_normal(shape) * np.sqrt((2.0 if len(shape) == 4 else 1.0) / fan_in)
+        elif "gamma" in p.name or "moving_variance" in p.name:
+            value = np.ones(shape)
+        else:
+            value = np.zeros(shape)
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+    return net
+
+
+def best_rates(runs, count, repeats):
+    """Images per second of the fastest of ``repeats`` runs of each callable, timed in turn so
+    that drift of the machine's speed affects them alike (the first calls warm up, untimed)."""
+    for run in runs:
+        run()
+    best = [float("inf")] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [count / seconds for seconds in best]
+
+
+def first_word_seconds(model, image, repeats):
+    """Best wall time of ``cnnctc predict --checkpoint model image`` in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)  # set by MindSpore in this process
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "cnnctc", "predict", "--quiet", "--checkpoint", str(model),
+                              str(image)], env=env, capture_output=True, text=True)
+        best = min(best, time.perf_counter() - start)
+        if run.returncode != 0:
+            raise SystemExit(f"predict failed on {model}: {run.stderr.strip()}")
+    return best
+
+
+def machine():
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        lscpu = ""
+    model = re.search(r"Model name:\s*(.+)", lscpu)
+    flags = set(re.search(r"Flags:\s*(.+)", lscpu).group(1).split()) if "Flags:" in lscpu else set()
+    vector = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags)
+    import onnxruntime
+    return (f"{model.group(1).strip() if model else platform.processor()}, {os.cpu_count()} cores, "
+            f"{vector or 'no AVX2/AVX-512'}; MindSpore {ms.__version__}, onnxruntime {onnxruntime.__version__}, "
+            f"numpy {np.__version__}, Python {platform.python_version()}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128, help="images per timed run at batch 32")
+    parser.add_argument("--single", type=int, default=16, help="images per timed run at batch 1")
+    parser.add_argument("--calib", type=int, default=128, help="calibration images for int8")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpoint", help="weights to use (default: seeded random, full size)")
+    parser.add_argument("--eval", nargs="+", metavar="LMDB", help="also report word accuracy of float and int8")
+    parser.add_argument("--workdir", help="keep the checkpoint and exported files here")
+    args = parser.parse_args()
+
+    configure_context("CPU")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_runtimes."))
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else work / "seeded.ckpt"
+    if not args.checkpoint:
+        save_checkpoint(seeded_network(1), checkpoint)
+    onnx_file, int8_file = work / "model.onnx", work / "model.int8.onnx"
+    start = time.perf_counter()
+    export_model(onnx_file, checkpoint=checkpoint, overwrite=True)
+    export_seconds = time.perf_counter() - start
+
+    fonts = find_fonts() or [None]
+    reader = Recognizer(checkpoint, device_target="CPU")
+    alphabet = reader.alphabet
+    rng = random.Random(0)
+    calib_dir = work / "calib"
+    calib_dir.mkdir(exist_ok=True)
+    for i, word in enumerate(random_words(args.calib, alphabet, rng=rng)):
+        render_word(word, font=fonts[i % len(fonts)], rng=rng).save(calib_dir / f"{i:05d}.png")
+    start = time.perf_counter()
+    report = quantize_model(onnx_file, [calib_dir], int8_file, max_images=args.calib, overwrite=True)
+    quantize_seconds = time.perf_counter() - start
+
+    words = random_words(args.images, alphabet, rng=rng)
+    images = [render_word(w, font=fonts[i % len(fonts)], rng=rng) for i, w in enumerate(words)]
+    one_png = work / "one.png"
+    images[0].save(one_png)
+
+    runtimes = [("MindSpore (graph mode)", checkpoint), ("onnxruntime float32", onnx_file),
+                ("onnxruntime int8", int8_file)]
+    rates = {}
+    for batch_size, count in ((1, args.single), (32, args.images)):
+        readers = [Recognizer(model, device_target="CPU", batch_size=batch_size) for _, model in runtimes]
+        subset = images[:count]
+        found = best_rates([lambda r=r: r.recognize(subset) for r in readers], count, args.repeats)
+        for (name, _), rate in zip(runtimes, found):
+            rates[name, batch_size] = rate
+
+    readers = [Recognizer(model, device_target="CPU") for _, model in runtimes]
+    from cnnctc.transforms import preprocess
+    batch = preprocess(images, readers[0].manifest)
+    ms_logits, float_logits, int8_logits = (r.logits(batch) for r in readers)
+    agreement = (int8_logits.argmax(-1) == float_logits.argmax(-1)).mean()
+    float_vs_ms = (float_logits.argmax(-1) == ms_logits.argmax(-1)).mean()
+    texts = [[p.text for p in ctc_greedy_decode(x, alphabet)] for x in (float_logits, int8_logits)]
+    same_text = np.mean([a == b for a, b in zip(*texts)])
+
+    startup = {name: first_word_seconds(model, one_png, args.repeats) for name, model in
+               (("ckpt", checkpoint), ("onnx", onnx_file), ("int8.onnx", int8_file))}
+
+    print(f"machine: {machine()}")
+    print(f"weights: {'seeded random, full size' if not args.checkpoint else checkpoint.name}; "
+          f"export {export_seconds:.1f} s, quantize {quantize_seconds:.1f} s ({report.images} calibration images)")
+    print()
+    print("| runtime | batch 1 (images/s) | batch 32 (images/s) | batch 32 vs MindSpore |")
+    print("| --- | ---: | ---: | ---: |")
+    base = rates[runtimes[0][0], 32]
+    for name, _ in runtimes:
+        print(f"| {name} | {rates[name, 1]:.1f} | {rates[name, 32]:.1f} | {rates[name, 32] / base:.2f}x |")
+    print()
+    print(f"int8 vs float32 on the {len(images)} timed images: per-column argmax agreement {100 * agreement:.2f}% "
+          f"({int8_logits.shape[0] * int8_logits.shape[1]} columns), same text {100 * same_text:.1f}%; "
+          f"float32 onnxruntime vs MindSpore: {100 * float_vs_ms:.2f}%")
+    print(f"int8 on its calibration images (quantize's report): {100 * report.agreement:.2f}%")
+    print()
+    print("| first word, fresh process (`cnnctc predict --checkpoint X one.png`) | seconds |")
+    print("| --- | ---: |")
+    for name, seconds in startup.items():
+        print(f"| .{name} | {seconds:.2f} |")
+    if args.eval:
+        from cnnctc.evaluation import evaluate
+        print()
+        print("| model | word accuracy % | 1-N.E.D. |")
+        print("| --- | ---: | ---: |")
+        for name, model in runtimes:
+            _, total = evaluate(Recognizer(model, device_target="CPU"), args.eval)
+            print(f"| {name} | {total.accuracy:.2f} | {total.norm_ed:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

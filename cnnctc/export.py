@@ -1,0 +1,346 @@
+"""Export a model to ONNX, MindIR or AIR files that describe themselves, and run MindIR files.
+
+An exported file carries what is needed to read images with it: the alphabet (the blank is the
+last class), the preprocessing constants, the source model's uid and the checkpoint's SHA-256,
+and the whole manifest as JSON. ONNX files hold them as metadata properties; MindIR and AIR
+files have them in a JSON file beside them (``model.mindir.json``).
+
+ONNX files are rewritten after MindSpore's exporter (which writes opset 11 with a fixed batch):
+opset 13 (per-channel int8 needs it), a symbolic batch axis unless a batch size is asked for,
+input ``images`` and output ``logits``. Every file is written under a temporary name and
+renamed into place; nothing is left behind on an error or Ctrl-C.
+"""
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnctcError
+from .onnx_runtime import MANIFEST_KEY, run_in_batches
+
+__all__ = ["export_model", "MindIRRunner", "read_sidecar", "sidecar_path", "FORMATS", "MANIFEST_KEY"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "mindir", "air")
+_SUFFIX = {"onnx": ".onnx", "mindir": ".mindir", "air": ".air"}
+_MINDSPORE_FORMAT = {"onnx": "ONNX", "mindir": "MINDIR", "air": "AIR"}
+ONNX_OPSET = 13
+INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
+# A dynamic-batch ONNX file is traced at this batch: a size no other axis has, so that an axis
+# equal to it is the batch axis and a Reshape that baked it in can be told apart.
+_TRACE_BATCH = 3
+_MAX_RELATIVE_ERROR = 1e-4
+
+
+def sidecar_path(path):
+    """The JSON file beside a MindIR or AIR file that holds its manifest: ``<file>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _file_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _check_out(out, fmt, overwrite):
+    out = Path(out).expanduser()
+    suffix = _SUFFIX[fmt]
+    if out.suffix.lower() != suffix:
+        raise CnnctcError(f"--out {out}: with --format {fmt} the file name must end with {suffix} "
+                          "(predict and eval choose the runtime by the suffix)")
+    if out.is_dir():
+        raise CnnctcError(f"--out {out}: a folder; name the file to write")
+    _refuse_existing(out, overwrite)
+    if not out.parent.is_dir():
+        raise CnnctcError(f"{out.parent}: no such folder")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise CnnctcError(f"{out.parent}: permission denied (cannot write there)")
+    return out
+
+
+def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name):
+    """The description an exported file carries (JSON-able values)."""
+    import importlib.metadata
+    data = manifest.to_dict()   # the model it came from; the weights' own hash is source_sha256
+    pre = manifest.preprocess
+    try:
+        version = importlib.metadata.version("cnnctc")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__ as version
+    return {
+        "alphabet": manifest.alphabet,
+        "blank_index": manifest.blank_index,
+        "num_class": manifest.num_class,
+        "input_layout": "NCHW RGB float32",
+        "height": pre.height,
+        "max_width": pre.max_width,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "resample": pre.resample,
+        "pad": pre.pad,
+        "color": pre.color,
+        "batch_size": batch_size,
+        "source_uid": manifest.uid,
+        "source_sha256": source_sha256,
+        "source_checkpoint": source_name,
+        "format": fmt,
+        "exported_by": f"cnnctc {version}",
+        MANIFEST_KEY: data,
+    }
+
+
+def _relative_error(actual, expected):
+    scale = float(np.abs(expected).max()) or 1.0
+    return float(np.abs(actual - expected).max()) / scale
+
+
+# ONNX --------------------------------------------------------------------------------------
+
+def _import_onnx():
+    # MindSpore first (SPEC section 9): its protobuf modules load only under the pure-Python
+    # implementation, which it selects at import; onnx loaded first would pin the native one.
+    from ._mindspore import require_mindspore
+    require_mindspore()
+    try:
+        import onnx
+        import onnx.version_converter
+    except ImportError as exc:
+        raise CnnctcError(f"ONNX export needs the onnx package ({exc}); pip install 'cnnctc[onnx]'") from None
+    return onnx
+
+
+def _rename_value(graph, old, new):
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new
+
+
+def _constant_values(graph, onnx, names):
+    """The values of the initializers and Constant nodes called ``names``."""
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name in names}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] in names:
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    values[node.output[0]] = onnx.numpy_helper.to_array(attribute.t)
+    return values
+
+
+def _make_batch_symbolic(model, onnx, traced_batch):
+    """Name the batch axis everywhere; refuse a graph whose Reshapes baked the traced batch in."""
+    graph = model.graph
+    reshapes = [node for node in graph.node if node.op_type == "Reshape"]
+    constants = _constant_values(graph, onnx, {node.input[1] for node in reshapes})
+    for node in reshapes:
+        shape = constants.get(node.input[1])
+        if shape is None or not (-1 in shape.tolist() or (len(shape) and shape[0] == 0)):
+            raise CnnctcError(f"the exported graph reshapes to a fixed size ({node.name}: "
+                              f"{None if shape is None else shape.tolist()}); export with --batch-size")
+    for value in [*graph.input, *graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
+    keep = []
+    for value in graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and dims[0].dim_value == traced_batch:
+            dims[0].dim_param = BATCH_AXIS
+            keep.append(value)
+        elif not len(dims) or dims[0].HasField("dim_param"):
+            keep.append(value)
+        # other shapes derived from the batch (e.g. batch * columns) are dropped: they are optional
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+
+
+def _finish_onnx(raw, out_tmp, metadata, dynamic, traced_batch):
+    """Rewrite MindSpore's ONNX file: opset, names, batch axis, metadata; checked, then saved."""
+    onnx = _import_onnx()
+    try:
+        model = onnx.load(str(raw))
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if opset < ONNX_OPSET:
+            model = onnx.version_converter.convert_version(model, ONNX_OPSET)
+        model.ir_version = max(model.ir_version, 7)   # IR 7 is the first to know opset 13
+    except Exception as exc:  # onnx raises many types; anything here is a converter limitation
+        raise CnnctcError(f"cannot convert MindSpore's ONNX file to opset {ONNX_OPSET}: "
+                          f"{' '.join(str(exc).split())[:300]}") from None
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise CnnctcError(f"expected one input and one output in the exported graph, got "
+                          f"{len(graph.input)} and {len(graph.output)}")
+    _rename_value(graph, graph.input[0].name, INPUT_NAME)
+    _rename_value(graph, graph.output[0].name, OUTPUT_NAME)
+    if dynamic:
+        _make_batch_symbolic(model, onnx, traced_batch)
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    model.doc_string = (f"CNN-CTC text recognizer exported by cnnctc from {metadata['source_uid']}: "
+                        f"{INPUT_NAME} (batch, 3, {metadata['height']}, {metadata['max_width']}) float32, "
+                        f"preprocessed as the metadata says -> {OUTPUT_NAME} (batch, columns, classes), "
+                        "the CTC blank is the last class")
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_tmp))
+
+
+def _check_onnx_matches(path, network, batch_shape):
+    """Run the file on onnxruntime and compare with the MindSpore network; returns the error."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        log.info("onnxruntime is not installed: the exported file was not run")
+        return None
+    from ._mindspore import mindspore as ms
+    from .onnx_runtime import OnnxRunner
+    batch = np.random.default_rng(0).standard_normal(batch_shape).astype(np.float32)
+    expected = network(ms.Tensor(batch)).asnumpy()
+    actual = OnnxRunner(path)(batch)
+    error = _relative_error(actual, expected)
+    if not error <= _MAX_RELATIVE_ERROR:
+        raise CnnctcError(f"the exported ONNX file's logits differ from MindSpore's (relative error {error:.2g}); "
+                          "nothing was written")
+    return error
+
+
+# Export ------------------------------------------------------------------------------------
+
+def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=None, batch_size=None,
+                 device_target=None, overwrite=False, **network_kwargs):
+    """Write the model as ``format`` ("onnx", "mindir" or "air") to ``out``; returns its path.
+
+    The weights come from ``checkpoint`` or the registry's asset of ``model`` (a hub uid), as in
+    :func:`cnnctc.loader.load_model`. ``batch_size`` fixes the batch axis (default: dynamic).
+    ONNX files are opset 13 with the manifest in their metadata; MindIR and AIR files get it in
+    ``<out>.json`` beside them. AIR needs an Ascend device. An existing ``out`` is refused unless
+    ``overwrite``.
+    """
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise CnnctcError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
+        raise CnnctcError(f"batch_size must be a positive integer, got {batch_size!r}")
+    out = _check_out(out, fmt, overwrite)
+    from .loader import load_model, select_device
+    if fmt == "air" and select_device(device_target) != "Ascend":
+        raise CnnctcError("AIR export needs an Ascend device; use --format mindir or onnx")
+    loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target, **network_kwargs)
+    if loaded.checkpoint is None:
+        raise CnnctcError("nothing to export: the network has no trained weights")
+    if checkpoint is None:
+        source_sha256 = loaded.manifest.sha256   # the registry's asset, verified when it was fetched
+    else:
+        from .download import sha256_file
+        source_sha256 = sha256_file(loaded.checkpoint)
+    metadata = export_metadata(loaded.manifest, fmt=fmt, batch_size=batch_size, source_sha256=source_sha256,
+                               source_name=loaded.checkpoint.name)
+    pre = loaded.manifest.preprocess
+    traced = batch_size or _TRACE_BATCH
+    shape = (traced, 3, pre.height, pre.max_width)
+
+    from ._mindspore import mindspore as ms
+    # MindSpore's exporter chmods the folder it writes to (0700) and writes read-only files:
+    # it writes into a private folder beside ``out``, on the same file system for the rename.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        raw = work / f"raw{_SUFFIX[fmt]}"
+        if fmt == "mindir" and batch_size is None:
+            example = ms.Tensor(shape=[None, *shape[1:]], dtype=ms.float32)
+        else:
+            example = ms.Tensor(np.zeros(shape, np.float32))
+        try:
+            ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {str(exc).splitlines()[0]}") from None
+        if not raw.is_file():
+            raise CnnctcError(f"MindSpore wrote no {fmt.upper()} file (expected {raw.name})")
+        if fmt == "onnx":
+            final = work / "final.onnx"
+            _finish_onnx(raw, final, metadata, batch_size is None, traced)
+            error = _check_onnx_matches(final, loaded.network, (2 if batch_size is None else batch_size, *shape[1:]))
+            if error is not None:
+                log.info("onnxruntime reproduces MindSpore's logits (max relative difference %.1e)", error)
+            os.chmod(final, _file_mode())
+            _refuse_existing(out, overwrite)
+            os.replace(final, out)
+        else:
+            side = work / "final.json"
+            side.write_text(json.dumps({**metadata, "model_file": out.name}, indent=2,
+                                       ensure_ascii=False) + "\n", encoding="utf-8")
+            os.chmod(raw, _file_mode())
+            os.chmod(side, _file_mode())
+            _refuse_existing(out, overwrite)
+            # The description first: a model file never appears without it.
+            os.replace(side, sidecar_path(out))
+            os.replace(raw, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _refuse_existing(out, overwrite):
+    if out.exists() and not overwrite:  # it may have appeared while exporting
+        raise CnnctcError(f"{out} already exists; use --overwrite to replace it")
+
+
+# MindIR runtime ------------------------------------------------------------------------------
+
+def read_sidecar(path):
+    """(manifest, description dict) of an exported MindIR/AIR file, from ``<file>.json``."""
+    path = Path(path)
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise CnnctcError(f"{side} is missing: it holds the alphabet and preprocessing of {path.name} "
+                          "(cnnctc export writes it beside the model; copy it along)")
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CnnctcError(f"{side}: cannot read it ({' '.join(str(exc).split())})") from None
+    if not isinstance(info, dict) or not isinstance(info.get(MANIFEST_KEY), dict):
+        raise CnnctcError(f"{side}: not a cnnctc export description (no {MANIFEST_KEY!r} object)")
+    from .manifest import Manifest
+    manifest = Manifest.from_dict(info[MANIFEST_KEY], source=side)
+    batch = info.get("batch_size")
+    if batch is not None and (type(batch) is not int or batch < 1):
+        raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {batch!r}")
+    return manifest, info
+
+
+class MindIRRunner:
+    """A MindIR file exported by cnnctc, run by MindSpore (``mindspore.load`` + ``nn.GraphCell``).
+
+    ``.manifest`` comes from ``<file>.json``; calling it maps (B, 3, H, W) float32 numpy
+    batches to (B, T, C) float32 logits for any B.
+    """
+
+    def __init__(self, path, *, device_target=None):
+        path = Path(path)
+        if not path.is_file():
+            raise CnnctcError(f"{path}: no such MindIR file")
+        self.path = path
+        self.manifest, info = read_sidecar(path)
+        self.batch_size = info.get("batch_size")
+        from ._mindspore import mindspore as ms
+        from .loader import configure_context
+        configure_context(device_target)
+        try:
+            graph = ms.load(str(path))
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            raise CnnctcError(f"{path}: not a loadable MindIR file ({str(exc).splitlines()[0]})") from None
+        self.network = ms.nn.GraphCell(graph)
+
+    def __call__(self, batch):
+        from ._mindspore import mindspore as ms
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return run_in_batches(lambda b: self.network(ms.Tensor(b)).asnumpy().astype(np.float32, copy=False),
+                              batch, self.batch_size)
