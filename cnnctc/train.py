@@ -134,7 +134,7 @@ class TrainConfig:
         if self.steps is not None:
             integer("steps", 1, MAX_STEPS)
         integer("batch_size", 1, MAX_BATCH_SIZE)
-        real("lr", 0, 1e3)  # float32 holds the schedule; far beyond any rate that trains
+        real("lr", 0, 1e30)  # the schedule is float32: a larger rate would overflow it
         integer("warmup_steps", 0)
         real("warmup_start", 0, 1)
         real("momentum", 0, 1, low_open=False, high_open=True)

@@ -119,7 +119,8 @@ def test_predict_reads_rendered_words_back_and_reports_bad_files(trained, tmp_pa
     good = (folder / "00000.png").read_bytes()
     (folder / "truncated.png").write_bytes(good[: len(good) // 2])
     (folder / "zero.png").write_bytes(b"")
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image, and not named like one: not an input")
+    (folder / "fake.jpg").write_text("named like an image, but text")
     run = run_cli("predict", folder, "--checkpoint", trained.result.best_checkpoint, "--format", "tsv",
                   "--batch-size", "16")
     assert run.returncode == 1
@@ -130,7 +131,7 @@ def test_predict_reads_rendered_words_back_and_reports_bad_files(trained, tmp_pa
     assert all(0.0 <= float(confidence) <= 1.0 for _, _, confidence in rows)
     errors = [line for line in run.stderr.splitlines() if line.startswith("cnnctc: error:")]
     assert sorted(os.path.basename(line.split(":")[2].strip()) for line in errors) == \
-        ["notes.txt", "truncated.png", "zero.png"]
+        ["fake.jpg", "truncated.png", "zero.png"]
     assert "3 of 103 inputs could not be read" in run.stderr
 
     one = run_cli("predict", folder / "00001.png", "--checkpoint", trained.result.best_checkpoint,
@@ -139,6 +140,19 @@ def test_predict_reads_rendered_words_back_and_reports_bad_files(trained, tmp_pa
     record = json.loads(one.stdout)
     assert record["text"] == truth["00001.png"] and len(record["chars"]) == len(record["text"])
     assert record["confidence"] == pytest.approx(np.prod([p for _, p in record["chars"]]), rel=1e-4)
+
+
+def test_a_lexicon_holding_the_truth_is_never_less_accurate_than_greedy(trained):
+    import random
+    truth = sorted(set(labels_of(trained.root / "valid_images").values()))
+    rng = random.Random(0)
+    words = set(truth) | {"".join(rng.choice(DIGITS) for _ in range(rng.randint(2, 8))) for _ in range(3000)}
+    greedy = Recognizer(trained.result.best_checkpoint, batch_size=32)
+    lexicon = Recognizer(trained.result.best_checkpoint, batch_size=32, decoder_options={"lexicon": sorted(words)})
+    _, with_greedy = evaluate(greedy, [trained.root / "valid"])
+    _, with_lexicon = evaluate(lexicon, [trained.root / "valid"])
+    assert with_lexicon.kept == with_greedy.kept == 100
+    assert with_lexicon.accuracy >= with_greedy.accuracy and with_greedy.accuracy >= 80
 
 
 def test_recognizer_reads_words_of_any_width(trained):
