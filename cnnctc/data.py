@@ -509,14 +509,18 @@ class LmdbDataset:
     def __len__(self):
         return len(self.samples)
 
+    def _value(self, number, prefix, key):
+        """The bytes stored under ``<prefix>-<key>`` in dataset ``number``, or None."""
+        try:
+            with self._envs[number].begin() as txn:
+                return txn.get(b"%s-%09d" % (prefix, key))
+        except _lmdb().Error as exc:
+            raise self._damaged(number, exc) from None
+
     def record(self, index):
         """(image bytes, label) of kept sample ``index``."""
         number, key, label = self.samples[index]
-        try:
-            with self._envs[number].begin() as txn:
-                data = txn.get(b"image-%09d" % key)
-        except _lmdb().Error as exc:
-            raise self._damaged(number, exc) from None
+        data = self._value(number, b"image", key)
         if data is None:
             raise ImageError(f"{self.paths[number]}: image-{key:09d} is missing")
         return data, label
@@ -524,11 +528,7 @@ class LmdbDataset:
     def lexicon(self, index):
         """The per-image lexicon of kept sample ``index`` (key ``lexicon-%09d``, one word per line), or None."""
         number, key, _ = self.samples[index]
-        try:
-            with self._envs[number].begin() as txn:
-                raw = txn.get(b"lexicon-%09d" % key)
-        except _lmdb().Error as exc:
-            raise self._damaged(number, exc) from None
+        raw = self._value(number, b"lexicon", key)
         if raw is None:
             return None
         words = raw.decode("utf-8", errors="replace").split("\n")
