@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +51,16 @@ def subprocess_env(**extra):
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def as_foreground_job():
+    """``preexec_fn`` for a child that a test interrupts with SIGINT, as Ctrl-C in a terminal would.
+
+    A process inherits an ignored SIGINT: a job started with ``&`` by a shell without job control
+    (as CI runners and ``nohup``-like launchers do) ignores it, and Python then installs no
+    KeyboardInterrupt handler, so the child would run on as if never interrupted.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 OPTIMIZER_SLOTS = ("moment", "mean_square", "mean_grad")

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import subprocess_env
+from conftest import as_foreground_job, subprocess_env
 from cnnctc.data import LabelFilter, LmdbDataset, make_lmdb, write_lmdb
 from cnnctc.errors import CnnctcError
 from cnnctc.render import MARKER, render_word, write_word_images
@@ -550,7 +550,7 @@ def test_an_interrupted_render_leaves_the_old_set(tmp_path):
             "try:\n    write_word_images(sys.argv[1], 100000, overwrite=True)\n"
             "except KeyboardInterrupt:\n    print('interrupted')\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground_job)
     try:
         deadline = time.monotonic() + QUICK
         staging = []
@@ -564,7 +564,7 @@ def test_an_interrupted_render_leaves_the_old_set(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert out_text.strip() == "interrupted", err_text
+    assert (proc.returncode, out_text.strip()) == (0, "interrupted"), err_text  # Ctrl-C reached the render
     assert hash_tree(tmp_path) == before  # the old set intact, the staging folder gone
 
 

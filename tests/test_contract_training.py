@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import as_foreground_job, subprocess_env
 from cnnctc.data import make_lmdb
 from cnnctc.errors import CnnctcError
 from cnnctc.render import find_fonts, write_word_images
@@ -242,7 +242,8 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     command = ["finetune", "--train", data / "train.lmdb", "--valid", data / "valid.lmdb", "--out", out,
                "--pretrained", finished / "cnnctc-0000004.ckpt", "--steps", "30", *SMALL, "--save-every", "3"]
     process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, command)], env=subprocess_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=as_foreground_job)
     try:
         deadline = time.monotonic() + 300
         while not checkpoints(out) and process.poll() is None and time.monotonic() < deadline:
