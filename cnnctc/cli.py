@@ -294,20 +294,30 @@ def cmd_finetune(args):
 
 def cmd_eval(args):
     import json
-    from .evaluation import evaluate, format_table
+    from .evaluation import check_predictions_path, evaluate, format_table, report
     if args.max_distance is not None and not (args.lexicon or args.per_image_lexicon):
         raise CnnctcError("--max-distance needs --lexicon FILE or --per-image-lexicon")
-    reader = _reader(args)
-    results, total = evaluate(reader, args.data, per_image_lexicon=args.per_image_lexicon,
-                              max_distance=args.max_distance)
+    if args.overwrite and not args.predictions:
+        raise CnnctcError("--overwrite replaces the --predictions FILE; give one")
+    inputs = [args.checkpoint, args.lexicon, getattr(args, "manifest", None)]
+    if args.predictions:  # refused before the model loads
+        check_predictions_path(args.predictions, args.overwrite, [*args.data, *inputs])
+    # --max-distance belongs to the decoder only with a lexicon for every image; a per-image
+    # lexicon takes it in evaluate.
+    reader = _reader(argparse.Namespace(**{**vars(args), "max_distance": args.max_distance if args.lexicon else None}))
+    settings = {"protocol": args.protocol, "max_length": args.max_length, "drop_last": args.drop_last}
+    results, total = evaluate(reader, args.data, **settings, per_image_lexicon=args.per_image_lexicon,
+                              max_distance=args.max_distance if args.per_image_lexicon else None,
+                              predictions=args.predictions, overwrite=args.overwrite, inputs=inputs)
     if not total.kept:
-        raise CnnctcError(f"no sample could be evaluated ({total.skipped} skipped: labels empty, longer than "
-                          f"{reader.manifest.max_label_length} or outside the alphabet {reader.alphabet!r}, or "
-                          "unreadable images)")
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(total.skipped_by.items())) or "the datasets are empty"
+        where = f"; {args.predictions} lists each sample" if args.predictions else ""
+        raise CnnctcError(f"no sample could be evaluated under the {args.protocol} protocol ({reasons}; the "
+                          f"alphabet is {reader.alphabet!r}){where}")
     if args.json:
-        print(json.dumps({"datasets": [r.as_dict() for r in results], "total": total.as_dict()}, indent=2))
+        print(json.dumps(report(results, total, **settings), indent=2, ensure_ascii=False))
     else:
-        print(format_table(results, total))
+        print(format_table(results, total, **settings))
     return 0
 
 
@@ -485,7 +495,9 @@ def build_parser():
     p.add_argument("--log-every", type=_positive_int, default=50, help="steps between log lines (default 50)")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
-    p = add("eval", cmd_eval, "word accuracy and normalized edit distance per dataset and in total")
+    from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
+    p = add("eval", cmd_eval, "word accuracy and normalized edit distance per dataset and in total, under the "
+            "protocol of the model zoo (default) or of DTRB")
     model_arg(p)
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default: the manifest's)")
     p.add_argument("--data", nargs="+", required=True, metavar="LMDB", help="evaluation LMDB datasets")
@@ -496,6 +508,18 @@ def build_parser():
     p.add_argument("--per-image-lexicon", action="store_true", help="read each sample that carries a lexicon "
                    "(LMDB key lexicon-NNNNNNNNN, one word per line; make-lmdb takes it from a third column) "
                    "as its best lexicon word: the field's lexicon protocol (IIIT5K 50/1k, SVT 50)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="the reference whose rules decide what is kept and compared: zoo (default; the model "
+                   "zoo's eval.py, how the card's accuracy was measured: labels of at most 13 symbols of the "
+                   "alphabet), dtrb (DTRB's test.py: at most 25), dtrb-unfiltered (DTRB's --data_filtering_off: "
+                   "every label, the symbols outside the alphabet removed from the truth)")
+    p.add_argument("--max-length", type=_non_negative_int, metavar="N", help="longest label kept, in symbols "
+                   "(default: the protocol's: 13, 25, or every length for dtrb-unfiltered)")
+    p.add_argument("--drop-last", type=_positive_int, metavar="N", help="score only full batches of N samples "
+                   "per dataset, the rest skipped: --drop-last 256 gives the count of the zoo's eval.py")
+    p.add_argument("--predictions", metavar="FILE", help="write one JSON line per sample, kept or not: dataset, "
+                   "index, label, truth as compared, prediction, confidence, correct, edit distance, why skipped")
+    p.add_argument("--overwrite", action="store_true", help="replace the --predictions FILE if it exists")
 
     p = add("slim", cmd_slim, "write a weights-only copy of a checkpoint (drops the optimizer state)")
     p.add_argument("src", help="checkpoint to read (left untouched)")

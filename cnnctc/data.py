@@ -525,6 +525,14 @@ class LmdbDataset:
             raise ImageError(f"{self.paths[number]}: image-{key:09d} is missing")
         return data, label
 
+    def label(self, index):
+        """The label of kept sample ``index``, as the filter returned it (no image is read)."""
+        return self.samples[index][2]
+
+    def key(self, index):
+        """The 1-based LMDB key number (``label-%09d``) of kept sample ``index``."""
+        return self.samples[index][1]
+
     def lexicon(self, index):
         """The per-image lexicon of kept sample ``index`` (key ``lexicon-%09d``, one word per line), or None."""
         number, key, _ = self.samples[index]
