@@ -127,6 +127,8 @@ def get_protocol(name=DEFAULT_PROTOCOL, max_length=None):
     ``max_length`` as its longest kept label when given."""
     if isinstance(name, Protocol):
         return name.with_max_length(max_length)
+    if not isinstance(name, str):
+        raise TypeError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {type(name).__name__}")
     if name not in _PROTOCOLS:
         raise CnnctcError(f"unknown evaluation protocol {name!r}; use one of {', '.join(PROTOCOLS)}")
     return _PROTOCOLS[name].with_max_length(max_length)
