@@ -181,7 +181,7 @@ class _Evaluation:
         row = {"dataset": path, "index": dataset.key(index), "label": label}
         truth, reason = self.scoring.truth(label)
         if reason is None and scored_limit is not None and state["scored"] >= scored_limit:
-            reason = f"after the last full batch of {self.drop_last} (drop_last)"
+            reason = f"after the last full batch of {self.drop_last}"
         if reason is not None:
             result._skip(reason)
             row["skipped"] = reason
@@ -354,7 +354,8 @@ def check_predictions_path(path, overwrite=False, inputs=()):
     path = Path(text)
     for given in inputs:
         if given is not None and _is_input(path, given):
-            where = "lies inside" if os.path.isdir(given) else "is"
+            inside = os.path.isdir(given) and os.path.realpath(path) != os.path.realpath(given)
+            where = "lies inside" if inside else "is"
             raise CnnctcError(f"{path} {where} the input {given}; refusing to write there, choose another "
                               "predictions file")
     if os.path.lexists(path):
