@@ -23,3 +23,7 @@ class IntegrityError(CnnctcError):
 
 class CheckpointError(CnnctcError):
     """A checkpoint is missing, unreadable, or does not fit the network."""
+
+
+class OutputError(CnnctcError):
+    """The results could not be written (standard output closed, the disk full)."""
