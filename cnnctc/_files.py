@@ -27,6 +27,9 @@ class NotRegularFile(OSError):
         super().__init__(f"{self.kind}, not a regular file")
         self.filename = os.fspath(path)
 
+    def __str__(self):
+        return f"{self.filename}: {self.kind}, not a regular file"
+
 
 def file_kind(mode):
     """'a directory', 'a FIFO (named pipe)', ... for a st_mode that is not a regular file's."""
@@ -93,10 +96,14 @@ class Busy(Exception):
 
 @contextlib.contextmanager
 def exclusive_lock(lock_path):
-    """Hold an exclusive lock on ``lock_path`` (created if needed) for the block, or raise :class:`Busy`
-    at once when another process holds it. The operating system drops the lock when a holder dies."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
-                 0o666)
+    """Hold an exclusive lock on ``lock_path`` for the block, or raise :class:`Busy` at once when another
+    process holds it. ``lock_path`` is a folder (locked itself, nothing is left behind) or a lock file
+    (created if needed). The operating system drops the lock when a holder dies."""
+    if os.path.isdir(lock_path):
+        fd = os.open(lock_path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    else:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                     0o666)
     try:
         try:
             import fcntl

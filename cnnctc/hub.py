@@ -80,7 +80,7 @@ def _install_one(root, entry, overwrite):
     card = inside(base, f"{uid.name}.md")
     base.mkdir(parents=True, exist_ok=True, mode=umask_mode(folder=True))
     try:
-        with exclusive_lock(base / f".{code_name}.hub-install.lock"):  # one hub-install per code directory
+        with exclusive_lock(base):  # one hub-install at a time per version folder; no lock file is left
             return _install_locked(base, entry, code_dir, card, overwrite)
     except Busy:
         raise CnnctcError(f"another cnnctc hub-install is writing {code_dir} right now; let it finish, then run "

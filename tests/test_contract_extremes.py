@@ -310,7 +310,7 @@ def test_a_partial_download_that_is_a_symlink_is_replaced_not_written_through(tm
     with pytest.raises(DownloadError):
         fetch(manifest, retries=0, backoff=0.01, allow_http=True, quiet=True)  # leaves .part and its record
     part = manifest.cache_path().with_name("asset.ckpt.part")
-    assert part.stat().st_size >= 1000000
+    assert part.stat().st_size > 0
     users = tmp_path / "my-thesis.pdf"
     users.write_bytes(os.urandom(part.stat().st_size))
     before, size = digest(users), users.stat().st_size
@@ -441,7 +441,7 @@ def test_a_second_hub_install_at_once_is_refused_in_one_line(tmp_path):
     hub = tmp_path / "hub"
     base = hub / "mindspore" / "1.3"
     base.mkdir(parents=True)
-    with exclusive_lock(base / ".cnnctc.hub-install.lock"):  # what a running hub-install holds
+    with exclusive_lock(base):  # what a running hub-install holds
         run = subprocess.run([sys.executable, "-m", "cnnctc", "hub-install", "--hub-dir", str(hub), "--model",
                               "mindspore/1.3/cnnctc_mjstiiit"], env=subprocess_env(), capture_output=True, text=True,
                              timeout=120)
@@ -449,3 +449,4 @@ def test_a_second_hub_install_at_once_is_refused_in_one_line(tmp_path):
     assert "another cnnctc hub-install is writing" in run.stderr and "let it finish" in run.stderr
     assert not (base / "cnnctc").exists() and not (base / "cnnctc_mjstiiit.md").exists()
     assert hub_install(hub, "mindspore/1.3/cnnctc_mjstiiit")  # once it is done, the next one runs
+    assert sorted(os.listdir(base)) == ["cnnctc", "cnnctc_mjstiiit.md"]  # no lock file or staging folder left
