@@ -273,7 +273,10 @@ def slim(src, dst, *, overwrite=False):
     weights, training, meta = split_state(state)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.slim.ckpt")
     try:
-        save_checkpoint([{"name": n, "data": v} for n, v in weights.items()], tmp, metadata=meta)
+        try:
+            save_checkpoint([{"name": n, "data": v} for n, v in weights.items()], tmp, metadata=meta)
+        except CheckpointError as exc:  # name the file the user asked for, not the temporary one
+            raise CheckpointError(f"cannot write {dst}: " + str(exc).removeprefix(f"cannot write {tmp}: ")) from None
         if os.path.lexists(dst) and _same_file(src, dst):
             raise CheckpointError(f"{dst} became the source checkpoint while slim ran; nothing was replaced")
         try:

@@ -42,7 +42,7 @@ def cmd_info(args):
     entry = _entry(args)
     manifest = entry.manifest
     if args.json:
-        print(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=not _holds_unicode(sys.stdout)))
         return 0
     from .loader import select_device  # validates --device-target before anything is printed
     device = select_device(args.device_target)
@@ -154,6 +154,15 @@ def _finite(path, value):
     return value
 
 
+def _holds_unicode(stream):
+    """True when ``stream`` can take any text (UTF-8); JSON for another is written with \\u escapes."""
+    import codecs
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name.startswith("utf")
+    except LookupError:
+        return False
+
+
 def _json_line(path, result):
     """One JSON object per line, valid JSON on any stdout: escaped to ASCII where stdout cannot hold the text."""
     import json
@@ -166,12 +175,8 @@ def _json_line(path, result):
         record["alternatives"] = [{"text": text, "confidence": number(prob)} for text, prob in result.alternatives]
     if result.greedy is not None:
         record["greedy"] = result.greedy
-    line = json.dumps(record, ensure_ascii=False, allow_nan=False)
-    try:
-        line.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
-    except (UnicodeEncodeError, LookupError):  # e.g. PYTHONIOENCODING=ascii: \u escapes, not backslashreplace
-        line = json.dumps(record, ensure_ascii=True, allow_nan=False)
-    return line
+    # On an ASCII-only stdout (PYTHONIOENCODING=ascii, LANG=C) \u escapes, never backslashreplace's \x.
+    return json.dumps(record, ensure_ascii=not _holds_unicode(sys.stdout), allow_nan=False)
 
 
 def _write_out(bar, line):

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from ._files import NotRegularFile, file_kind, open_regular
+from ._files import NotRegularFile, open_regular
 from .errors import CnnctcError
 from .manifest import load_manifest
 
@@ -57,6 +57,14 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def _os_error(name, exc):
     shown = _shown(name)
     if isinstance(exc, FileNotFoundError):
@@ -74,7 +82,7 @@ def _not_regular(name, mode):
         if not os.access(name, os.R_OK | os.X_OK):
             return ImageError(f"{shown}: a folder that cannot be read (permission denied)")
         return ImageError(f"{shown}: a folder, not an image file")
-    return ImageError(f"{shown}: not a regular file ({file_kind(mode)}); only regular files are read")
+    return ImageError(f"{shown}: not a regular file ({_file_kind(mode)}); only regular files are read")
 
 
 def _too_large(name, size):

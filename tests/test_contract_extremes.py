@@ -407,8 +407,18 @@ net = conf.create_network("cnnctc")
 after = (ms.get_context("mode"), ms.get_context("device_target"), DeviceManagerConf.get_instance().get_device_id())
 import numpy as np
 logits = net(ms.Tensor(np.zeros((1, 3, 32, 100), np.float32))).shape  # runs in the user's PYNATIVE mode
+# cnnctc.load sets GRAPH_MODE, as documented, but keeps the device the user chose.
+import cnnctc
+from cnnctc.errors import CnnctcError
+cnnctc.load(pretrained=False, output_channel=16)
+loaded = (ms.get_context("mode"), ms.get_context("device_target"), DeviceManagerConf.get_instance().get_device_id())
+try:
+    cnnctc.load(pretrained=False, output_channel=16, device_target="GPU")
+    switch = "switched"
+except CnnctcError as exc:
+    switch = str(exc)
 print(json.dumps({"before": before, "after": after, "num_class": net.num_class, "logits": list(logits),
-                  "pynative": ms.PYNATIVE_MODE}))
+                  "pynative": ms.PYNATIVE_MODE, "graph": ms.GRAPH_MODE, "loaded": loaded, "switch": switch}))
 """
 
 
@@ -425,7 +435,8 @@ def test_the_hub_entry_point_leaves_the_users_mindspore_alone_and_builds_its_uid
     assert stat.S_IMODE((code_dir / "cnnctc" / "loader.py").stat().st_mode) == 0o644
     assert stat.S_IMODE(card.stat().st_mode) == 0o644
     # The user's own manifest (another alphabet) is in the environment: the uid's network is built anyway.
-    env = subprocess_env(CNNCTC_MANIFEST=write_manifest(tmp_path / "mine.json", alphabet="abc"))
+    mine = write_manifest(tmp_path / "mine.json", alphabet="abc", network={"output_channel": 512})
+    env = subprocess_env(CNNCTC_MANIFEST=mine)
     env.pop("PYTHONPATH")  # only the code directory provides cnnctc
     run = subprocess.run([sys.executable, "-c", HUB_USER, str(code_dir)], env=env, capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
@@ -433,6 +444,9 @@ def test_the_hub_entry_point_leaves_the_users_mindspore_alone_and_builds_its_uid
     result = json.loads(run.stdout.splitlines()[-1])
     assert result["before"] == result["after"] == [result["pynative"], "CPU", 0]
     assert result["num_class"] == 37 and result["logits"] == [1, 26, 37]
+    assert result["loaded"] == [result["graph"], "CPU", 0]
+    assert result["switch"].startswith("MindSpore in this process already runs on CPU (mindspore.set_device or "
+                                       "set_context); cnnctc does not switch it to GPU")
 
 
 def test_a_second_hub_install_at_once_is_refused_in_one_line(tmp_path):
