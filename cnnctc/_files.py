@@ -7,6 +7,7 @@ gives the modes the user's umask gives (for folders made with ``mkdtemp``, which
 Callers turn the exceptions into their own one-line errors. No MindSpore import here.
 """
 import contextlib
+import errno
 import os
 import stat
 
@@ -16,6 +17,9 @@ __all__ = ["NotRegularFile", "open_regular", "file_kind", "rename_no_replace", "
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISLNK, "a symbolic link"))
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EMLINK}
 
 
 class NotRegularFile(OSError):
@@ -69,7 +73,18 @@ def rename_no_replace(src, dst):
     (``os.rename`` would replace a file, or an empty folder, that appeared meanwhile). Folders
     cannot be hard-linked: for them see :func:`rename_folder_no_replace`.
     """
-    os.link(src, dst, follow_symlinks=False)
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # A file system without hard links (FAT, some network mounts): check, then rename.
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(dst)) from None
+        os.rename(src, dst)
+        return
     os.unlink(src)
 
 
@@ -81,12 +96,12 @@ def rename_folder_no_replace(src, dst):
     one window left being an empty folder made in between (nothing of the user's is lost then).
     """
     if os.path.lexists(dst):
-        raise FileExistsError(17, "File exists", os.fspath(dst))
+        raise FileExistsError(errno.EEXIST, "File exists", os.fspath(dst))
     try:
         os.rename(src, dst)
     except OSError as exc:
         if os.path.lexists(dst):
-            raise FileExistsError(17, "File exists", os.fspath(dst)) from exc
+            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(dst)) from exc
         raise
 
 

@@ -78,7 +78,7 @@ def _install_one(root, entry, overwrite):
     code_name = PurePosixPath(repo_link.rstrip("/")).name
     code_dir = inside(base, code_name)
     card = inside(base, f"{uid.name}.md")
-    base.mkdir(parents=True, exist_ok=True, mode=umask_mode(folder=True))
+    base.mkdir(parents=True, exist_ok=True)
     try:
         with exclusive_lock(base):  # one hub-install at a time per version folder; no lock file is left
             return _install_locked(base, entry, code_dir, card, overwrite)
