@@ -583,32 +583,10 @@ def _stdout_usable():
 
 
 def _output_error(exc):
-    from .errors import OutputError
-    advice = "free space on its disk, or redirect it elsewhere" if exc.errno in _DISK_FULL else \
+    from .errors import OutputError, disk_full, os_reason
+    advice = "free space on its disk, or redirect it elsewhere" if disk_full(exc) else \
         "redirect it to a file you can write (or to /dev/null to discard them)"
-    return OutputError(f"cannot write the results to standard output: {_os_reason(exc)}; {advice}")
-
-
-_DISK_FULL = {28, 122}  # ENOSPC, EDQUOT
-
-
-def _os_reason(exc):
-    reason = exc.strerror or _one_line(exc) or type(exc).__name__
-    if exc.errno in _DISK_FULL:
-        reason += " (the disk is full)"
-    return reason
-
-
-def _os_error_line(exc):
-    """An OSError that escaped the commands' own checks, as what happened, where, and what to do."""
-    where = f"{_printable(os.fsdecode(exc.filename))}: " if getattr(exc, "filename", None) else ""
-    if exc.errno in _DISK_FULL:
-        advice = "free space on that disk, or write somewhere else"
-    elif isinstance(exc, PermissionError) or exc.errno == 30:  # EROFS
-        advice = "check its permissions, or choose a place you can write"
-    else:
-        advice = "check the path and the disk, then run again"
-    return f"{where}{_os_reason(exc)}; {advice}"
+    return OutputError(f"cannot write the results to standard output: {os_reason(exc)}; {advice}")
 
 
 def _silence_stdout():
@@ -657,7 +635,8 @@ def main(argv=None):
               + (f", or ask for less at once ({hint})" if hint else ""), file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"cnnctc: error: {_os_error_line(exc)}", file=sys.stderr)
+        from .errors import os_error_line
+        print(f"cnnctc: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug of ours: still one line, with the way to the details
         if os.environ.get("CNNCTC_DEBUG"):

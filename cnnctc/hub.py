@@ -8,6 +8,7 @@ cache ``cnnctc download`` fills. No MindSpore import here.
 """
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -93,8 +94,17 @@ def _check_target(code_dir, card, entry, overwrite):
     _refuse_foreign(code_dir, card, entry, overwrite)
 
 
+def _remove_dead_staging(base, code_dir):
+    """Remove the work folders of a hub-install that was killed (under the lock no live one has any)."""
+    pattern = re.compile(rf"^\.{re.escape(code_dir.name)}\.(old\.)?[a-z0-9_]{{8}}$")
+    for path in base.iterdir():
+        if pattern.match(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _install_locked(base, entry, code_dir, card, overwrite):
     manifest = entry.manifest
+    _remove_dead_staging(base, code_dir)
     _check_target(code_dir, card, entry, overwrite)
     # Build the code directory beside its final place, then swap it in, so that a hub client
     # never sees half of it. mkdtemp makes it 0700: it gets the modes the umask gives.

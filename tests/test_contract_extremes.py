@@ -462,5 +462,9 @@ def test_a_second_hub_install_at_once_is_refused_in_one_line(tmp_path):
     assert run.returncode == 1 and len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
     assert "another cnnctc hub-install is writing" in run.stderr and "let it finish" in run.stderr
     assert not (base / "cnnctc").exists() and not (base / "cnnctc_mjstiiit.md").exists()
+    (base / ".cnnctc.k1ll3d_9").mkdir()  # the work folder of a hub-install killed with -9
+    (base / ".cnnctc.k1ll3d_9" / "loader.py").write_text("half a copy")
+    (base / ".my-notes").write_text("the user's own hidden file")
     assert hub_install(hub, "mindspore/1.3/cnnctc_mjstiiit")  # once it is done, the next one runs
-    assert sorted(os.listdir(base)) == ["cnnctc", "cnnctc_mjstiiit.md"]  # no lock file or staging folder left
+    # No lock file or work folder is left, the dead run's is cleaned, the user's file is kept.
+    assert sorted(os.listdir(base)) == [".my-notes", "cnnctc", "cnnctc_mjstiiit.md"]
