@@ -113,6 +113,38 @@ def test_a_huge_sparse_image_among_good_ones_is_one_unreadable_input(tmp_path, c
     assert {p: digest(p) for p in good} == before and huge.stat().st_size == 100 * 10 ** 9
 
 
+def sparse_png(path, size=100 * 10 ** 9):
+    with open(path, "wb") as f:  # a PNG signature, then nothing on disk
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(size)
+    return path
+
+
+def test_make_lmdb_and_quantize_skip_a_huge_file_and_use_the_good_ones(tmp_path, capsys, tiny_onnx):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "c.png"):
+        word_image(images / name)
+    sparse_png(images / "b.png")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("a.png\tab\nb.png\tcd\nc.png\tef\n")
+    before = {p: digest(p) for p in (images / "a.png", images / "c.png", labels, tiny_onnx)}
+    status, out, err = run_cli(capsys, "make-lmdb", images, labels, tmp_path / "out.lmdb")
+    assert status == 0 and out == [f"{tmp_path / 'out.lmdb'}: 2 samples written; skipped 1 unreadable images, 0 "
+                                   "empty labels, 0 malformed lines"], out
+    assert not any("Traceback" in line for line in err)
+    import lmdb
+    with lmdb.open(str(tmp_path / "out.lmdb"), readonly=True, lock=False) as env, env.begin() as txn:
+        assert int(txn.get(b"num-samples")) == 2
+    # quantize imports onnx (native protobuf): its own process, which never imports MindSpore.
+    run = subprocess.run([sys.executable, "-m", "cnnctc", "-q", "quantize", str(tiny_onnx), "--calib", str(images),
+                          "--out", str(tmp_path / "tiny.int8.onnx")], env=subprocess_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert (tmp_path / "tiny.int8.onnx").is_file()
+    assert {p: digest(p) for p in before} == before
+
+
 def test_a_large_file_that_is_no_image_is_refused_by_its_header_without_being_read(tmp_path):
     from cnnctc.transforms import ImageError, load_image, read_image_file
     junk = tmp_path / "junk.png"
