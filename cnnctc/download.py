@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from ._files import NotRegularFile, file_kind, open_regular
 from .errors import CnnctcError, DownloadError, IntegrityError, ManifestError, OfflineError
+from .errors import os_reason as _os_reason
 from .manifest import cache_root, is_inside, load_manifest
 
 __all__ = ["fetch", "sha256_file", "file_sha256", "verify_file", "check_cached", "check_url", "check_sha256",
@@ -47,11 +48,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _os_reason(exc):
-    """'Permission denied' and the like, from an OSError, without Python's [Errno N] preamble."""
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # --- reading files ---------------------------------------------------------------------------
