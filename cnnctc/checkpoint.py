@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import NotRegularFile, open_regular, rename_no_replace
 from ._mindspore import mindspore as ms
+from .alphabet import check_alphabet as shared_check_alphabet
 from ._signals import interrupt_deferred
 from .errors import CheckpointError
 
@@ -26,16 +28,10 @@ ALPHABET_KEY = "alphabet"
 _OPTIMIZER_PREFIXES = ("moment.", "mean_square.", "mean_grad.", "moments.", "accum.")
 _TRAINING_SCALARS = {"global_step", "learning_rate", "scale_sense", "current_iterator_step",
                      "last_overflow_iterator_step", "epoch_num", "step_num"}
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _is_training_state(name):
     return name.startswith(_OPTIMIZER_PREFIXES) or name in _TRAINING_SCALARS
-
-
-def _kind(mode):
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def _reason(exc):
@@ -49,19 +45,15 @@ def _reason(exc):
 def _check_readable(path):
     """Raise CheckpointError unless ``path`` is a non-empty regular file this process can open."""
     try:
-        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+    except NotRegularFile as exc:
+        raise CheckpointError(f"{path}: {exc.kind}, not a checkpoint file") from None
     except FileNotFoundError:  # a dangling symlink too
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {_reason(exc)}") from None
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path}: {_kind(st.st_mode)}, not a checkpoint file")
-    if st.st_size == 0:
+    if size == 0:
         raise CheckpointError(f"{path}: the file is empty, not a checkpoint (an interrupted copy or download?)")
 
 
@@ -107,19 +99,9 @@ def split_state(state):
 
 
 def check_alphabet(alphabet, source="checkpoint"):
-    """Raise CheckpointError when a checkpoint's saved alphabet is empty or repeats a symbol."""
-    if not alphabet:
-        raise CheckpointError(f"{source}: its saved alphabet is empty; the checkpoint is damaged or was not "
-                              "written by cnnctc")
-    seen, repeated = set(), []
-    for symbol in alphabet:
-        if symbol in seen and symbol not in repeated:
-            repeated.append(symbol)
-        seen.add(symbol)
-    if repeated:
-        shown = ", ".join(repr(s) for s in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
-        raise CheckpointError(f"{source}: its saved alphabet repeats {shown}; every symbol must name one class, "
-                              "so the checkpoint is damaged or was not written by cnnctc")
+    """Raise CheckpointError when a checkpoint's saved alphabet is unusable (see :mod:`cnnctc.alphabet`)."""
+    shared_check_alphabet(alphabet, f"{source}: its saved alphabet", CheckpointError,
+                          advice="the checkpoint is damaged or was not written by cnnctc")
 
 
 def _numpy(value):
@@ -277,8 +259,9 @@ def _same_file(a, b):
 def slim(src, dst, *, overwrite=False):
     """Write ``src`` without its optimizer state to ``dst``; returns (entries kept, entries dropped).
 
-    ``src`` is never modified. ``dst`` must not be ``src``, and an existing ``dst`` is only
-    replaced with ``overwrite=True``.
+    ``src`` is never modified. ``dst`` must not be ``src`` (by name, symbolic link or hard link),
+    and an existing ``dst`` is only replaced with ``overwrite=True``; both are checked again when
+    the finished file is put in place, so a file that appeared meanwhile is not replaced unasked.
     """
     src, dst = Path(src), Path(dst)
     if os.path.lexists(dst) and _same_file(src, dst):
@@ -288,5 +271,25 @@ def slim(src, dst, *, overwrite=False):
     _check_destination(dst)
     state = read_checkpoint(src)
     weights, training, meta = split_state(state)
-    save_checkpoint([{"name": n, "data": v} for n, v in weights.items()], dst, metadata=meta)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.slim.ckpt")
+    try:
+        try:
+            save_checkpoint([{"name": n, "data": v} for n, v in weights.items()], tmp, metadata=meta)
+        except CheckpointError as exc:  # name the file the user asked for, not the temporary one
+            raise CheckpointError(f"cannot write {dst}: " + str(exc).removeprefix(f"cannot write {tmp}: ")) from None
+        if os.path.lexists(dst) and _same_file(src, dst):
+            raise CheckpointError(f"{dst} became the source checkpoint while slim ran; nothing was replaced")
+        try:
+            if overwrite:
+                os.replace(tmp, dst)
+            else:
+                rename_no_replace(tmp, dst)
+        except FileExistsError:
+            raise CheckpointError(f"{dst} appeared while slim ran; it is left as it is: choose another name or "
+                                  "allow replacing it (--overwrite)") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot write {dst}: {_reason(exc)}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return len(weights) + len(meta), len(training)

@@ -42,7 +42,7 @@ def cmd_info(args):
     entry = _entry(args)
     manifest = entry.manifest
     if args.json:
-        print(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=not _holds_unicode(sys.stdout)))
         return 0
     from .loader import select_device  # validates --device-target before anything is printed
     device = select_device(args.device_target)
@@ -146,17 +146,47 @@ def _printable(name):
     return name if name.isprintable() else name.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
+def _finite(path, value):
+    import math
+    if not math.isfinite(value):  # a damaged model: refused, never printed as a reading
+        raise CnnctcError(f"{path}: the model gave a non-finite confidence ({value}); its weights are damaged or "
+                          "it is not a cnnctc model, so nothing more is printed")
+    return value
+
+
+def _holds_unicode(stream):
+    """True when ``stream`` can take any text (UTF-8); JSON for another is written with \\u escapes."""
+    import codecs
+    try:
+        return codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name.startswith("utf")
+    except LookupError:
+        return False
+
+
 def _json_line(path, result):
+    """One JSON object per line, valid JSON on any stdout: escaped to ASCII where stdout cannot hold the text."""
     import json
+
     def number(value):  # six significant digits: sequence probabilities can be tiny
-        return float(f"{value:.6g}")
+        return float(f"{_finite(path, value):.6g}")
     record = {"path": path, "text": result.text, "confidence": number(result.confidence),
               "chars": [[c, number(p)] for c, p in result.chars]}
     if result.alternatives:
         record["alternatives"] = [{"text": text, "confidence": number(prob)} for text, prob in result.alternatives]
     if result.greedy is not None:
         record["greedy"] = result.greedy
-    return json.dumps(record, ensure_ascii=False)
+    # On an ASCII-only stdout (PYTHONIOENCODING=ascii, LANG=C) \u escapes, never backslashreplace's \x.
+    return json.dumps(record, ensure_ascii=not _holds_unicode(sys.stdout), allow_nan=False)
+
+
+def _write_out(bar, line):
+    """Write one result line; a stdout that cannot take it (disk full, closed) is an OutputError."""
+    try:
+        bar.write(line, file=sys.stdout)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _output_error(exc) from None
 
 
 def cmd_predict(args):
@@ -177,12 +207,12 @@ def cmd_predict(args):
                 continue
             path = _printable(path)  # a newline or tab in a file name must not break the line format
             if args.format == "tsv":
-                line = f"{path}\t{result.text}\t{result.confidence:.4f}"
+                line = f"{path}\t{result.text}\t{_finite(path, result.confidence):.4f}"
             elif args.format == "json":
                 line = _json_line(path, result)
             else:
-                line = f"{path}: {result.text} ({result.confidence:.3f})"
-            bar.write(line, file=sys.stdout)
+                line = f"{path}: {result.text} ({_finite(path, result.confidence):.3f})"
+            _write_out(bar, line)
     if failed:
         print(f"cnnctc: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -223,14 +253,11 @@ def _channel_width(text):
 
 
 def _alphabet_arg(text):
-    if not text:
-        raise argparse.ArgumentTypeError("is empty; give the symbols to read, or leave it out for the pretrained "
-                                         "model's alphabet")
-    repeated = sorted({c for c in text if text.count(c) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"repeats {''.join(repeated)!r}; every symbol must appear once")
-    if any(c in "\t\r\n\0" for c in text):
-        raise argparse.ArgumentTypeError("holds a tab, newline or NUL")
+    from .alphabet import alphabet_problem
+    problem = alphabet_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem + ("; give the symbols to read, or leave it out for the pretrained "
+                                                    "model's alphabet" if not text else ""))
     return text
 
 
@@ -558,6 +585,40 @@ def build_parser():
     return parser
 
 
+# What to ask for less of when a command runs out of memory.
+_MEMORY_HINTS = {"predict": "a smaller --batch-size", "eval": "a smaller --batch-size",
+                 "finetune": "a smaller --batch-size", "render": "a smaller --count",
+                 "quantize": "a smaller --max-images", "make-lmdb": "smaller images"}
+
+
+def _stdout_usable():
+    """False when standard output is closed (``>&-``): results could not be written anywhere."""
+    if sys.stdout is None:  # Python's view of a descriptor 1 closed before it started
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a test's capture): writing will tell
+        return True
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _output_error(exc):
+    from .errors import OutputError, disk_full, os_reason
+    advice = "free space on its disk, or redirect it elsewhere" if disk_full(exc) else \
+        "redirect it to a file you can write (or to /dev/null to discard them)"
+    return OutputError(f"cannot write the results to standard output: {os_reason(exc)}; {advice}")
+
+
+def _silence_stdout():
+    """Point the stdout descriptor at /dev/null, so that the interpreter's last flush cannot fail loudly."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv=None):
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 still print
         with contextlib.suppress(AttributeError, ValueError):
@@ -567,28 +628,51 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="cnnctc: %(message)s",
                         stream=sys.stderr)
     from ._signals import terminate_as_interrupt
+    from .errors import OutputError
     try:
+        if not _stdout_usable():
+            raise OutputError("standard output is closed, so the results could not be written; redirect it to a "
+                              "file (or to /dev/null to discard them)")
         with terminate_as_interrupt():  # MindSpore turns Ctrl-C into SIGTERM once a graph has run
-            return args.func(args)
+            status = args.func(args)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _output_error(exc) from None
+        return status
     except CnnctcError as exc:
-        print(f"cnnctc: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"cnnctc: error: {_one_line(exc) or _empty_message(exc)}", file=sys.stderr)
+        if isinstance(exc, OutputError):
+            _silence_stdout()
         return 1
     except KeyboardInterrupt:
         print("cnnctc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `cnnctc predict ... | head`
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 1
-    except (OSError, MemoryError) as exc:
-        print(f"cnnctc: error: {_one_line(exc)}", file=sys.stderr)
+    except MemoryError:
+        hint = _MEMORY_HINTS.get(args.command)
+        print(f"cnnctc: error: out of memory in `cnnctc {args.command}`; free memory (or raise the memory limit)"
+              + (f", or ask for less at once ({hint})" if hint else ""), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        from .errors import os_error_line
+        print(f"cnnctc: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug of ours: still one line, with the way to the details
         if os.environ.get("CNNCTC_DEBUG"):
             raise
-        print(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc)} (a bug in cnnctc; "
+        print(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc) or '(no message)'} (a bug in cnnctc; "
               "run again with CNNCTC_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1
+
+
+def _empty_message(exc):
+    return (f"{type(exc).__name__} without a message (a bug in cnnctc; run again with CNNCTC_DEBUG=1 and report "
+            "it)")
 
 
 def _one_line(exc):

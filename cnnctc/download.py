@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ._files import NotRegularFile, file_kind, open_regular
 from .errors import CnnctcError, DownloadError, IntegrityError, ManifestError, OfflineError
+from .errors import os_reason as _os_reason
 from .manifest import cache_root, is_inside, load_manifest
 
 __all__ = ["fetch", "sha256_file", "file_sha256", "verify_file", "check_cached", "check_url", "check_sha256",
@@ -48,38 +50,19 @@ def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _os_reason(exc):
-    """'Permission denied' and the like, from an OSError, without Python's [Errno N] preamble."""
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
 # --- reading files ---------------------------------------------------------------------------
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def _kind(mode):
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-def _open_regular(path):
+def _open_regular(path, *, follow_symlinks=True):
     """A read-only file object for ``path``, which must be a regular file (a FIFO never blocks)."""
     try:
-        # O_NONBLOCK makes opening a FIFO return at once; it changes nothing for regular files.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        return open_regular(path, follow_symlinks=follow_symlinks)
+    except NotRegularFile as exc:
+        raise CnnctcError(f"{path}: {exc.kind}, not a file; remove it or name the file itself") from None
     except FileNotFoundError:
         raise CnnctcError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise CnnctcError(f"{path}: cannot read it: {_os_reason(exc)}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise CnnctcError(f"{path}: {_kind(mode)}, not a file; remove it or name the file itself")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    except (OSError, ValueError) as exc:
+        reason = _os_reason(exc) if isinstance(exc, OSError) else "not a valid file name"
+        raise CnnctcError(f"{path}: cannot read it: {reason}") from None
 
 
 def _read_small(path):
@@ -151,7 +134,7 @@ def file_sha256(path):
     path = Path(path)
     st = _stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise CnnctcError(f"{path}: {_kind(st.st_mode)}, not a file; remove it or name the file itself")
+        raise CnnctcError(f"{path}: {file_kind(st.st_mode)}, not a file; remove it or name the file itself")
     stamp = _read_stamp(path)
     if stamp and stamp.get("sha256") and {k: stamp.get(k) for k in _identity(st)} == _identity(st):
         return stamp["sha256"]
@@ -186,11 +169,19 @@ def verify_file(path, expected):
     A file that exists but cannot be read (a directory, a FIFO, no permission) raises
     :class:`~cnnctc.errors.CnnctcError` naming it and the reason.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"verify_file: path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if not isinstance(expected, str):
+        raise TypeError(f"verify_file: expected must be the SHA-256 as 64 hexadecimal digits (a str), got "
+                        f"{type(expected).__name__}")
+    if not _HEX64.match(expected.strip().lower()):
+        raise ValueError(f"verify_file: expected must be 64 hexadecimal digits (as `sha256sum` prints them), got "
+                         f"{_show(expected, 70)!r}")
     path = Path(path)
     if not _present(path):
         raise IntegrityError(f"{path}: no such file")
     actual = file_sha256(path)
-    if actual != expected.lower():
+    if actual != expected.strip().lower():
         raise _mismatch(path, expected, actual)
     return path
 
@@ -481,6 +472,39 @@ def _same_remote(saved, now):
                for k in ("etag", "last_modified", "total"))
 
 
+def _is_own_file(path):
+    """True for a regular file at ``path`` itself (a symbolic link there is not one)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _open_part(part, offset):
+    """The partial download for writing: appended to when resuming, else created new. Never through a
+    symbolic link: a link (or anything but a regular file) at that name is removed, not written into."""
+    if offset:
+        fd = os.open(part, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size != offset:
+            os.close(fd)
+            raise _Restart(f"{part.name} changed while it was being resumed")
+        return os.fdopen(fd, "ab")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)  # a symbolic link is removed itself; its target is left alone
+    return os.fdopen(os.open(part, _NEW_FILE, 0o666), "wb")
+
+
+def _write_new(path, data):
+    """Write ``data`` to a new file at ``path`` (what was there, a symbolic link included, is removed first)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with os.fdopen(os.open(path, _NEW_FILE, 0o666), "wb") as out:
+        out.write(data)
+
+
 class _Downloader:
     def __init__(self, url, sha256, target, *, timeout, quiet):
         self.url, self.sha256, self.target = url, sha256, target
@@ -494,7 +518,7 @@ class _Downloader:
             meta = json.loads(text) if text is not None else None
         except ValueError:
             return None
-        if not isinstance(meta, dict) or meta.get("sha256") != self.sha256 or not self.part.is_file():
+        if not isinstance(meta, dict) or meta.get("sha256") != self.sha256 or not _is_own_file(self.part):
             return None
         return meta
 
@@ -508,7 +532,7 @@ class _Downloader:
         meta = self._read_meta()
         if meta is None:
             self.discard_partial()
-        offset = self.part.stat().st_size if meta else 0
+        offset = os.lstat(self.part).st_size if meta else 0
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -543,19 +567,18 @@ class _Downloader:
                 offset = 0
             if offset == 0:
                 self.discard_partial()
-                self.meta.write_text(json.dumps(dict(now, url=self.url, sha256=self.sha256)))
+                _write_new(self.meta, json.dumps(dict(now, url=self.url, sha256=self.sha256)).encode())
             self._stream(response, offset, now["total"])
 
     def _stream(self, response, offset, total):
         import requests
         digest = hashlib.sha256()
         if offset:
-            with open(self.part, "rb") as f:
+            with _open_regular(self.part, follow_symlinks=False) as f:
                 for block in iter(lambda: f.read(CHUNK_SIZE), b""):
                     digest.update(block)
         size = offset
-        with open(self.part, "ab" if offset else "wb") as out, _progress(total, offset, self.target.name,
-                                                                           self.quiet) as bar:
+        with _open_part(self.part, offset) as out, _progress(total, offset, self.target.name, self.quiet) as bar:
             try:
                 for block in response.iter_content(NET_CHUNK_SIZE):
                     out.write(block)

@@ -1,4 +1,7 @@
-"""Errors the package raises for conditions a user can act on (the CLI prints them on one line)."""
+"""Errors the package raises for conditions a user can act on (the CLI prints them on one line),
+and the wording of operating-system errors as what happened, where, and what to do."""
+import errno
+import os
 
 
 class CnnctcError(Exception):
@@ -23,3 +26,37 @@ class IntegrityError(CnnctcError):
 
 class CheckpointError(CnnctcError):
     """A checkpoint is missing, unreadable, or does not fit the network."""
+
+
+class OutputError(CnnctcError):
+    """The results could not be written (standard output closed, the disk full)."""
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def disk_full(exc):
+    """True for an OSError that means no space is left (ENOSPC, or a quota: EDQUOT)."""
+    return getattr(exc, "errno", None) in _DISK_FULL
+
+
+def os_reason(exc):
+    """'Permission denied' and the like, without Python's [Errno N] preamble; a full disk says so."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return reason + " (the disk is full)" if disk_full(exc) else reason
+
+
+def os_error_line(exc):
+    """An OSError as one line: the file it concerns, what happened, and what to do."""
+    name = getattr(exc, "filename", None)
+    where = ""
+    if name is not None:
+        shown = os.fsdecode(name)
+        where = (shown if shown.isprintable() else shown.encode("unicode_escape", "backslashreplace").decode()) + ": "
+    if disk_full(exc):
+        advice = "free space on that disk, or write somewhere else"
+    elif isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        advice = "check its permissions, or choose a place you can write"
+    else:
+        advice = "check the path and the disk, then run again"
+    return f"{where}{os_reason(exc)}; {advice}"

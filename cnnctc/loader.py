@@ -9,10 +9,10 @@ from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
 from .errors import CheckpointError, CnnctcError
 from .manifest import Manifest
-from .registry import ARCHITECTURES, build_network, get_model
+from .registry import ARCHITECTURES, DEFAULT_MODEL, build_network, get_model
 
 __all__ = ["load", "load_model", "LoadedModel", "create_network", "select_device", "configure_context",
-           "DEVICES"]
+           "check_network_options", "DEVICES"]
 
 log = logging.getLogger(__name__)
 
@@ -42,50 +42,117 @@ def _available(device):
 
 
 def select_device(device_target=None):
-    """The device to run on: ``device_target`` if given, else Ascend, else GPU, else CPU."""
-    if device_target:
+    """The device to run on: ``device_target`` if given; else the one this process already chose
+    (``mindspore.set_device``, or a device other than CPU in MindSpore's context); else Ascend, else
+    GPU, else CPU, whichever is available first."""
+    if device_target is not None:
+        if not isinstance(device_target, str):
+            raise TypeError(f"device_target must be one of {', '.join(DEVICES)} (a str), got "
+                            f"{type(device_target).__name__}")
         for name in DEVICES:
-            if str(device_target).lower() == name.lower():
+            if device_target.lower() == name.lower():
                 return name
         raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICES)}")
+    chosen = _chosen_device()
+    if chosen:
+        return chosen
     for candidate in ("Ascend", "GPU"):
         if _available(candidate):
             return candidate
     return "CPU"
 
 
+def _chosen_device():
+    """The device the process already runs on or asked for: ``mindspore.set_device`` was called, or
+    MindSpore's context names a device other than CPU (``set_context(device_target=...)``, or the
+    device of the MindSpore package); None when nothing was chosen."""
+    try:
+        from mindspore._c_expression import DeviceManagerConf
+        conf = DeviceManagerConf.get_instance()
+        if conf.is_device_enable():
+            return conf.get_device_target()
+    except (ImportError, AttributeError, RuntimeError):  # another MindSpore: only its context tells
+        pass
+    current = ms.get_context("device_target")
+    return current if current in ("Ascend", "GPU") else None
+
+
 def configure_context(device_target=None):
-    """Put MindSpore in GRAPH_MODE on the selected device; returns the device name."""
+    """Put MindSpore in GRAPH_MODE on the device :func:`select_device` names; returns the device name.
+
+    A device the process already chose (``mindspore.set_device``, or ``set_context(device_target=...)``
+    for Ascend or GPU) is kept: asking for another one then is an error, never a silent switch. When
+    nothing was chosen yet, the device is set with ``mindspore.set_device`` (device 0).
+    """
     device = select_device(device_target)
+    chosen = _chosen_device()
+    if chosen and chosen != device:
+        raise CnnctcError(f"MindSpore in this process already runs on {chosen} (mindspore.set_device or "
+                          f"set_context); cnnctc does not switch it to {device}: leave device_target out, or "
+                          "choose the device before loading")
     if device_target and device != "CPU" and not _available(device):
         raise CnnctcError(f"{device} is not available here (MindSpore finds no {device} device or plugin); "
                           "leave --device-target out to use the best available one")
     ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        ms.set_device(device)
-    except RuntimeError:
-        # The runtime already started (an earlier network, or a joined cluster): it keeps its device.
-        current = ms.get_context("device_target")
-        if current != device:
-            raise CnnctcError(f"MindSpore already runs on {current} in this process; "
-                              f"cannot switch to {device}") from None
-    except ValueError as exc:
-        raise CnnctcError(f"MindSpore cannot use {device} here ({str(exc).splitlines()[0]})") from None
+    if not chosen:
+        try:
+            ms.set_device(device)
+        except RuntimeError:
+            # The runtime already started (an earlier network, or a joined cluster): it keeps its device.
+            current = ms.get_context("device_target")
+            if current != device:
+                raise CnnctcError(f"MindSpore already runs on {current} in this process; "
+                                  f"cannot switch to {device}") from None
+        except ValueError as exc:
+            raise CnnctcError(f"MindSpore cannot use {device} here ({str(exc).splitlines()[0]})") from None
     log.info("MindSpore %s in GRAPH_MODE on %s", ms.__version__, device)
     return device
 
 
-def create_network(name="cnnctc", *args, **kwargs):
-    """The hub's entry point: an untrained network; with no arguments, the published configuration."""
+_NETWORK_OPTIONS = ("num_class", "hidden_size", "final_feature_width", "output_channel")
+MAX_OUTPUT_CHANNEL = 4096  # 8x the published width; far wider networks exhaust memory as they are built
+
+
+def check_network_options(options, caller):
+    """The network keyword arguments ``options`` as ints, or TypeError/ValueError naming the argument."""
+    import numbers
+    checked = {}
+    for key, value in options.items():
+        if key not in _NETWORK_OPTIONS:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {key!r} (network options: "
+                            f"{', '.join(_NETWORK_OPTIONS)})")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{caller}(): {key} must be a whole number, got {type(value).__name__} {value!r}")
+        value = int(value)
+        if key in ("output_channel", "hidden_size") and not (16 <= value <= MAX_OUTPUT_CHANNEL and value % 16 == 0):
+            raise ValueError(f"{caller}(): {key} must be a multiple of 16 from 16 to {MAX_OUTPUT_CHANNEL} (512 is "
+                             f"the published width), got {value}")
+        if key == "num_class" and value < 2:
+            raise ValueError(f"{caller}(): num_class must be at least 2 (one symbol and the blank), got {value}")
+        if key == "final_feature_width" and value < 1:
+            raise ValueError(f"{caller}(): final_feature_width must be positive, got {value}")
+        checked[key] = value
+    return checked
+
+
+def create_network(name="cnnctc", *args, model=None, **kwargs):
+    """The hub's entry point: an untrained network; with no arguments, the published configuration
+    of ``model`` (a registered uid; default the default hub uid, whatever CNNCTC_MANIFEST says).
+
+    Only the cell is built: MindSpore's mode and device stay as the caller set them (the hub card
+    has the user call ``set_context``/``set_device`` first). ``device_target`` is accepted for
+    compatibility and ignored.
+    """
     if not isinstance(name, str) or name.lower() not in ARCHITECTURES:
         raise ValueError(f"unknown network {name!r}; known names: {', '.join(sorted(ARCHITECTURES))}")
-    configure_context(kwargs.pop("device_target", None))
-    manifest = get_model().manifest
+    kwargs.pop("device_target", None)
     if args:  # the official positional form, CNNCTC_Model(num_class, hidden_size, final_feature_width)
         from .registry import _builder
-        return _builder(name)(*args, **kwargs)
+        return _builder(name)(*args, **check_network_options(kwargs, "create_network"))
+    manifest = get_model(model or DEFAULT_MODEL).manifest
     try:
-        return build_network(manifest.replace(model_name=name.lower()), **kwargs)
+        return build_network(manifest.replace(model_name=name.lower()),
+                             **check_network_options(kwargs, "create_network"))
     except (ValueError, TypeError) as exc:
         raise CnnctcError(f"cannot build {name}: {exc}") from None
 
@@ -124,6 +191,7 @@ def load_model(checkpoint=None, *, model=None, manifest=None, pretrained=True, d
     needed). The width and class count follow the checkpoint's head, and a fine-tuned
     checkpoint brings its alphabet along; ``network_kwargs`` override them.
     """
+    network_kwargs = check_network_options(network_kwargs, "load")
     entry = get_model(model, manifest=manifest)
     manifest = entry.manifest
     configure_context(device_target)
@@ -144,7 +212,13 @@ def load_model(checkpoint=None, *, model=None, manifest=None, pretrained=True, d
 
 def load(checkpoint=None, *, model=None, pretrained=True, device_target=None, manifest=None, cache_dir=None,
          **network_kwargs):
-    """The network with weights, in eval mode, MindSpore in GRAPH_MODE on ``device_target``.
+    """The network with weights, in eval mode.
+
+    What it sets in MindSpore: ``set_context(mode=GRAPH_MODE)``, always; and, only when no device was
+    chosen yet, ``set_device`` with ``device_target`` (else Ascend, else GPU, else CPU). A device you
+    chose before (``mindspore.set_device``, or ``set_context(device_target="GPU")``) is kept; a
+    ``device_target`` that differs from it is an error. To keep a CPU run on a GPU host, call
+    ``mindspore.set_device("CPU")`` first or pass ``device_target="CPU"``.
 
     See :func:`load_model` for the arguments; ``pretrained=False`` returns fresh weights.
     The classes are the manifest's (or the checkpoint's saved) alphabet, the blank last.

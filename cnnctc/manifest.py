@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+from .alphabet import check_alphabet
 from .errors import ManifestError
 
 __all__ = ["Manifest", "Preprocess", "load_manifest", "cache_root", "inside", "is_inside"]
@@ -30,12 +31,37 @@ def _assets_dir():
     return inside_package if (inside_package / "cards").is_dir() else _PACKAGE_DIR.parent / "assets"
 
 
+def expand_user(path, what):
+    """``Path(path).expanduser()``, with a ManifestError naming ``what`` when '~' cannot be expanded
+    (HOME unset and no passwd entry for this uid, or '~name' for a user who does not exist)."""
+    path = Path(path)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        first = path.parts[0] if path.parts else "~"
+        if first == "~":
+            reason = (f"HOME is not set and user id {os.getuid()} has no passwd entry" if hasattr(os, "getuid")
+                      else "the home directory is unknown")
+        else:
+            reason = f"there is no user {first[1:]!r}"
+        raise ManifestError(f"{what} {str(path)!r}: cannot expand {first} ({reason}); give the full path "
+                            "instead") from None
+
+
 def cache_root(cache_dir=None):
     """The cache shared with the MindSpore Hub client: ``cache_dir``, else CNNCTC_CACHE_DIR, else ~/.mscache."""
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
+        return expand_user(cache_dir, "the cache folder")
     env = os.environ.get("CNNCTC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".mscache"
+    if env:
+        return expand_user(env, "CNNCTC_CACHE_DIR")
+    try:
+        return Path.home() / ".mscache"
+    except RuntimeError:  # HOME unset, and this uid has no passwd entry (a container's arbitrary uid)
+        who = f"user id {os.getuid()}" if hasattr(os, "getuid") else "this user"
+        raise ManifestError(f"cannot find a home directory for the cache (HOME is not set and {who} has no "
+                            "passwd entry); set CNNCTC_CACHE_DIR (or --cache-dir) to a writable folder, or "
+                            "set HOME") from None
 
 
 def is_inside(root, path):
@@ -192,11 +218,7 @@ class Manifest:
         sha = data["sha256"].lower()
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise ManifestError(f"{where}: sha256 must be 64 hex digits, got {data['sha256']!r}")
-        alphabet = data["alphabet"]
-        if len(set(alphabet)) != len(alphabet):
-            raise ManifestError(f"{where}: the alphabet repeats a symbol")
-        if any(c in "\t\r\n\0" for c in alphabet):
-            raise ManifestError(f"{where}: the alphabet holds a tab, newline or NUL")
+        alphabet = check_alphabet(data["alphabet"], f"{where}: the alphabet", ManifestError)
         network = data.get("network", {})
         if not isinstance(network, dict):
             raise ManifestError(f"{where}: network must be an object, got {network!r}")
@@ -234,7 +256,7 @@ class Manifest:
 
 def read_manifest_file(path):
     """A manifest from a JSON file."""
-    path = Path(path).expanduser()
+    path = expand_user(path, "the manifest")
     try:
         if not path.is_file():
             raise ManifestError(f"manifest not found: {path}" if not path.exists() else f"{path}: not a file")

@@ -78,16 +78,8 @@ def _is_real(value):
 
 def check_alphabet(alphabet, what="--alphabet"):
     """Raise CnnctcError unless ``alphabet`` is a non-empty string of distinct, printable-line symbols."""
-    if not isinstance(alphabet, str):
-        raise CnnctcError(f"{what} must be a string of symbols, got {alphabet!r}")
-    if not alphabet:
-        raise CnnctcError(f"{what} is empty; give the symbols to read (e.g. 0123456789), or leave it out for "
-                          "the pretrained model's alphabet")
-    repeated = sorted({c for c in alphabet if alphabet.count(c) > 1})
-    if repeated:
-        raise CnnctcError(f"{what} repeats {''.join(repeated)!r}; every symbol must appear once")
-    if any(c in _FORBIDDEN_SYMBOLS for c in alphabet):
-        raise CnnctcError(f"{what} holds a tab, newline or NUL; labels cannot contain those")
+    from .alphabet import check_alphabet as shared_check_alphabet  # the one check every reader uses
+    shared_check_alphabet(alphabet, what, CnnctcError)
 
 
 @dataclasses.dataclass

@@ -21,19 +21,28 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from ._files import NotRegularFile, open_regular
 from .errors import CnnctcError
 from .manifest import load_manifest
 
-__all__ = ["preprocess", "preprocess_image", "load_image", "read_image_file", "find_images", "ImageError"]
+__all__ = ["preprocess", "preprocess_image", "load_image", "read_image_file", "find_images", "ImageError",
+           "MAX_IMAGE_BYTES"]
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _ORIENTATION = 0x0112  # EXIF tag
+# A file larger than this is not read: an image at Pillow's pixel limit (89.5 million pixels) takes
+# 716 MB uncompressed even in 16-bit RGBA, so no image cnnctc can decode is larger.
+MAX_IMAGE_BYTES = 1 << 30
 
 
 class ImageError(CnnctcError):
     """An input is not a readable image."""
+
+
+class ImageTypeError(ImageError, TypeError):
+    """An input of a type that cannot hold an image (also a TypeError, as wrong argument types are)."""
 
 
 def _shown(name):
@@ -62,6 +71,8 @@ def _os_error(name, exc):
         return ImageError(f"{shown}: no such file")
     if isinstance(exc, PermissionError):
         return ImageError(f"{shown}: permission denied (cannot read it)")
+    if isinstance(exc, MemoryError):
+        return ImageError(f"{shown}: not enough memory to read it")
     return ImageError(f"{shown}: cannot read it ({_one_line(exc.strerror or exc)})")
 
 
@@ -74,27 +85,51 @@ def _not_regular(name, mode):
     return ImageError(f"{shown}: not a regular file ({_file_kind(mode)}); only regular files are read")
 
 
-def read_image_file(path):
-    """The bytes of a regular file; FIFOs, devices and folders are refused without blocking.
+def _too_large(name, size):
+    return ImageError(f"{_shown(name)}: {size / 2**30:,.1f} GiB, larger than any image cnnctc reads "
+                      f"({MAX_IMAGE_BYTES / 2**30:.0f} GiB at most); not read")
 
-    Raises :class:`ImageError` with a one-line reason for anything that cannot be read.
+
+def _identify(handle, name):
+    """Let Pillow read the header of an open file (the rest stays on disk); refuse non-images and bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.open(handle)  # not closed: Image.close would close the caller's file too
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(name, exc) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (unknown or damaged image format)") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to read its header") from None
+    except Exception as exc:  # Pillow's plugins raise many types on hostile headers
+        raise ImageError(f"{name}: not a readable image ({_one_line(exc) or type(exc).__name__})") from None
+
+
+def read_image_file(path):
+    """The bytes of a regular file that holds an image; anything else is refused before it is read.
+
+    FIFOs, devices and folders are refused without blocking; a file larger than
+    ``MAX_IMAGE_BYTES`` is refused by its size and one whose header no image format recognises
+    by its header, so a huge or hostile file costs neither time nor memory. Raises
+    :class:`ImageError` with a one-line reason for anything that cannot be read.
     """
     name = os.fspath(path)
+    shown = _shown(name)
     try:
-        # stat first: opening a device can have side effects, opening a FIFO can block.
-        info = os.stat(name)
-        if not stat.S_ISREG(info.st_mode):
-            raise _not_regular(name, info.st_mode)
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if not stat.S_ISREG(mode):  # replaced between stat and open
-                raise _not_regular(name, mode)
-            return f.read()
-    except OSError as exc:
+        with open_regular(name) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise _too_large(name, size)
+            _identify(f, shown)
+            f.seek(0)
+            return f.read(MAX_IMAGE_BYTES + 1)
+    except NotRegularFile as exc:
+        raise _not_regular(name, exc.mode) from None
+    except (OSError, MemoryError) as exc:
         raise _os_error(name, exc) from None
     except ValueError:  # e.g. an embedded NUL
-        raise ImageError(f"{_shown(name)}: not a valid file name") from None
+        raise ImageError(f"{shown}: not a valid file name") from None
 
 
 def _bomb_error(name, exc):
@@ -178,7 +213,8 @@ def load_image(source):
     elif isinstance(source, np.ndarray):
         name, image = "image array", _from_array(source)
     else:
-        raise ImageError(f"cannot read an image from {type(source).__name__}")
+        raise ImageTypeError(f"an image must be a path, encoded bytes, a PIL image or a uint8 array; got "
+                             f"{type(source).__name__}")
     if image.width < 1 or image.height < 1:
         raise ImageError(f"{name}: empty image ({image.width}x{image.height})")
     try:  # a PIL image given lazily opened is decoded only here
@@ -210,9 +246,14 @@ def preprocess_image(image, config):
 def preprocess(images, manifest=None):
     """Images (PIL, paths, bytes or arrays; one or a list) -> (B, 3, 32, 100) float32."""
     config = load_manifest(manifest).preprocess
-    if isinstance(images, (str, os.PathLike, bytes, Image.Image)) or (
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or (
             isinstance(images, np.ndarray) and images.dtype in (np.uint8, np.uint16) and images.ndim in (2, 3)):
         images = [images]
+    try:
+        images = list(images)
+    except TypeError:
+        raise TypeError(f"images must be an image (a path, encoded bytes, a PIL image or an array) or a list of "
+                        f"them, got {type(images).__name__}") from None
     batch = [preprocess_image(load_image(image), config) for image in images]
     if not batch:
         return np.zeros((0, 3, config.height, config.max_width), np.float32)

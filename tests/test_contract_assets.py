@@ -564,7 +564,12 @@ def test_non_finite_weights_that_are_not_loaded_do_not_matter(narrow):
 
 
 @pytest.mark.parametrize("alphabet, words", [("0123456789abcdefghijklmnopqrstuvwxya", "repeats 'a'"),
-                                             ("", "is empty")])
+                                             ("", "is empty"),
+                                             # symbols that would break TSV/JSON lines and terminals (a NUL
+                                             # cannot be saved: MindSpore ends its strings there)
+                                             ("0123456789abcdefghijklmnopqrstuvwxy\n", "holds control"),
+                                             ("0123456789abcdefghijklmnopqrstuvwxy\t", "holds control"),
+                                             ("0123456789abcdefghijklmnopqrstuvwxy\x1b", "holds control")])
 def test_bad_saved_alphabet_is_refused(narrow, alphabet, words):
     from cnnctc.checkpoint import load_weights, read_checkpoint
     folder, _, params = narrow
