@@ -19,7 +19,7 @@ from cnnctc.manifest import load_manifest
 from cnnctc.network import CNNCTC
 from cnnctc.recognizer import Recognizer
 from cnnctc.render import find_fonts, render_word, write_word_images
-from cnnctc.train import TRAIN_STATE_KEY, TrainConfig, finetune, init_from_pretrained
+from cnnctc.training import TRAIN_STATE_KEY, TrainConfig, finetune, init_from_pretrained
 
 DIGITS = "0123456789"
 CASED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
