@@ -52,7 +52,8 @@ def cmd_info(args):
     print(f"model:        {manifest.uid}")
     print(f"card:         {entry.card or '(a user manifest: ' + manifest.source + ')'}")
     if manifest.accuracy is not None:
-        print(f"accuracy:     {manifest.accuracy}% (card; trained on {manifest.train_dataset or '?'})")
+        said_by = "card" if entry.card else "as the manifest says"
+        print(f"accuracy:     {manifest.accuracy}% ({said_by}; trained on {manifest.train_dataset or '?'})")
     print(f"asset:        {manifest.url}")
     print(f"sha256:       {manifest.sha256}")
     print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")

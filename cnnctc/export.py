@@ -73,10 +73,10 @@ def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name, li
     fine-tuned; otherwise the file carries its own manifest (:func:`cnnctc.lineage.own_manifest`)
     and its ``lineage`` (the checkpoint's, default unknown) says where the weights came from.
     """
-    from .lineage import LINEAGE_KEY, UNKNOWN, cnnctc_version, export_lineage, own_manifest, registry_lineage
+    from .lineage import LINEAGE_KEY, UNKNOWN, cnnctc_version, export_lineage, own_manifest, model_lineage
     is_asset = source_sha256 == manifest.sha256
     if lineage is None or lineage.get("origin") == "unknown":
-        lineage = registry_lineage(manifest) if is_asset else dict(UNKNOWN)
+        lineage = model_lineage(manifest) if is_asset else dict(UNKNOWN)
     if not is_asset:
         manifest = own_manifest(manifest, file_name=source_name, sha256=source_sha256)
     elif lineage.get("origin") == "finetune":  # a user's manifest for a fine-tuned file: no copied card claims

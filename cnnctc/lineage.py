@@ -2,12 +2,13 @@
 
 A lineage is a JSON object whose ``origin`` says what kind of file it describes:
 
-- ``"finetune"``: trained by ``cnnctc finetune``. ``started_from`` is the registered model (uid,
-  SHA-256 and that card's claims), the local checkpoint (its path as given, SHA-256 and its own
+- ``"finetune"``: trained by ``cnnctc finetune``. ``started_from`` is the model whose asset it
+  started from (hub uid or a user's manifest: uid, SHA-256 and that model's claims), the local checkpoint (its path as given, SHA-256 and its own
   lineage) or ``{"kind": "none"}``; ``trained_on`` the datasets (path as given, ``num-samples``,
   what was kept), alphabet, steps, batch size, recipe and seed; ``measured`` the validation
   accuracy of these weights and the run's best, with the protocol and datasets.
-- ``"registry"``: a registered asset itself, whose card's accuracy and training set are its own.
+- ``"model"``: a model's asset itself (a registered uid's, or a user manifest's), whose
+  manifest's accuracy and training set are its own.
 - ``"unknown"``: a file written before cnnctc recorded lineage, or by another tool.
 
 An export keeps its checkpoint's lineage and adds ``exported`` (format, tool, the checkpoint's
@@ -19,8 +20,8 @@ import json
 import re
 from pathlib import Path
 
-__all__ = ["LINEAGE_KEY", "UNKNOWN", "cnnctc_version", "parse_lineage", "registry_lineage", "file_lineage",
-           "started_from_none", "started_from_registry", "started_from_checkpoint", "export_lineage",
+__all__ = ["LINEAGE_KEY", "UNKNOWN", "cnnctc_version", "parse_lineage", "model_lineage", "file_lineage",
+           "started_from_none", "started_from_model", "started_from_checkpoint", "export_lineage",
            "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage"]
 
 LINEAGE_KEY = "cnnctc_lineage"     # checkpoint entry and ONNX/sidecar metadata key, a JSON object
@@ -50,9 +51,9 @@ def parse_lineage(text):
     return value if isinstance(value, dict) and isinstance(value.get("origin"), str) else dict(UNKNOWN)
 
 
-def registry_lineage(manifest):
-    """The lineage of a registered asset: the card's claims are that file's own."""
-    data = {"origin": "registry", "uid": manifest.uid, "file_name": manifest.file_name, "sha256": manifest.sha256,
+def model_lineage(manifest):
+    """The lineage of a manifest's own asset: the manifest's claims are that file's own."""
+    data = {"origin": "model", "uid": manifest.uid, "file_name": manifest.file_name, "sha256": manifest.sha256,
             "url": manifest.url}
     if manifest.accuracy is not None:
         data["accuracy"] = manifest.accuracy
@@ -73,16 +74,17 @@ def file_lineage(saved, sha256):
     if lineage["origin"] != "unknown":
         return lineage
     registered = _registered_with_sha256(sha256) if sha256 else None
-    return registry_lineage(registered) if registered is not None else lineage
+    return model_lineage(registered) if registered is not None else lineage
 
 
 def started_from_none():
     return {"kind": "none"}
 
 
-def started_from_registry(manifest):
-    """A run started from a registered model's asset (fetched and verified, so its hash is the card's)."""
-    return {"kind": "registry", **{k: v for k, v in registry_lineage(manifest).items() if k != "origin"}}
+def started_from_model(manifest):
+    """A run started from a model's asset (a hub uid or a user's manifest), fetched and verified, so
+    its hash is the manifest's; that model's claims are kept here, under the parent."""
+    return {"kind": "model", **{k: v for k, v in model_lineage(manifest).items() if k != "origin"}}
 
 
 def started_from_checkpoint(path, sha256, saved_lineage):
@@ -155,17 +157,19 @@ def _accuracy(value):
 def _origin_lines(lineage, indent):
     pad = " " * indent
     origin = lineage.get("origin")
-    if origin == "registry":
-        claims = f"; card accuracy {lineage['accuracy']}%" if lineage.get("accuracy") is not None else ""
+    if origin == "model":
+        claims = f"; accuracy {lineage['accuracy']}%" if lineage.get("accuracy") is not None else ""
         claims += f", trained on {lineage['train_dataset']}" if lineage.get("train_dataset") else ""
-        return [f"{pad}registered model {lineage.get('uid')} (sha256 {lineage.get('sha256')}{claims})"]
+        return [f"{pad}the asset of model {lineage.get('uid')} (sha256 {lineage.get('sha256')}{claims})"]
     if origin != "finetune":
         return [f"{pad}unknown (no lineage recorded: written before cnnctc kept one, or by another tool)"]
     lines = []
     start = lineage.get("started_from") or {}
     kind = start.get("kind")
-    if kind == "registry":
-        lines.append(f"{pad}started from: registered model {start.get('uid')} (sha256 {start.get('sha256')})")
+    if kind == "model":
+        claims = f"; its accuracy {start['accuracy']}%" if start.get("accuracy") is not None else ""
+        claims += f", trained on {start['train_dataset']}" if start.get("train_dataset") else ""
+        lines.append(f"{pad}started from: model {start.get('uid')} (sha256 {start.get('sha256')}{claims})")
     elif kind == "checkpoint":
         lines.append(f"{pad}started from: checkpoint {start.get('path')} (sha256 {start.get('sha256')}), whose "
                      "lineage is:")

@@ -96,6 +96,11 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(trained):
     assert (trained.state_at_120["epoch"], trained.state_at_120["epoch_step"]) == divmod(120, steps_per_epoch)
     kept = sorted(p.name for p in trained.out.glob("cnnctc-*.ckpt"))
     assert kept == ["cnnctc-0000180.ckpt", "cnnctc-0000240.ckpt"]
+    # The resumed run's lineage goes on from the run's own: still from random weights, now at step 240.
+    lineage = json.loads(final["cnnctc_lineage"])
+    assert lineage["started_from"] == {"kind": "none"} and lineage["trained_on"]["steps"] == TOTAL_STEPS
+    assert lineage["trained_on"]["planned_steps"] == TOTAL_STEPS and lineage["trained_on"]["seed"] == 1
+    assert lineage["measured"]["best_accuracy"] == trained.result.best_accuracy
 
 
 def test_a_finished_run_is_not_overwritten(trained):

@@ -216,7 +216,7 @@ def test_a_checkpoint_written_before_lineage_loads_and_reads_unknown(runs, tmp_p
 def test_only_the_registered_asset_itself_carries_its_cards_claims():
     own = export_metadata(HUB, fmt="onnx", batch_size=None, source_sha256=HUB.sha256, source_name=HUB.file_name)
     assert own["source_uid"] == HUB.uid and own["cnnctc_manifest"]["accuracy"] == 85.97
-    assert own[LINEAGE_KEY]["origin"] == "registry" and own[LINEAGE_KEY]["train_dataset"] == "mjstiiit"
+    assert own[LINEAGE_KEY]["origin"] == "model" and own[LINEAGE_KEY]["train_dataset"] == "mjstiiit"
     other = export_metadata(HUB, fmt="onnx", batch_size=None, source_sha256="ab" * 32, source_name="mine.ckpt")
     assert other[LINEAGE_KEY] == {"origin": "unknown", "exported": other[LINEAGE_KEY]["exported"]}
     assert_no_hub_claims(json.dumps(other))
@@ -241,3 +241,33 @@ def test_a_user_manifest_made_with_info_json_names_the_users_file(runs, tmp_path
     report = info_json(capsys, out)
     assert report["manifest"]["uid"] == "me/1.0/digits" and "accuracy" not in report["manifest"]
     assert report["manifest"]["train_dataset"] == "" and report["lineage"]["origin"] == "finetune"
+
+
+def test_a_run_from_a_models_asset_keeps_that_models_claims_under_the_parent(runs, narrow_checkpoint, serve,
+                                                                             tmp_path, capsys, monkeypatch):
+    """``--pretrained hub`` with a manifest whose asset is served on 127.0.0.1: the run names that uid
+    and the file's SHA-256, the manifest's accuracy and training set stay under ``started_from``, and the
+    fine-tuned file's export claims none of them."""
+    from conftest import NARROW, write_manifest
+    root = runs[0]
+    weights = Path(narrow_checkpoint[0]).read_bytes()
+    server = serve(weights)
+    manifest = write_manifest(tmp_path / "hub-like.json", url=server.url, sha256=sha256(narrow_checkpoint[0]),
+                              network={"output_channel": NARROW})
+    monkeypatch.setenv("CNNCTC_ALLOW_HTTP", "1")
+    result = finetune(root / "train.lmdb", None, tmp_path / "run", pretrained="hub", manifest=manifest,
+                      config=TrainConfig(alphabet=DIGITS, steps=2, batch_size=8, output_channel=NARROW,
+                                         log_every=1000))
+    lineage = info_json(capsys, result.last_checkpoint)["lineage"]
+    assert lineage["started_from"] == {"kind": "model", "uid": HUB.uid, "file_name": HUB.file_name,
+                                       "sha256": sha256(narrow_checkpoint[0]), "url": server.url,
+                                       "accuracy": 85.97, "train_dataset": "mjstiiit"}
+    assert lineage["measured"] is None   # no --valid: nothing measured, and no parent's number instead
+    exported = export_model(tmp_path / "run.onnx", checkpoint=result.last_checkpoint)
+    report = info_json(capsys, exported)
+    assert report["lineage"]["started_from"] == lineage["started_from"]
+    top = {k: v for k, v in report.items() if k != "lineage"}
+    assert "85.97" not in json.dumps(top) and "mjstiiit" not in json.dumps(top)
+    assert "accuracy" not in report["manifest"] and report["manifest"]["uid"] != HUB.uid
+    text = info(capsys, "--checkpoint", exported)
+    assert f"started from: model {HUB.uid} (sha256 {sha256(narrow_checkpoint[0])}; its accuracy 85.97%" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from ..download import fetch, sha256_file
 from ..errors import CheckpointError, CnnctcError
-from ..lineage import LINEAGE_KEY, started_from_checkpoint, started_from_registry
+from ..lineage import LINEAGE_KEY, started_from_checkpoint, started_from_model
 from ..registry import get_model, list_models
 from .store import first_non_finite
 
@@ -79,7 +79,7 @@ def read_pretrained(path, source_manifest, fallback_alphabet, given=None):
     alphabet = saved if isinstance(saved, str) else (source_manifest.alphabet if source_manifest else
                                                      fallback_alphabet)
     if source_manifest is not None:  # fetched and verified: its hash is the card's
-        started_from = started_from_registry(source_manifest)
+        started_from = started_from_model(source_manifest)
     else:
         started_from = started_from_checkpoint(given or path, sha256_file(path), state.get(LINEAGE_KEY))
     return Pretrained(Path(path), state, alphabet, started_from)
