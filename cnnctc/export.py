@@ -73,7 +73,7 @@ def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name, li
     fine-tuned; otherwise the file carries its own manifest (:func:`cnnctc.lineage.own_manifest`)
     and its ``lineage`` (the checkpoint's, default unknown) says where the weights came from.
     """
-    from .lineage import LINEAGE_KEY, UNKNOWN, cnnctc_version, export_lineage, own_manifest, model_lineage
+    from .lineage import LINEAGE_KEY, UNKNOWN, cnnctc_version, export_lineage, model_lineage, own_manifest
     is_asset = source_sha256 == manifest.sha256
     if lineage is None or lineage.get("origin") == "unknown":
         lineage = model_lineage(manifest) if is_asset else dict(UNKNOWN)
@@ -112,7 +112,8 @@ def _describe_onnx(model, metadata):
         entry = model.metadata_props.add()
         entry.key = key
         entry.value = json.dumps(value, ensure_ascii=False)
-    version = metadata["exported_by"].split()[-1]
+    from .lineage import cnnctc_version
+    version = cnnctc_version()
     model.producer_name, model.producer_version = "cnnctc", version
     model.doc_string = (f"CNN-CTC text recognizer exported by cnnctc {version} from {metadata['source_checkpoint']} "
                         f"(sha256 {metadata['source_sha256']}): {INPUT_NAME} (batch, 3, {metadata['height']}, "

@@ -260,3 +260,5 @@ def test_two_worker_msrun_on_localhost(digits, tmp_path):
     # Different shards, identical weights afterwards: the gradients were averaged across ranks.
     assert digests["worker_0.log"] == digests["worker_1.log"]
     assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000003.ckpt"]  # rank 0 alone writes
+    trained_on = json.loads(read_checkpoint(out / "cnnctc-0000003.ckpt")["cnnctc_lineage"])["trained_on"]
+    assert (trained_on["workers"], trained_on["batch_size"], trained_on["steps"]) == (2, 4, 3)

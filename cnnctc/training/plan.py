@@ -16,7 +16,7 @@ from pathlib import Path
 from ..data import LabelFilter, LmdbDataset
 from ..download import fetch
 from ..errors import CnnctcError
-from ..lineage import UNKNOWN, started_from_none
+from ..lineage import started_from_none
 from ..registry import get_model, list_models
 from .config import MAX_STEPS, RUN_FIELDS, TrainConfig, check_alphabet, flag, is_int
 from .pretrained import pretrained_source, read_pretrained
@@ -230,7 +230,7 @@ class RunPlan:
         self.config.check()
         self.total_steps = point.total_steps
         self.resume = point
-        self.started_from = point.lineage.get("started_from") or dict(UNKNOWN)
+        self.started_from = point.lineage.get("started_from") or {"kind": "unknown"}  # saved before lineage
         log.info("resuming from %s at step %d of %d", last, point.step, point.total_steps)
         return state.get("model")
 
