@@ -20,8 +20,8 @@ from .alphabet import check_alphabet as shared_check_alphabet
 from ._signals import interrupt_deferred
 from .errors import CheckpointError
 
-__all__ = ["read_checkpoint", "split_state", "check_alphabet", "check_weights", "load_weights", "save_checkpoint",
-           "slim", "ALPHABET_KEY"]
+__all__ = ["read_checkpoint", "read_lineage", "split_state", "check_alphabet", "check_weights", "load_weights",
+           "save_checkpoint", "slim", "ALPHABET_KEY"]
 
 ALPHABET_KEY = "alphabet"
 # Entries MindSpore's optimizers and training wrappers add to a checkpoint.
@@ -83,6 +83,22 @@ def read_checkpoint(path, *, weights_only=False):
     if isinstance(state.get(ALPHABET_KEY), str):
         check_alphabet(state[ALPHABET_KEY], str(path))
     return state
+
+
+def read_lineage(path, sha256):
+    """The lineage of the checkpoint at ``path`` (whose SHA-256 is ``sha256``): its saved one, the
+    registry's for a registered asset, else ``{"origin": "unknown"}`` (see :mod:`cnnctc.lineage`).
+    Only the lineage entry is read."""
+    from .lineage import LINEAGE_KEY, file_lineage
+    _check_readable(Path(path))
+    try:
+        with interrupt_deferred():
+            state = ms.load_checkpoint(str(path), choice_func=lambda name: name == LINEAGE_KEY)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001  no such entry ("dict is empty"): written before lineage was kept
+        state = {}
+    return file_lineage(state.get(LINEAGE_KEY), sha256)
 
 
 def split_state(state):
@@ -218,13 +234,40 @@ def _without_mindspore_record(prefix):
         logger.removeFilter(drop)
 
 
-def save_checkpoint(params, path, *, metadata=None):
+def _file_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _put_in_place(tmp, path, overwrite):
+    """Rename ``tmp`` to ``path``; without ``overwrite`` an existing ``path`` (even one that appeared
+    a moment ago) is left alone: a hard link fails if the name exists, atomically."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise CheckpointError(f"cannot write {path}: it already exists (another process wrote it); it was left "
+                              "alone") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise CheckpointError(f"cannot write {path}: it already exists (another process wrote it); it was "
+                                  "left alone") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def save_checkpoint(params, path, *, metadata=None, overwrite=True):
     """Write a checkpoint atomically (a temporary file renamed into place); returns ``path``.
 
     ``params`` is a Cell or a list of {"name", "data"} dicts; ``metadata`` holds string
-    (or scalar) entries such as the alphabet. An existing file at ``path`` is replaced. The
-    folder must exist. Any failure (no such folder, no permission, no space) is a one-line
-    CheckpointError and leaves no temporary file behind.
+    (or scalar) entries such as the alphabet. An existing file at ``path`` is replaced only with
+    ``overwrite``. The folder must exist. The file gets the mode the umask gives (0644 under
+    umask 022; MindSpore's own writer makes it 0400). Any failure (no such folder, no
+    permission, no space) is a one-line CheckpointError and leaves no temporary file behind.
     """
     path = Path(path)
     _check_destination(path)
@@ -235,8 +278,9 @@ def save_checkpoint(params, path, *, metadata=None):
     try:
         with _without_mindspore_record("Failed to save the checkpoint file"):
             ms.save_checkpoint(params, str(tmp), append_dict=dict(metadata) if metadata else None)
-        os.replace(tmp, path)
-    except (KeyboardInterrupt, SystemExit):
+        os.chmod(tmp, _file_mode())
+        _put_in_place(tmp, path, overwrite)
+    except (KeyboardInterrupt, SystemExit, CheckpointError):
         raise
     except Exception as exc:  # noqa: BLE001  MindSpore raises OSError, RuntimeError, ValueError...
         raise CheckpointError(f"cannot write {path}: {_reason(exc)}") from None

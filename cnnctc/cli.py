@@ -38,6 +38,8 @@ def _progress_bar(total, enabled):
 
 def cmd_info(args):
     import json
+    if args.checkpoint:
+        return _info_of_file(args)
     from .download import check_cached
     entry = _entry(args)
     manifest = entry.manifest
@@ -50,7 +52,8 @@ def cmd_info(args):
     print(f"model:        {manifest.uid}")
     print(f"card:         {entry.card or '(a user manifest: ' + manifest.source + ')'}")
     if manifest.accuracy is not None:
-        print(f"accuracy:     {manifest.accuracy}% (card; trained on {manifest.train_dataset or '?'})")
+        said_by = "card" if entry.card else "as the manifest says"
+        print(f"accuracy:     {manifest.accuracy}% ({said_by}; trained on {manifest.train_dataset or '?'})")
     print(f"asset:        {manifest.url}")
     print(f"sha256:       {manifest.sha256}")
     print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")
@@ -59,6 +62,22 @@ def cmd_info(args):
     from ._mindspore import mindspore as ms
     print(f"mindspore:    {ms.__version__}")
     print(f"device:       {device}")
+    return 0
+
+
+def _info_of_file(args):
+    """``info --checkpoint FILE``: where a .ckpt, .onnx or .mindir came from; with --json also the
+    manifest of that very file (a start for a CNNCTC_MANIFEST of your own, without another
+    model's card claims)."""
+    import json
+    from .lineage import describe_lineage, read_model_lineage
+    base = _manifest(args) if (getattr(args, "model", None) or getattr(args, "manifest", None)) else None
+    kind, lineage, manifest = read_model_lineage(args.checkpoint, base)
+    if args.json:
+        print(json.dumps({"file": str(args.checkpoint), "kind": kind, "lineage": lineage, "manifest": manifest},
+                         indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(describe_lineage(args.checkpoint, kind, lineage)))
     return 0
 
 
@@ -246,9 +265,11 @@ def _finite_positive_float(text):
 
 
 def _channel_width(text):
+    from .training.config import output_channel_problem
     value = int(text)
-    if value < 16 or value % 16:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 16 (512 is the published width), got {value}")
+    problem = output_channel_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -293,7 +314,7 @@ def _join_cluster():
 
 
 def cmd_finetune(args):
-    from .train import TrainConfig, Trainer
+    from .training import TrainConfig, Trainer
     config = TrainConfig(alphabet=args.alphabet, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, save_every=args.save_every, output_channel=args.output_channel,
                          seed=args.seed, log_every=args.log_every)
@@ -433,8 +454,10 @@ def build_parser():
     model_arg(p)
     cache_arg(p)
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
-    p.add_argument("--json", action="store_true", help="print the model's manifest as JSON (a starting point "
-                   "for a CNNCTC_MANIFEST of your own)")
+    p.add_argument("--checkpoint", metavar="FILE", help="show where this .ckpt, .onnx or .mindir came from instead: "
+                   "what it started from, was trained on and measured (its lineage)")
+    p.add_argument("--json", action="store_true", help="print the model's manifest as JSON; with --checkpoint, "
+                   "the file's lineage and its own manifest (the start for a CNNCTC_MANIFEST of your checkpoint)")
 
     p = add("list", cmd_list, "list every registered hub uid with its accuracy, cached size and state "
             "(missing, verified or corrupt)")

@@ -470,6 +470,7 @@ class LmdbDataset:
         self.paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
         self._envs = []
         self.samples = []          # (env index, key number, label)
+        self.num_samples = []      # each LMDB's declared num-samples
         self.skipped = collections.Counter()
         self.corrupt = 0           # images found unreadable while reading
         self._class = {c: i for i, c in enumerate(label_filter.alphabet)}
@@ -491,6 +492,7 @@ class LmdbDataset:
             entries = env.stat()["entries"]
             with env.begin() as txn:
                 count = _sample_count(txn.get(b"num-samples"), self.paths[number], entries)
+                self.num_samples.append(count)
                 for key in range(1, count + 1):
                     raw = txn.get(b"label-%09d" % key)
                     try:

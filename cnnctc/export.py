@@ -65,15 +65,23 @@ def _check_out(out, fmt, overwrite):
     return out
 
 
-def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name):
-    """The description an exported file carries (JSON-able values)."""
-    import importlib.metadata
-    data = manifest.to_dict()   # the model it came from; the weights' own hash is source_sha256
+def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name, lineage=None):
+    """The description an exported file carries (JSON-able values): how to read it and its lineage.
+
+    ``manifest`` read the checkpoint. Its uid, URL, hash and card claims (accuracy, training set)
+    stay only when the exported weights are that manifest's asset (same SHA-256) and were not
+    fine-tuned; otherwise the file carries its own manifest (:func:`cnnctc.lineage.own_manifest`)
+    and its ``lineage`` (the checkpoint's, default unknown) says where the weights came from.
+    """
+    from .lineage import LINEAGE_KEY, UNKNOWN, cnnctc_version, export_lineage, model_lineage, own_manifest
+    is_asset = source_sha256 == manifest.sha256
+    if lineage is None or lineage.get("origin") == "unknown":
+        lineage = model_lineage(manifest) if is_asset else dict(UNKNOWN)
+    if not is_asset:
+        manifest = own_manifest(manifest, file_name=source_name, sha256=source_sha256)
+    elif lineage.get("origin") == "finetune":  # a user's manifest for a fine-tuned file: no copied card claims
+        manifest = manifest.replace(accuracy=None, train_dataset="")
     pre = manifest.preprocess
-    try:
-        version = importlib.metadata.version("cnnctc")
-    except importlib.metadata.PackageNotFoundError:
-        from . import __version__ as version
     return {
         "alphabet": manifest.alphabet,
         "blank_index": manifest.blank_index,
@@ -91,9 +99,26 @@ def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name):
         "source_sha256": source_sha256,
         "source_checkpoint": source_name,
         "format": fmt,
-        "exported_by": f"cnnctc {version}",
-        MANIFEST_KEY: data,
+        "exported_by": f"cnnctc {cnnctc_version()}",
+        MANIFEST_KEY: manifest.to_dict(),
+        LINEAGE_KEY: export_lineage(lineage, fmt=fmt, file_name=source_name, sha256=source_sha256),
     }
+
+
+def _describe_onnx(model, metadata):
+    """Put ``metadata`` in an ONNX model: every value as JSON, cnnctc as the producer, a doc string."""
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = json.dumps(value, ensure_ascii=False)
+    from .lineage import cnnctc_version
+    version = cnnctc_version()
+    model.producer_name, model.producer_version = "cnnctc", version
+    model.doc_string = (f"CNN-CTC text recognizer exported by cnnctc {version} from {metadata['source_checkpoint']} "
+                        f"(sha256 {metadata['source_sha256']}): {INPUT_NAME} (batch, 3, {metadata['height']}, "
+                        f"{metadata['max_width']}) float32, preprocessed as the metadata says -> {OUTPUT_NAME} "
+                        "(batch, columns, classes), the CTC blank is the last class")
 
 
 def _relative_error(actual, expected):
@@ -181,15 +206,7 @@ def _finish_onnx(raw, out_tmp, metadata, dynamic, traced_batch):
     _rename_value(graph, graph.output[0].name, OUTPUT_NAME)
     if dynamic:
         _make_batch_symbolic(model, onnx, traced_batch)
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    model.doc_string = (f"CNN-CTC text recognizer exported by cnnctc from {metadata['source_uid']}: "
-                        f"{INPUT_NAME} (batch, 3, {metadata['height']}, {metadata['max_width']}) float32, "
-                        f"preprocessed as the metadata says -> {OUTPUT_NAME} (batch, columns, classes), "
-                        "the CTC blank is the last class")
+    _describe_onnx(model, metadata)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_tmp))
 
@@ -239,11 +256,14 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
         raise CnnctcError("nothing to export: the network has no trained weights")
     if checkpoint is None:
         source_sha256 = loaded.manifest.sha256   # the registry's asset, verified when it was fetched
+        lineage = None
     else:
+        from .checkpoint import read_lineage
         from .download import sha256_file
         source_sha256 = sha256_file(loaded.checkpoint)
+        lineage = read_lineage(loaded.checkpoint, source_sha256)
     metadata = export_metadata(loaded.manifest, fmt=fmt, batch_size=batch_size, source_sha256=source_sha256,
-                               source_name=loaded.checkpoint.name)
+                               source_name=loaded.checkpoint.name, lineage=lineage)
     pre = loaded.manifest.preprocess
     traced = batch_size or _TRACE_BATCH
     shape = (traced, 3, pre.height, pre.max_width)

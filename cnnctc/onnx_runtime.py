@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import CnnctcError
 
-__all__ = ["OnnxRunner", "require_onnxruntime", "read_manifest", "run_in_batches", "MANIFEST_KEY"]
+__all__ = ["OnnxRunner", "require_onnxruntime", "read_manifest", "metadata_values", "run_in_batches", "MANIFEST_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,31 @@ def run_in_batches(run, batch, fixed):
 def _one_line(exc):
     text = " ".join(str(exc).split())
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# Files exported before metadata values were JSON throughout held these as bare strings.
+_BARE_STRING_KEYS = {"alphabet", "input_layout", "resample", "pad", "color", "source_uid", "source_sha256",
+                     "source_checkpoint", "format", "exported_by", "quantization", "float_model"}
+
+
+def metadata_values(metadata):
+    """An exported file's metadata (str -> str) with every value decoded from JSON.
+
+    Files written before the lineage was recorded held some values as bare strings (e.g. an
+    ``alphabet`` of digits, which would read as a number): those are kept as written.
+    """
+    from .lineage import LINEAGE_KEY
+    every_value_json = LINEAGE_KEY in metadata
+    values = {}
+    for key, text in metadata.items():
+        if not every_value_json and key in _BARE_STRING_KEYS:
+            values[key] = text
+            continue
+        try:
+            values[key] = json.loads(text)
+        except ValueError:
+            values[key] = text
+    return values
 
 
 def read_manifest(metadata, where):

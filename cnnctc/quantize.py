@@ -12,6 +12,7 @@ import in the same process (SPEC section 9); unless protobuf is already loaded, 
 in its pure-Python form, the one MindSpore needs, so a .ckpt can still be loaded afterwards.
 """
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -272,7 +273,7 @@ def quantize_model(model_onnx, calib, out, *, max_images=256, per_channel=True, 
                                            "calibration images",
                            "float_model": model_onnx.name}.items():
             entry = result.metadata_props.add()
-            entry.key, entry.value = key, value
+            entry.key, entry.value = key, value if key in float_runner.metadata else json.dumps(value)
         result.doc_string = model_onnx.name + " quantized to int8 by cnnctc. " + result.doc_string
         onnx.save(result, str(final))
         del result

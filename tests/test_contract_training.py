@@ -6,6 +6,7 @@ training, and the user's files unchanged. A diverging run stops naming its step 
 non-finite checkpoint; Ctrl-C leaves a checkpoint that --resume continues.
 """
 import hashlib
+import json
 import math
 import signal
 import subprocess
@@ -106,6 +107,7 @@ USAGE_ERRORS = [
     (["--alphabet", "01234567890"], "repeats '0'"),
     (["--output-channel", "1"], "multiple of 16"),
     (["--output-channel", "24"], "multiple of 16"),
+    (["--output-channel", "16384"], "at most 1024"),   # aborted Python ("Fatal Python error") before
     (["--batch-size", "0"], "--batch-size"),
     (["--steps", "0"], "--steps"),
     (["--seed", "-1"], "--seed"),
@@ -284,7 +286,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
 CONFIG_ERRORS = [
     dict(lr=float("nan")), dict(lr=float("inf")), dict(lr=0.0), dict(lr=-1.0), dict(lr="0.1"),
     dict(alphabet=""), dict(alphabet="0120"), dict(alphabet="ab\n"), dict(output_channel=1),
-    dict(output_channel=40), dict(batch_size=0), dict(batch_size=10 ** 6), dict(steps=0), dict(steps=10 ** 9),
+    dict(output_channel=40), dict(output_channel=16384), dict(output_channel="64"), dict(batch_size=0), dict(batch_size=10 ** 6), dict(steps=0), dict(steps=10 ** 9),
     dict(epochs=0), dict(epochs=True), dict(seed=-1), dict(save_every=0), dict(log_every=0), dict(keep=0),
     dict(momentum=1.0), dict(warmup_start=0.0), dict(loss_scale=math.inf), dict(amp_level="O9"),
 ]
@@ -292,7 +294,7 @@ CONFIG_ERRORS = [
 
 @pytest.mark.parametrize("changes", CONFIG_ERRORS, ids=[repr(c) for c in CONFIG_ERRORS])
 def test_the_library_refuses_each_bad_setting(changes):
-    from cnnctc.train import TrainConfig
+    from cnnctc.training import TrainConfig
     TrainConfig().check()  # the recipe itself is fine
     with pytest.raises(CnnctcError) as caught:
         TrainConfig(**changes).check()
@@ -300,7 +302,7 @@ def test_the_library_refuses_each_bad_setting(changes):
 
 
 def test_finetune_refuses_an_empty_alphabet_before_anything_is_built(data, tmp_path):
-    from cnnctc.train import TrainConfig, finetune
+    from cnnctc.training import TrainConfig, finetune
     with pytest.raises(CnnctcError, match="--alphabet is empty"):
         finetune(data / "train.lmdb", None, tmp_path / "out", pretrained=None, config=TrainConfig(alphabet=""))
     assert not (tmp_path / "out").exists()
@@ -308,7 +310,7 @@ def test_finetune_refuses_an_empty_alphabet_before_anything_is_built(data, tmp_p
 
 def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data, tmp_path):
     import mindspore as ms
-    from cnnctc.train import DivergenceError, TrainConfig, Trainer
+    from cnnctc.training import DivergenceError, TrainConfig, Trainer
     config = TrainConfig(alphabet=DIGITS, steps=12, batch_size=8, output_channel=32, save_every=2, log_every=100)
 
     def poison(step, loss):
@@ -336,7 +338,7 @@ def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data
 def test_a_run_stopped_right_after_an_epoch_resumes(data, tmp_path):
     """The newest checkpoint sits on an epoch's last step (saved before that epoch's validation):
     resuming starts with the validation, not with an empty epoch (which crashed MindSpore's iterator)."""
-    from cnnctc.train import TrainConfig, finetune
+    from cnnctc.training import TrainConfig, finetune
     out = tmp_path / "run"
     steps_per_epoch = 48 // 8
 
@@ -356,3 +358,90 @@ def test_a_run_stopped_right_after_an_epoch_resumes(data, tmp_path):
     assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
     assert checkpoints(out)[-1] == f"cnnctc-{2 * steps_per_epoch:07d}.ckpt"
     assert all_finite(out / checkpoints(out)[-1])
+
+
+# -- one writer per run folder; checkpoints never replace another writer's file -------------------------
+
+def _start_finetune(data, out, seed, *extra):
+    command = [sys.executable, "-m", "cnnctc", *map(str, finetune_args(data, out, "--seed", seed, *extra))]
+    return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until_training(process):
+    """Read the run's log until it starts training: it then holds its run folder's lock."""
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith("cnnctc: training "):
+            return lines
+    raise AssertionError(f"the run ended before training: {''.join(lines)[-3000:]}")
+
+
+def _seed_of(checkpoint):
+    from cnnctc.checkpoint import read_checkpoint
+    from cnnctc.training import TRAIN_STATE_KEY
+    return json.loads(read_checkpoint(checkpoint)[TRAIN_STATE_KEY])["config"]["seed"]
+
+
+def test_a_second_run_into_a_running_runs_folder_is_refused(data, tmp_path):
+    """Two real finetune processes on one --out: the second is refused in one line while the first runs,
+    and the folder then holds the first's checkpoint alone. The first is held still (SIGSTOP) while the
+    second tries, so the outcome does not depend on how fast either is."""
+    out = tmp_path / "shared"
+    first = _start_finetune(data, out, 1, "--save-every", "1000")   # no checkpoint until its end
+    try:
+        _wait_until_training(first)
+        first.send_signal(signal.SIGSTOP)
+        assert checkpoints(out) == []
+        second = run_cli(*finetune_args(data, out, "--seed", "2"))
+        first.send_signal(signal.SIGCONT)
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    line = assert_refused(second, 1, f"--out {out} is in use by another finetune run")
+    assert "choose another --out" in line and second.stdout == ""
+    assert first.returncode == 0, stderr[-3000:]
+    assert stdout.splitlines()[0] == f"last checkpoint: {out / 'cnnctc-0000003.ckpt'} (step 3)"
+    assert checkpoints(out) == ["cnnctc-0000003.ckpt"] and _seed_of(out / "cnnctc-0000003.ckpt") == 1
+    assert _seed_of(out / "best.ckpt") == 1 and no_temporary_files(out)
+
+
+def test_a_killed_runs_lock_goes_with_it(data, tmp_path):
+    out = tmp_path / "killed"
+    first = _start_finetune(data, out, 1, "--save-every", "1000")
+    try:
+        _wait_until_training(first)
+    finally:
+        first.kill()   # kill -9: no handler runs, the system releases the lock
+        first.communicate()
+    assert checkpoints(out) == []
+    again = run_cli(*finetune_args(data, out, "--seed", "2"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert checkpoints(out) == ["cnnctc-0000003.ckpt"] and _seed_of(out / "cnnctc-0000003.ckpt") == 2
+
+
+def test_a_checkpoint_that_another_writer_put_in_place_is_left_alone(data, tmp_path):
+    from cnnctc.errors import CheckpointError
+    from cnnctc.training import TrainConfig, Trainer
+    out = tmp_path / "run"
+    theirs = b"another writer's file"
+
+    def write_theirs(step, loss):
+        if step == 2:  # just before this run saves cnnctc-0000002.ckpt
+            (out / "cnnctc-0000002.ckpt").write_bytes(theirs)
+
+    config = TrainConfig(alphabet=DIGITS, steps=4, batch_size=8, output_channel=32, save_every=2, log_every=100)
+    trainer = Trainer(data / "train.lmdb", None, out, pretrained=None, config=config, on_step=write_theirs)
+    with pytest.raises(CheckpointError, match=r"cnnctc-0000002.ckpt: it already exists .*left alone"):
+        trainer.run()
+    assert (out / "cnnctc-0000002.ckpt").read_bytes() == theirs and no_temporary_files(out)
+
+
+def test_checkpoints_get_the_mode_the_umask_gives(finished):
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in finished.glob("*.ckpt"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path

@@ -20,7 +20,7 @@ from cnnctc.manifest import load_manifest
 from cnnctc.network import CNNCTC
 from cnnctc.recognizer import Recognizer
 from cnnctc.render import find_fonts, render_word, write_word_images
-from cnnctc.train import TRAIN_STATE_KEY, TrainConfig, finetune, init_from_pretrained
+from cnnctc.training import TRAIN_STATE_KEY, TrainConfig, finetune, init_from_pretrained
 
 DIGITS = "0123456789"
 CASED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -97,6 +97,11 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(trained):
     assert (trained.state_at_120["epoch"], trained.state_at_120["epoch_step"]) == divmod(120, steps_per_epoch)
     kept = sorted(p.name for p in trained.out.glob("cnnctc-*.ckpt"))
     assert kept == ["cnnctc-0000180.ckpt", "cnnctc-0000240.ckpt"]
+    # The resumed run's lineage goes on from the run's own: still from random weights, now at step 240.
+    lineage = json.loads(final["cnnctc_lineage"])
+    assert lineage["started_from"] == {"kind": "none"} and lineage["trained_on"]["steps"] == TOTAL_STEPS
+    assert lineage["trained_on"]["planned_steps"] == TOTAL_STEPS and lineage["trained_on"]["seed"] == 1
+    assert lineage["measured"]["best_accuracy"] == trained.result.best_accuracy
 
 
 def test_a_finished_run_is_not_overwritten(trained):
@@ -259,3 +264,5 @@ def test_two_worker_msrun_on_localhost(digits, tmp_path):
     # Different shards, identical weights afterwards: the gradients were averaged across ranks.
     assert digests["worker_0.log"] == digests["worker_1.log"]
     assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000003.ckpt"]  # rank 0 alone writes
+    trained_on = json.loads(read_checkpoint(out / "cnnctc-0000003.ckpt")["cnnctc_lineage"])["trained_on"]
+    assert (trained_on["workers"], trained_on["batch_size"], trained_on["steps"]) == (2, 4, 3)
