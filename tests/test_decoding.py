@@ -10,6 +10,7 @@ import pytest
 
 from cnnctc.decoding import (DecoderError, Lexicon, LexiconError, Prediction, ctc_beam_decode, ctc_greedy_decode,
                              ctc_lexicon_decode, ctc_log_probability, make_decoder, read_lexicon)
+from cnnctc.decoding.forward import Emissions
 from cnnctc.errors import CnnctcError
 
 
@@ -152,10 +153,12 @@ def test_bounds_hold_and_skipping_never_changes_the_answer(regime):
     logits = regime_logits(np.random.default_rng(len(regime)), alphabet, truths, columns, regime)
     exact = ctc_log_probability(logits, alphabet, lexicon.words)             # no pruning: every word
     fits = np.flatnonzero(np.isfinite(exact[0]))
+    emissions = Emissions(log_softmax(logits))
+    first = lexicon._bounds.first(emissions, fits)
     for b in range(len(truths)):
-        padded = np.concatenate([log_softmax(logits[b:b + 1]), np.full((1, columns, 1), -np.inf)], axis=2)
-        for per_column in (True, False):
-            bounds = lexicon._log_bounds(padded, np.exp(padded), fits, per_column=per_column)
+        unbounded = np.full(fits.size, np.inf)
+        for bounds in (first[b], lexicon._bounds.cheap(emissions, b, fits, unbounded),
+                       lexicon._bounds.per_column(emissions, b, fits, unbounded)):
             assert (bounds >= exact[b, fits] - 1e-9).all()                  # every bound is an upper bound
     results = ctc_lexicon_decode(logits, alphabet, lexicon, top_k=5)
     for b, result in enumerate(results):
@@ -166,15 +169,21 @@ def test_bounds_hold_and_skipping_never_changes_the_answer(regime):
 
 
 def test_skipping_is_exact_on_a_large_lexicon_and_skips_most_words(monkeypatch):
-    import cnnctc.decoding as decoding
+    import cnnctc.decoding.forward as forward
     rng = random.Random(5)
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
     words = random_lexicon(rng, alphabet, 3000, 9)
     truths = words[:8]
     logits = regime_logits(np.random.default_rng(5), alphabet, truths, 26, "peaked")
     scored = []
-    real = decoding._sequence_log_probs
-    monkeypatch.setattr(decoding, "_sequence_log_probs", lambda *a: scored.append(len(a[3])) or real(*a))
+    real = forward.forward
+
+    def counting(*args, **kwargs):
+        values = real(*args, **kwargs)
+        scored.append(np.count_nonzero(~np.isnan(values)))       # a dropped request is left at NaN
+        return values
+
+    monkeypatch.setattr(forward, "forward", counting)
     results = ctc_lexicon_decode(logits, alphabet, words)
     monkeypatch.undo()
     exact = ctc_log_probability(logits, alphabet, words)

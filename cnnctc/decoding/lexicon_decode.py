@@ -1,0 +1,168 @@
+"""Lexicon decoding: the word of a lexicon with the highest exact CTC probability, found without
+scoring every word.
+
+Every candidate gets a cheap upper bound on its probability (:mod:`.bounds`); the few words
+with the best bounds of each image are scored exactly first, and their k-th best probability
+becomes the image's threshold. A word whose bound is below it cannot enter the result; the
+rest are scored over the lexicon's prefix tree (:mod:`.forward`), all images at once, and the
+threshold rises as words finish, so that requests whose bound, or whose prefix's probability,
+falls below it are dropped on the way down. Equal probabilities go to the earlier word, as a
+full evaluation would have it.
+"""
+import numpy as np
+
+from . import forward as _forward
+from .common import MAX_TOP_K, Prediction, check_count, log_softmax, symbol_index
+from .greedy import ctc_greedy_decode
+from .lexicon import check_lexicon
+
+_SEEDS = 16      # words per image scored first, by best bound, to set the thresholds
+_REFINE = 32     # candidates of an image above which the per-column bound is worth computing
+
+
+def _slack(threshold):
+    return threshold - 1e-9 * (1.0 + np.abs(threshold))    # rounding of bounds and values
+
+
+class _Search:
+    """Per-image thresholds (the k-th best exact log-probability found so far) for requests
+    (image, word) with upper bounds."""
+
+    def __init__(self, images, bounds, batch, top_k):
+        self.images, self.bounds, self.top_k = images, bounds, top_k
+        self.best = np.full((batch, top_k), -np.inf)           # each image's k best values, descending
+        self.threshold = np.full(batch, -np.inf)
+
+    def finished(self, requests, values):
+        ok = np.isfinite(values)
+        self.add(self.images[requests[ok]], values[ok])
+
+    def add(self, images, values):
+        if not values.size:
+            return
+        batch, k = self.best.shape
+        if k == 1:
+            np.maximum.at(self.best[:, 0], images, values)
+        else:
+            all_images = np.concatenate([np.repeat(np.arange(batch), k), images])
+            all_values = np.concatenate([self.best.reshape(-1), values])
+            order = np.lexsort((-all_values, all_images))
+            all_images, all_values = all_images[order], all_values[order]
+            start = np.searchsorted(all_images, np.arange(batch))
+            place = np.arange(all_images.size) - start[all_images]
+            keep = place < k
+            self.best[all_images[keep], place[keep]] = all_values[keep]
+        self.threshold = _slack(self.best[:, -1])
+
+    def possible(self, requests):
+        return self.bounds[requests] >= self.threshold[self.images[requests]]
+
+    def scaled_limit(self, images, log_scale):
+        with np.errstate(over="ignore"):
+            return np.exp(self.threshold[images] - log_scale[images])
+
+
+def _seeds(bound, count):
+    """Indices of ``count`` of the largest values of ``bound`` (all when there are fewer)."""
+    if bound.size <= count:
+        return np.arange(bound.size)
+    near = np.flatnonzero(bound >= bound.max() - 3.0)    # usually few: partition only those
+    if near.size <= count:
+        near = np.arange(bound.size)
+    return near[np.argpartition(-bound[near], count - 1)[:count]]
+
+
+def _best_words(lexicon, emissions, candidates, top_k):
+    """Per image, the ``top_k`` most probable candidate words: [(word index, log P)], best first.
+
+    ``candidates``: one array of word indices for every image, or a list with one per image.
+    """
+    batch = emissions.images
+    bounds_of = lexicon._bounds
+    if isinstance(candidates, list):
+        per_image = [(c, bounds_of.first(emissions, c, [b])[0]) for b, c in enumerate(candidates)]
+    else:
+        first = bounds_of.first(emissions, None if candidates.size == len(lexicon) else candidates)
+        per_image = [(candidates, first[b]) for b in range(batch)]
+    # The words with the best bounds first: their exact values set the thresholds.
+    chosen = [_seeds(bound, max(_SEEDS, top_k)) for _, bound in per_image]
+    seed_images = np.concatenate([np.full(first.size, b) for b, first in enumerate(chosen)])
+    seed_words = np.concatenate([words[first] for (words, _), first in zip(per_image, chosen)])
+    seed_values = _forward.forward(lexicon._tree, emissions, seed_images, seed_words)
+    search = _Search(None, None, batch, top_k)
+    finite = np.isfinite(seed_values)
+    search.add(seed_images[finite], seed_values[finite])
+    # Every other word whose bound reaches its image's threshold is scored, in one pass; the
+    # dearer bounds are computed only for the words the cheaper ones leave.
+    images, words, bounds = [], [], []
+    for b, ((others, bound), first) in enumerate(zip(per_image, chosen)):
+        keep = bound >= search.threshold[b]
+        keep[first] = False
+        others, bound = others[keep], bound[keep]
+        if others.size > _REFINE:
+            bound = bounds_of.per_column(emissions, b, others, bound)
+            keep = bound >= search.threshold[b]
+            others, bound = others[keep], bound[keep]
+        images.append(np.full(others.size, b))
+        words.append(others)
+        bounds.append(bound)
+    images, words, bounds = np.concatenate(images), np.concatenate(words), np.concatenate(bounds)
+    search.images, search.bounds = images, bounds
+    values = _forward.forward(lexicon._tree, emissions, images, words, search=search)
+    all_images = np.concatenate([seed_images, images])
+    all_words = np.concatenate([seed_words, words])
+    all_values = np.concatenate([seed_values, values])
+    ok = np.isfinite(all_values)
+    all_images, all_words, all_values = all_images[ok], all_words[ok], all_values[ok]
+    order = np.lexsort((all_words, -all_values, all_images))
+    all_images, all_words, all_values = all_images[order], all_words[order], all_values[order]
+    start = np.searchsorted(all_images, np.arange(batch + 1))
+    stop = np.minimum(start[:-1] + top_k, start[1:])
+    return [[(int(w), float(v)) for w, v in zip(all_words[start[b]:stop[b]], all_values[start[b]:stop[b]])]
+            for b in range(batch)]
+
+
+def ctc_lexicon_decode(logits, alphabet, lexicon, *, max_distance=None, top_k=1, with_chars=False):
+    """For each image of (B, T, C) logits, the lexicon word with the highest CTC probability.
+
+    ``lexicon`` is a list of words or a :class:`Lexicon` prepared for ``alphabet``. The
+    probability is exact (forward algorithm, summed over all alignments). With
+    ``max_distance``, only words within that edit distance of the greedy reading compete (the
+    CRNN protocol). Returns one Prediction per image: text = the word, confidence = its
+    probability, ``greedy`` = the unconstrained greedy reading, ``alternatives`` = the next
+    ``top_k - 1`` words with their probabilities. When no word is a candidate (none within
+    ``max_distance``, or none fits in the T columns), text is "" and confidence 0.
+    """
+    if max_distance is not None:
+        max_distance = check_count("max_distance", max_distance, smallest=0)
+    top_k = check_count("top_k", top_k, largest=MAX_TOP_K)
+    log_probs = log_softmax(logits, alphabet)
+    lexicon = check_lexicon(lexicon, alphabet)
+    greedy = ctc_greedy_decode(logits, alphabet)
+    index = symbol_index(alphabet)
+    batch, columns = log_probs.shape[:2]
+    if not batch:
+        return []
+    fits = lexicon.fitting(columns)
+    if max_distance is None:
+        candidates = fits
+    else:
+        candidates = []
+        for b in range(batch):
+            near = lexicon.within_distance([index[ch] for ch in greedy[b].text], max_distance)
+            candidates.append(near[lexicon._need[near] <= columns])
+    if columns and (fits.size if max_distance is None else sum(c.size for c in candidates)):
+        best = _best_words(lexicon, _forward.Emissions(log_probs), candidates, top_k)
+    else:
+        best = [[] for _ in range(batch)]
+    results = []
+    for b in range(batch):
+        if not best[b]:
+            results.append(Prediction("", 0.0, (), greedy=greedy[b].text))
+            continue
+        (word_index, log_p), rest = best[b][0], best[b][1:]
+        word = lexicon.words[word_index]
+        chars = _forward.best_alignment_chars(log_probs[b], [index[ch] for ch in word], alphabet) if with_chars else ()
+        results.append(Prediction(word, float(np.exp(log_p)), chars, greedy=greedy[b].text,
+                                  alternatives=tuple((lexicon.words[i], float(np.exp(v))) for i, v in rest)))
+    return results
