@@ -27,8 +27,7 @@ from .common import DecoderError, check_alphabet, encode, log_softmax, symbol_in
 
 _TINY = 1e-250      # scaled results below this may have lost precision to underflow: redo in log space
 _LINEAR_LIMIT = 650  # columns x log(classes) up to which scaled values stay inside float64
-_BLOCK = 8192       # (image, prefix) pairs computed together: the working rows stay in cache
-_CHUNK = 1 << 17    # requests per pass, which bounds the per-level arrays (~55 MB at 26 columns)
+_CHUNK = 4096       # requests computed together: their pairs' forward variables stay in cache
 
 
 class PrefixTree:
@@ -143,49 +142,62 @@ def _pairs(keys):
     return first, np.cumsum(first) - 1
 
 
-def _level(emissions, previous, parent_index, images, symbols, window, want_bound):
-    """Forward variables of the (image, prefix) pairs of one level, from their parents' ``previous``.
+class _Level:
+    """The forward variables of one level's (image, prefix) pairs, for columns lo..hi.
 
-    Only the columns ``window`` = (lo, hi) are computed: before lo no prefix of this level can be
-    complete, after hi no word below it could still be. ``previous`` (rows, 2P) holds the
-    parents' [S_{t-1} | B_{t-1}] (S = L + B) for t = lo, lo + 1, ...; ``parent_index`` picks a
-    column per pair. Returns (this level's [S_{t-1} | B_{t-1}] for t = lo + 1 .. min(hi + 1, T - 1),
-    S_{T-1} per pair (when hi is the last column), the prefix bounds scaled like S, or None).
+    ``rows`` (n + 1, 3Q): row j holds [IN_t, L_{t-1}, B_{t-1}] at t = lo + j; ``sums``
+    (n + 1, 2Q): row j holds [L_{t-1} + IN_t, S_{t-1}] (S = L + B), the sums of the step at t.
+    A child reads the mass entering its label, S_{t-1} (B_{t-1} after a repeated label), from
+    them without a copy.
     """
-    table, classes, log = emissions.table, emissions.classes, emissions.log
-    add, multiply = (np.logaddexp, np.add) if log else (np.add, np.multiply)
-    zero = -np.inf if log else 0.0
+
+    def __init__(self, lo, hi, sums, rows):
+        self.lo, self.hi, self.sums, self.rows = lo, hi, sums, rows
+        self.count = sums.shape[1] // 2
+
+    @classmethod
+    def root(cls, emissions):
+        """Level 0: one pair per image, the empty prefix; S_{t-1} is all blanks before t (1 at t = 0)."""
+        sums = np.zeros((emissions.columns + 1, 2 * emissions.images))
+        sums[1:, emissions.images:] = emissions.root
+        return cls(-1, emissions.columns - 1, sums, None)
+
+    def entering(self, parents, repeat, n):
+        """(n, pairs): the mass that can enter each child's label at the children's columns lo + 1 + j."""
+        values = self.sums[1:n + 1, self.count + parents]
+        if repeat is not None and repeat.any():
+            where = np.flatnonzero(repeat)
+            values[:, where] = self.rows[1:n + 1, 2 * self.count + parents[where]]
+        return values
+
+    def final(self, pairs):
+        """S at the last column for ``pairs`` (the level must reach it)."""
+        return self.sums[-1, self.count + pairs]
+
+
+def _level(emissions, previous, parents, repeat, images, symbols, window, want_bound):
+    """The :class:`_Level` of pairs with these ``parents`` in ``previous`` (and ``repeat``: the
+    label repeats the parent's), last ``symbols`` and ``images``, over columns ``window``; with
+    the prefix bounds (scaled like S) when ``want_bound``."""
+    table, classes = emissions.table, emissions.classes
+    add, multiply = (np.logaddexp, np.add) if emissions.log else (np.add, np.multiply)
     lo, hi = window
     n = hi - lo + 1
-    kept = min(hi, emissions.columns - 2) - lo + 1       # rows the next level can use
-    count = parent_index.size
-    carried = np.empty((kept, 2 * count))
-    final = np.empty(count) if hi == emissions.columns - 1 else None
-    bound = np.empty(count) if want_bound else None
-    block = min(_BLOCK, count)
-    buffer = np.empty((n + 1, 3 * block))
-    factor_table = table[lo:hi + 1]
-    for start in range(0, count, block):
-        stop = min(start + block, count)
-        q = stop - start
-        rows = buffer[:, :3 * q]                          # row j: [IN_{lo+j}, L_{lo+j-1}, B_{lo+j-1}]
-        rows[0, q:] = zero
-        rows[n, :q] = zero
-        rows[:n, :q] = previous[:n, parent_index[start:stop]]
-        base = images[start:stop] * classes
-        factors = factor_table[:, np.concatenate([base + symbols[start:stop], base + (classes - 1)])]
-        for j in range(n):
-            add(rows[j, q:], rows[j, :2 * q], out=rows[j + 1, q:])
-            multiply(rows[j + 1, q:], factors[j], out=rows[j + 1, q:])
-        if kept > 0:
-            add(rows[1:kept + 1, q:2 * q], rows[1:kept + 1, 2 * q:], out=carried[:, start:stop])
-            carried[:, count + start:count + stop] = rows[1:kept + 1, 2 * q:]
-        if final is not None:
-            add(rows[n, q:2 * q], rows[n, 2 * q:], out=final[start:stop])
-        if want_bound:
-            entering = rows[:n, :q] * factors[:, :q]
-            bound[start:stop] = np.einsum("tq,tq->q", entering, emissions.weight[lo:hi + 1, images[start:stop]])
-    return carried, final, bound
+    q = parents.size
+    rows = np.empty((n + 1, 3 * q))
+    sums = np.empty((n + 1, 2 * q))
+    rows[0, q:] = -np.inf if emissions.log else 0.0
+    rows[:n, :q] = previous.entering(parents, repeat, n)
+    base = images * classes
+    factors = table[lo:hi + 1][:, np.concatenate([base + symbols, base + (classes - 1)])]
+    for j in range(n):            # [L + IN, B + L] at column lo + j, times [e(label), e(blank)]
+        add(rows[j, q:], rows[j, :2 * q], out=sums[j])
+        multiply(sums[j], factors[j], out=rows[j + 1, q:])
+    add(rows[n, q:2 * q], rows[n, 2 * q:], out=sums[n, q:])
+    bound = None
+    if want_bound:
+        bound = np.einsum("tq,tq->q", rows[:n, :q] * factors[:, :q], emissions.weight[lo:hi + 1, images])
+    return _Level(lo, hi, sums, rows), bound
 
 
 def forward(tree, emissions, images, sequences, *, search=None):
@@ -231,34 +243,31 @@ def forward(tree, emissions, images, sequences, *, search=None):
 def _forward_chunk(tree, emissions, chunk, images, sequences, lengths, result, search):
     """Run :func:`forward` for requests ``chunk`` (sorted by image, then rank); returns the ones to redo."""
     columns = emissions.columns
-    image_of, sequence_of, length_of = images[chunk], sequences[chunk], lengths[chunk]
+    image_of, length_of = images[chunk], lengths[chunk]
+    start_of = tree.offsets[sequences[chunk]] - 1   # prefix_node[start_of + k]: the node at level k
     alive = np.arange(chunk.size)                 # positions in chunk still to compute
     pair_of = image_of.copy()                     # level 0: one pair per image, the empty prefix
-    previous = np.concatenate([emissions.root, emissions.root], axis=1)
+    previous = _Level.root(emissions)
     redo = []
     bound_every, since_bound = 1, 0               # prefix bounds are skipped while they prune nothing
     for k in range(1, int(length_of.max()) + 1):
-        alive = alive[length_of[alive] >= k]
-        if not alive.size:
-            break
-        node = tree.prefix_node[tree.offsets[sequence_of[alive]] + k - 1]
+        node = tree.prefix_node[start_of[alive] + k]
         first, pair = _pairs(image_of[alive] * tree.nodes(k) + node)
+        firsts = alive[first]
         pair_nodes = node[first]
-        parent = pair_of[alive[first]]
-        if k > 1:
-            parent = parent + tree.repeat[k][pair_nodes] * (previous.shape[1] // 2)
-        pair_images = image_of[alive[first]]
-        window = (k - 1, columns - 1 - int((length_of[alive] - k).min()))
+        remaining = length_of[alive] - k
+        window = (k - 1, columns - 1 - int(remaining.min()))
         since_bound += 1
         want_bound = search is not None and not emissions.log and since_bound >= bound_every
-        carried, final, bound = _level(emissions, previous, parent, pair_images, tree.symbol[k][pair_nodes], window,
-                                       want_bound)
+        pair_images = image_of[firsts]
+        level, bound = _level(emissions, previous, pair_of[firsts], tree.repeat[k][pair_nodes] if k > 1 else None,
+                              pair_images, tree.symbol[k][pair_nodes], window, want_bound)
         pair_of[alive] = pair
-        previous = carried
-        ends = length_of[alive] == k
+        previous = level
+        ends = remaining == 0
         done = alive[ends]
         if done.size:
-            value = final[pair[ends]]
+            value = level.final(pair[ends])
             if emissions.log:
                 result[chunk[done]] = value
             else:
@@ -266,21 +275,21 @@ def _forward_chunk(tree, emissions, chunk, images, sequences, lengths, result, s
                 redo.append(chunk[done[low]])
                 done, value = done[~low], value[~low]
                 result[chunk[done]] = np.log(value) + emissions.log_scale[image_of[done]]
-        alive = alive[~ends]
-        if search is None:
-            continue
-        search.finished(chunk[done], result[chunk[done]])
+            alive = alive[~ends]
+            pair = pair[~ends]
+        if search is not None:
+            search.finished(chunk[done], result[chunk[done]])
+            keep = search.possible(chunk[alive])
+            if bound is not None:
+                since_bound = 0
+                limit = search.scaled_limit(pair_images, emissions.log_scale)
+                pair_keep = ~((bound < limit) & (limit > 1e-280))
+                pruned = np.count_nonzero(~pair_keep)
+                bound_every = 1 if pruned * 100 >= pair_keep.size else min(2 * bound_every, 4)
+                keep &= pair_keep[pair]
+            alive = alive[keep]
         if not alive.size:
             break
-        keep = search.possible(chunk[alive])
-        if bound is not None:
-            since_bound = 0
-            limit = search.scaled_limit(pair_images, emissions.log_scale)
-            pair_keep = ~((bound < limit) & (limit > 1e-280))
-            pruned = np.count_nonzero(~pair_keep)
-            bound_every = 1 if pruned * 100 >= pair_keep.size else min(2 * bound_every, 4)
-            keep &= pair_keep[pair[~ends]]
-        alive = alive[keep]
     return np.concatenate(redo) if redo else np.zeros(0, dtype=np.int64)
 
 

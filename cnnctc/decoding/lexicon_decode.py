@@ -18,6 +18,7 @@ from .lexicon import check_lexicon
 
 _SEEDS = 16      # words per image scored first, by best bound, to set the thresholds
 _REFINE = 32     # candidates of an image above which the per-column bound is worth computing
+_ROUND = 64      # words per image in the first round of exact scoring; the rounds double
 
 
 def _slack(threshold):
@@ -92,9 +93,10 @@ def _best_words(lexicon, emissions, candidates, top_k):
     search = _Search(None, None, batch, top_k)
     finite = np.isfinite(seed_values)
     search.add(seed_images[finite], seed_values[finite])
-    # Every other word whose bound reaches its image's threshold is scored, in one pass; the
-    # dearer bounds are computed only for the words the cheaper ones leave.
-    images, words, bounds = [], [], []
+    # Every other word whose bound reaches its image's threshold is scored, the best bounds
+    # first and in growing rounds, so that the thresholds rise before the bulk; the dearer bound
+    # is computed only for the words the cheaper one leaves.
+    queues = []
     for b, ((others, bound), first) in enumerate(zip(per_image, chosen)):
         keep = bound >= search.threshold[b]
         keep[first] = False
@@ -103,15 +105,27 @@ def _best_words(lexicon, emissions, candidates, top_k):
             bound = bounds_of.per_column(emissions, b, others, bound)
             keep = bound >= search.threshold[b]
             others, bound = others[keep], bound[keep]
-        images.append(np.full(others.size, b))
-        words.append(others)
-        bounds.append(bound)
-    images, words, bounds = np.concatenate(images), np.concatenate(words), np.concatenate(bounds)
-    search.images, search.bounds = images, bounds
-    values = _forward.forward(lexicon._tree, emissions, images, words, search=search)
-    all_images = np.concatenate([seed_images, images])
-    all_words = np.concatenate([seed_words, words])
-    all_values = np.concatenate([seed_values, values])
+        order = np.argsort(-bound, kind="stable")
+        queues.append((others[order], bound[order]))
+    scored = [(seed_images, seed_words, seed_values)]
+    taken, size = np.zeros(batch, dtype=np.int64), _ROUND
+    while True:
+        images, words, bounds = [], [], []
+        for b, (others, bound) in enumerate(queues):
+            part = slice(taken[b], taken[b] + size)
+            keep = bound[part] >= search.threshold[b]
+            images.append(np.full(np.count_nonzero(keep), b))
+            words.append(others[part][keep])
+            bounds.append(bound[part][keep])
+            taken[b] += size
+        images = np.concatenate(images)
+        if not images.size and all(taken[b] >= queue[0].size for b, queue in enumerate(queues)):
+            break
+        words, bounds = np.concatenate(words), np.concatenate(bounds)
+        search.images, search.bounds = images, bounds
+        scored.append((images, words, _forward.forward(lexicon._tree, emissions, images, words, search=search)))
+        size *= 2
+    all_images, all_words, all_values = (np.concatenate(part) for part in zip(*scored))
     ok = np.isfinite(all_values)
     all_images, all_words, all_values = all_images[ok], all_words[ok], all_values[ok]
     order = np.lexsort((all_words, -all_values, all_images))
