@@ -84,28 +84,27 @@ class WordBounds:
         return np.stack([np.add.reduceat(row[codes], offsets[:-1]) for row in values])
 
     @staticmethod
-    def _log_rho(emissions, image):
-        """(symbols,): log sum_t rho_t(c) of one image, from the log-probabilities (no underflow)."""
-        log_probs = emissions.log_probs[image]
-        symbols, blank = log_probs[:, :-1], log_probs[:, -1:]
-        return np.logaddexp.reduce(symbols - np.logaddexp(symbols, blank), axis=0)
+    def _log_rho(emissions, images):
+        """(images, symbols): log sum_t rho_t(c), from the log-probabilities (no underflow)."""
+        log_probs = emissions.log_probs[images]
+        symbols, blank = log_probs[..., :-1], log_probs[..., -1:]
+        return np.logaddexp.reduce(symbols - np.logaddexp(symbols, blank), axis=-2)
 
-    def first(self, emissions, words=None, images=slice(None)):
+    def first(self, emissions, words=None, images=None):
         """(images, words) bounds min(alignment count bound, mean-column mass bound + label
         bound): the cheapest, for many images and words at once; ``words`` None: every word."""
         counts = self.alignment_log_counts(emissions.columns)
+        images = np.arange(emissions.images) if images is None else np.asarray(images)
         top = emissions.top[:, images]
         log_top = top.sum(axis=0)[:, None]
         mean = emissions.scaled[:, images].mean(axis=0)                       # (images, C)
         mass = self._symbol_sums(mean[:, :-1], words, distinct=True)
         mass += mean[:, -1:]
-        # mean_t m_t <= mean_t 1 / c_t: no column holds more than all of its mass
-        np.clip(mass, 1e-300, np.exp(-top).mean(axis=0)[:, None], out=mass)
+        np.maximum(mass, 1e-300, out=mass)
         bound = np.log(mass, out=mass)
         bound *= emissions.columns
         bound += log_top
-        log_rho = np.stack([self._log_rho(emissions, image) for image in np.arange(emissions.images)[images]])
-        emitted = self._symbol_sums(log_rho, words, distinct=False)
+        emitted = self._symbol_sums(self._log_rho(emissions, images), words, distinct=False)
         np.minimum(emitted, 0.0, out=emitted)
         bound += emitted
         np.minimum(bound, (counts if words is None else counts[words])[None, :] + log_top, out=bound)
@@ -115,7 +114,7 @@ class WordBounds:
         """min(bound, mass bound + min(label bound, not-all-blank bound)) of one image."""
         mass_bound = log_mass + emissions.top[:, image].sum()
         blank_sum = emissions.log_probs[image, :, -1].sum()
-        emitted = np.minimum(self._symbol_sums(self._log_rho(emissions, image)[None, :], words, distinct=False)[0],
+        emitted = np.minimum(self._symbol_sums(self._log_rho(emissions, [image]), words, distinct=False)[0],
                              0.0)
         gap = blank_sum - mass_bound
         not_blank = np.zeros_like(mass_bound)

@@ -18,6 +18,7 @@ from .lexicon import check_lexicon
 
 _SEEDS = 16      # words per image scored first, by best bound, to set the thresholds
 _REFINE = 32     # candidates of an image above which the per-column bound is worth computing
+_SAMPLE = 64     # candidates the per-column bound is tried on before the rest of an image's
 _ROUND = 64      # words per image in the first round of exact scoring; the rounds double
 
 
@@ -63,14 +64,66 @@ class _Search:
             return np.exp(self.threshold[images] - log_scale[images])
 
 
-def _seeds(bound, count):
-    """Indices of ``count`` of the largest values of ``bound`` (all when there are fewer)."""
-    if bound.size <= count:
-        return np.arange(bound.size)
-    near = np.flatnonzero(bound >= bound.max() - 3.0)    # usually few: partition only those
-    if near.size <= count:
-        near = np.arange(bound.size)
-    return near[np.argpartition(-bound[near], count - 1)[:count]]
+def _largest(bound, count):
+    """Per row of ``bound`` (rows, n), the indices of ``count`` of its largest values (all when fewer)."""
+    rows, n = bound.shape
+    if n <= count:
+        return [np.arange(n)] * rows
+    near_rows, near = np.nonzero(bound >= bound.max(axis=1, keepdims=True) - 3.0)   # usually few
+    starts = np.searchsorted(near_rows, np.arange(rows + 1))
+    chosen = []
+    for r in range(rows):
+        pool = near[starts[r]:starts[r + 1]]
+        if pool.size < count:
+            pool = np.arange(n)
+        chosen.append(pool[np.argpartition(-bound[r, pool], count - 1)[:count]] if pool.size > count else pool)
+    return chosen
+
+
+def _first_bounds(lexicon, emissions, candidates):
+    """[(words, (rows, words) first bounds)] covering the images in order: one matrix for all
+    images when they share ``candidates``, else one row per image."""
+    bounds_of = lexicon._bounds
+    if isinstance(candidates, list):
+        return [(c, bounds_of.first(emissions, c, [b])) for b, c in enumerate(candidates)]
+    return [(candidates, bounds_of.first(emissions, None if candidates.size == len(lexicon) else candidates))]
+
+
+def _possible(matrices, seeds, threshold):
+    """Flat (images, words, bounds), sorted by image, of the candidates other than the seeds
+    whose bound reaches their image's threshold."""
+    parts, row = [], 0
+    for words, bound in matrices:
+        mask = bound >= threshold[row:row + bound.shape[0], None]
+        for r in range(bound.shape[0]):
+            mask[r, seeds[row + r]] = False
+        rows, columns = np.nonzero(mask)
+        parts.append((rows + row, words[columns], bound[rows, columns]))
+        row += bound.shape[0]
+    return tuple(np.concatenate(part) for part in zip(*parts))
+
+
+def _refine(lexicon, emissions, images, words, bounds, threshold):
+    """The candidates still possible under ``threshold``, with the per-column bound for images
+    that have many (tried on a sample first: skipped where it is hardly tighter)."""
+    keep = bounds >= threshold[images]
+    images, words, bounds = images[keep], words[keep], bounds[keep]
+    starts = np.searchsorted(images, np.arange(emissions.images + 1))
+    parts = []
+    for b in range(emissions.images):
+        segment = slice(starts[b], starts[b + 1])
+        count = starts[b + 1] - starts[b]
+        if count <= _REFINE:
+            parts.append((images[segment], words[segment], bounds[segment]))
+            continue
+        w, bound = words[segment], bounds[segment].copy()
+        tried = min(count, _SAMPLE)
+        bound[:tried] = lexicon._bounds.per_column(emissions, b, w[:tried], bound[:tried])
+        if tried < count and np.count_nonzero(bound[:tried] < bounds[segment][:tried] - 0.5) * 10 >= tried:
+            bound[tried:] = lexicon._bounds.per_column(emissions, b, w[tried:], bound[tried:])
+        keep = bound >= threshold[b]
+        parts.append((images[segment][keep], w[keep], bound[keep]))
+    return tuple(np.concatenate(part) for part in zip(*parts))
 
 
 def _best_words(lexicon, emissions, candidates, top_k):
@@ -79,52 +132,34 @@ def _best_words(lexicon, emissions, candidates, top_k):
     ``candidates``: one array of word indices for every image, or a list with one per image.
     """
     batch = emissions.images
-    bounds_of = lexicon._bounds
-    if isinstance(candidates, list):
-        per_image = [(c, bounds_of.first(emissions, c, [b])[0]) for b, c in enumerate(candidates)]
-    else:
-        first = bounds_of.first(emissions, None if candidates.size == len(lexicon) else candidates)
-        per_image = [(candidates, first[b]) for b in range(batch)]
+    matrices = _first_bounds(lexicon, emissions, candidates)
     # The words with the best bounds first: their exact values set the thresholds.
-    chosen = [_seeds(bound, max(_SEEDS, top_k)) for _, bound in per_image]
-    seed_images = np.concatenate([np.full(first.size, b) for b, first in enumerate(chosen)])
-    seed_words = np.concatenate([words[first] for (words, _), first in zip(per_image, chosen)])
+    seeds = [first for words, bound in matrices for first in _largest(bound, max(_SEEDS, top_k))]
+    seed_images = np.concatenate([np.full(first.size, b) for b, first in enumerate(seeds)])
+    row_words = [words for words, bound in matrices for _ in range(bound.shape[0])]
+    seed_words = np.concatenate([row_words[b][first] for b, first in enumerate(seeds)])
     seed_values = _forward.forward(lexicon._tree, emissions, seed_images, seed_words)
     search = _Search(None, None, batch, top_k)
     finite = np.isfinite(seed_values)
     search.add(seed_images[finite], seed_values[finite])
     # Every other word whose bound reaches its image's threshold is scored, the best bounds
-    # first and in growing rounds, so that the thresholds rise before the bulk; the dearer bound
-    # is computed only for the words the cheaper one leaves.
-    queues = []
-    for b, ((others, bound), first) in enumerate(zip(per_image, chosen)):
-        keep = bound >= search.threshold[b]
-        keep[first] = False
-        others, bound = others[keep], bound[keep]
-        if others.size > _REFINE:
-            bound = bounds_of.per_column(emissions, b, others, bound)
-            keep = bound >= search.threshold[b]
-            others, bound = others[keep], bound[keep]
-        order = np.argsort(-bound, kind="stable")
-        queues.append((others[order], bound[order]))
+    # first and in growing rounds, so that the thresholds rise before the bulk.
+    images, words, bounds = _refine(lexicon, emissions, *_possible(matrices, seeds, search.threshold),
+                                    search.threshold)
+    order = np.lexsort((-bounds, images))
+    images, words, bounds = images[order], words[order], bounds[order]
+    rank = np.arange(images.size) - np.searchsorted(images, images)
     scored = [(seed_images, seed_words, seed_values)]
-    taken, size = np.zeros(batch, dtype=np.int64), _ROUND
-    while True:
-        images, words, bounds = [], [], []
-        for b, (others, bound) in enumerate(queues):
-            part = slice(taken[b], taken[b] + size)
-            keep = bound[part] >= search.threshold[b]
-            images.append(np.full(np.count_nonzero(keep), b))
-            words.append(others[part][keep])
-            bounds.append(bound[part][keep])
-            taken[b] += size
-        images = np.concatenate(images)
-        if not images.size and all(taken[b] >= queue[0].size for b, queue in enumerate(queues)):
-            break
-        words, bounds = np.concatenate(words), np.concatenate(bounds)
-        search.images, search.bounds = images, bounds
-        scored.append((images, words, _forward.forward(lexicon._tree, emissions, images, words, search=search)))
-        size *= 2
+    taken, size = 0, _ROUND
+    while taken < (rank.max() + 1 if rank.size else 0):
+        pick = np.flatnonzero((rank >= taken) & (rank < taken + size))
+        pick = pick[bounds[pick] >= search.threshold[images[pick]]]
+        taken, size = taken + size, size * 2
+        if not pick.size:
+            continue
+        search.images, search.bounds = images[pick], bounds[pick]
+        scored.append((images[pick], words[pick],
+                       _forward.forward(lexicon._tree, emissions, images[pick], words[pick], search=search)))
     all_images, all_words, all_values = (np.concatenate(part) for part in zip(*scored))
     ok = np.isfinite(all_values)
     all_images, all_words, all_values = all_images[ok], all_words[ok], all_values[ok]
