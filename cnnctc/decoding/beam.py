@@ -125,7 +125,8 @@ def ctc_beam_decode(logits, alphabet, *, beam_width=10, top_k=1, with_chars=Fals
     # A beam wider than the number of possible readings holds no more of them.
     width = _prefix_count(classes - 1, columns, beam_width)
     group = max(1, _CELLS // (width * classes))
-    beams = [ranked for start in range(0, batch, group) for ranked in _beam_search(log_probs[start:start + group], width)]
+    beams = [ranked for start in range(0, batch, group)
+             for ranked in _beam_search(log_probs[start:start + group], width)]
     index = symbol_index(alphabet)
     candidates = []
     for b, prediction in enumerate(ctc_greedy_decode(logits, alphabet)):

@@ -4,16 +4,17 @@ The words are the nodes of a prefix tree (:class:`PrefixTree`), and the forward 
 prefix are computed once for every word that starts with it, level by level, for all the
 (image, prefix) pairs a request needs at once. A prefix node has two states per column: its
 last label emitted (L) and a blank after it (B). With IN_t the mass that can enter the node's
-label at column t (the parent's L or B at t-1; B only when the label repeats the parent's),
+label at column t (the parent's S = L + B at t-1; only its B when the label repeats the parent's),
 
     L_t = (L_{t-1} + IN_t) e_t(label),    B_t = (B_{t-1} + L_{t-1}) e_t(blank),
 
 and P(word) = L_{T-1} + B_{T-1} of its last node. Emissions are divided by each column's most
 probable class (so every factor is at most 1 and the best path keeps value 1) and the log of
 that scale is added back at the end. All terms are positive, so the result is exact to
-rounding unless it left float64's normal range: a word whose scaled value is below 1e-250 is
-recomputed in log space (np.logaddexp), as is every word when the logits have so many columns
-that scaled values could overflow. Either way the result is exact, whatever the logits' range.
+rounding unless it left float64's normal range: a word whose scaled value is below
+``Emissions.tiny`` is recomputed in log space (np.logaddexp), as is every word when the logits
+have so many columns that scaled values could overflow (see _LINEAR_LIMIT). Either way the result
+is exact, whatever the logits' range.
 
 The probability that a reading starts with a prefix, sum_t IN_t e_t(label) times the columns
 after t, bounds every word below that prefix; a search (the lexicon decoder) passes a threshold
@@ -25,8 +26,12 @@ import numpy as np
 
 from .common import DecoderError, check_alphabet, encode, log_softmax, symbol_index
 
-_TINY = 1e-250      # scaled results below this may have lost precision to underflow: redo in log space
-_LINEAR_LIMIT = 650  # columns x log(classes) up to which scaled values stay inside float64
+# Underflow: each operation that leaves float64's normal range errs by at most 2.5e-324, and such an
+# error grows by at most classes^columns (the backward mass of the scaled variables) on its way to a
+# result, over fewer than 1e8 operations. Results above 1e-290 x classes^columns (and 1e-250) are
+# therefore exact to 1e-20 relative; smaller ones are redone in log space, as is every result when
+# classes^columns exceeds e^250.
+_LINEAR_LIMIT = 250.0
 _CHUNK = 4096       # requests computed together: their pairs' forward variables stay in cache
 
 
@@ -109,7 +114,9 @@ class Emissions:
         self.log_probs = log_probs
         images, columns, classes = log_probs.shape
         self.images, self.columns, self.classes = images, columns, classes
-        self.log = columns * math.log(max(classes, 2)) > _LINEAR_LIMIT if log is None else log
+        growth = columns * math.log(max(classes, 2))
+        self.log = growth > _LINEAR_LIMIT if log is None else log
+        self.tiny = max(1e-250, math.exp(growth - 290 * math.log(10))) if not self.log else 0.0
         if columns == 0:
             return
         by_column = np.ascontiguousarray(log_probs.transpose(1, 0, 2))          # (T, B, C)
@@ -271,7 +278,7 @@ def _forward_chunk(tree, emissions, chunk, images, sequences, lengths, result, s
             if emissions.log:
                 result[chunk[done]] = value
             else:
-                low = value < _TINY
+                low = value < emissions.tiny
                 redo.append(chunk[done[low]])
                 done, value = done[~low], value[~low]
                 result[chunk[done]] = np.log(value) + emissions.log_scale[image_of[done]]
@@ -283,7 +290,7 @@ def _forward_chunk(tree, emissions, chunk, images, sequences, lengths, result, s
             if bound is not None:
                 since_bound = 0
                 limit = search.scaled_limit(pair_images, emissions.log_scale)
-                pair_keep = ~((bound < limit) & (limit > 1e-280))
+                pair_keep = ~((bound < limit) & (limit > emissions.tiny))
                 pruned = np.count_nonzero(~pair_keep)
                 bound_every = 1 if pruned * 100 >= pair_keep.size else min(2 * bound_every, 4)
                 keep &= pair_keep[pair]

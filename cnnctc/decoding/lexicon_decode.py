@@ -4,10 +4,10 @@ scoring every word.
 Every candidate gets a cheap upper bound on its probability (:mod:`.bounds`); the few words
 with the best bounds of each image are scored exactly first, and their k-th best probability
 becomes the image's threshold. A word whose bound is below it cannot enter the result; the
-rest are scored over the lexicon's prefix tree (:mod:`.forward`), all images at once, and the
-threshold rises as words finish, so that requests whose bound, or whose prefix's probability,
-falls below it are dropped on the way down. Equal probabilities go to the earlier word, as a
-full evaluation would have it.
+rest are scored over the lexicon's prefix tree (:mod:`.forward`), all images at once, the best
+bounds first in rounds of doubling size; the threshold rises as words finish, and requests whose
+bound, or whose prefix's probability, falls below it are dropped on the way down. Equal
+probabilities go to the earlier word, as a full evaluation would have it.
 """
 import numpy as np
 
@@ -18,7 +18,7 @@ from .lexicon import check_lexicon
 
 _SEEDS = 16      # words per image scored first, by best bound, to set the thresholds
 _REFINE = 32     # candidates of an image above which the per-column bound is worth computing
-_SAMPLE = 64     # candidates the per-column bound is tried on before the rest of an image's
+_SAMPLE = 64     # candidates of an image the per-column bound is tried on before the others
 _ROUND = 64      # words per image in the first round of exact scoring; the rounds double
 
 
