@@ -94,8 +94,12 @@ def test_narrow_beam_confidences_are_exact_sequence_probabilities(seed):
         assert ranked[0].confidence >= greedy_p * (1 - 1e-12)
 
 
+@pytest.mark.parametrize("search", [False, True], ids=["scored whole", "bounded search"])
 @pytest.mark.parametrize("alphabet, columns, seed, scale", TINY_CASES[::3])
-def test_lexicon_decoder_picks_the_brute_force_best_word(alphabet, columns, seed, scale):
+def test_lexicon_decoder_picks_the_brute_force_best_word(alphabet, columns, seed, scale, search, monkeypatch):
+    import cnnctc.decoding.lexicon_decode as lexicon_decode
+    if search:      # short lists are scored whole; this one takes the bounds and the pruning as well
+        monkeypatch.setattr(lexicon_decode, "_WHOLE", 0)
     logits = np.random.default_rng(seed).normal(size=(1, columns, len(alphabet) + 1)) * scale
     truth = brute_force(logits[0], alphabet)
     rng = random.Random(seed)

@@ -153,7 +153,7 @@ class Lexicon:
         self._lengths = np.diff(self._offsets)
         self._tree = PrefixTree(self._codes, self._offsets)
         self._need = self._tree.need                      # columns a word needs at least
-        self._bounds = WordBounds(self._codes, self._offsets, self._need - self._lengths, len(alphabet) + 1)
+        self._word_bounds = None
         # The words ordered by length, for the edit-distance filter.
         self._by_length = np.argsort(self._lengths, kind="stable")
         self._length_starts = np.searchsorted(self._lengths[self._by_length], np.arange(int(self._lengths.max()) + 2))
@@ -167,6 +167,14 @@ class Lexicon:
 
     def __repr__(self):
         return f"<Lexicon of {len(self.words)} words ({self.skipped} skipped)>"
+
+    @property
+    def _bounds(self):
+        """The symbol tables of the upper bounds (made on first use: a short list is scored whole)."""
+        if self._word_bounds is None:
+            self._word_bounds = WordBounds(self._codes, self._offsets, self._need - self._lengths,
+                                           len(self.alphabet) + 1)
+        return self._word_bounds
 
     def fitting(self, columns):
         """Indices of the words that fit in ``columns`` columns (a word of L symbols with r

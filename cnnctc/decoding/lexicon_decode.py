@@ -20,6 +20,7 @@ _SEEDS = 16      # words per image scored first, by best bound, to set the thres
 _REFINE = 32     # candidates of an image above which the per-column bound is worth computing
 _SAMPLE = 64     # candidates of an image the per-column bound is tried on before the others
 _ROUND = 64      # words per image in the first round of exact scoring; the rounds double
+_WHOLE = 1024    # (image, word) candidates up to which all are scored, without bounds
 
 
 def _slack(threshold):
@@ -132,6 +133,13 @@ def _best_words(lexicon, emissions, candidates, top_k):
     ``candidates``: one array of word indices for every image, or a list with one per image.
     """
     batch = emissions.images
+    if isinstance(candidates, list):
+        images = np.concatenate([np.full(c.size, b) for b, c in enumerate(candidates)])
+        words = np.concatenate(candidates)
+    else:
+        images, words = np.repeat(np.arange(batch), candidates.size), np.tile(candidates, batch)
+    if images.size <= _WHOLE:               # few: scoring them all costs less than bounding them
+        return _ranked(batch, top_k, images, words, _forward.forward(lexicon._tree, emissions, images, words))
     matrices = _first_bounds(lexicon, emissions, candidates)
     # The words with the best bounds first: their exact values set the thresholds.
     seeds = [first for words, bound in matrices for first in _largest(bound, max(_SEEDS, top_k))]
@@ -160,7 +168,11 @@ def _best_words(lexicon, emissions, candidates, top_k):
         search.images, search.bounds = images[pick], bounds[pick]
         scored.append((images[pick], words[pick],
                        _forward.forward(lexicon._tree, emissions, images[pick], words[pick], search=search)))
-    all_images, all_words, all_values = (np.concatenate(part) for part in zip(*scored))
+    return _ranked(batch, top_k, *(np.concatenate(part) for part in zip(*scored)))
+
+
+def _ranked(batch, top_k, all_images, all_words, all_values):
+    """Per image, the ``top_k`` best (word, log P) of the scored requests, ties to the earlier word."""
     ok = np.isfinite(all_values)
     all_images, all_words, all_values = all_images[ok], all_words[ok], all_values[ok]
     order = np.lexsort((all_words, -all_values, all_images))
