@@ -133,12 +133,14 @@ def _best_words(lexicon, emissions, candidates, top_k):
     ``candidates``: one array of word indices for every image, or a list with one per image.
     """
     batch = emissions.images
-    if isinstance(candidates, list):
-        images = np.concatenate([np.full(c.size, b) for b, c in enumerate(candidates)])
-        words = np.concatenate(candidates)
-    else:
-        images, words = np.repeat(np.arange(batch), candidates.size), np.tile(candidates, batch)
-    if images.size <= _WHOLE:               # few: scoring them all costs less than bounding them
+    shared = not isinstance(candidates, list)
+    if (candidates.size * batch if shared else sum(c.size for c in candidates)) <= _WHOLE:
+        # few: scoring them all costs less than bounding them
+        if shared:
+            images, words = np.repeat(np.arange(batch), candidates.size), np.tile(candidates, batch)
+        else:
+            images = np.concatenate([np.full(c.size, b) for b, c in enumerate(candidates)])
+            words = np.concatenate(candidates)
         return _ranked(batch, top_k, images, words, _forward.forward(lexicon._tree, emissions, images, words))
     matrices = _first_bounds(lexicon, emissions, candidates)
     # The words with the best bounds first: their exact values set the thresholds.
