@@ -434,17 +434,31 @@ def build_parser():
                        "else ~/.mscache)")
 
     def decoder_args(p, top_k=True):
+        from .decoding import MAX_BEAM_WIDTH, MAX_TOP_K, MAX_WORD_LENGTH
+
+        def at_most(parse, high, why):
+            def bounded(text):
+                value = parse(text)
+                if value > high:
+                    raise argparse.ArgumentTypeError(f"must be at most {high} ({why}), got {value}")
+                return value
+            return bounded
+
         p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy",
                        help="greedy: best class per column (default, fastest); beam: CTC prefix beam search, "
                        "summing over alignments")
-        p.add_argument("--beam-width", type=_positive_int, default=10, help="prefixes the beam keeps (default 10)")
+        p.add_argument("--beam-width", type=at_most(_positive_int, MAX_BEAM_WIDTH, "a wider beam costs memory and "
+                       "time and changes no reading"), default=10, help="prefixes the beam keeps (default 10, at "
+                       f"most {MAX_BEAM_WIDTH})")
         if top_k:
-            p.add_argument("--top-k", type=_positive_int, default=1, help="readings to report per image, best "
-                           "first (beam or lexicon; shown with --format json)")
+            p.add_argument("--top-k", type=at_most(_positive_int, MAX_TOP_K, "readings reported per image"), default=1,
+                           help="readings to report per image, best first (beam or lexicon; shown with --format "
+                           "json)")
         p.add_argument("--lexicon", metavar="FILE", help="read only words from this UTF-8 file (one word per "
                        "line): the word with the highest CTC probability")
-        p.add_argument("--max-distance", type=_non_negative_int, metavar="D", help="with a lexicon: only words "
-                       "within D edits of the greedy reading (the CRNN protocol; faster on large lexicons)")
+        p.add_argument("--max-distance", type=at_most(_non_negative_int, MAX_WORD_LENGTH, "the longest lexicon word"),
+                       metavar="D", help="with a lexicon: only words within D edits of the greedy reading (the CRNN "
+                       "protocol; faster on large lexicons)")
 
     def model_arg(p):
         p.add_argument("--model", metavar="UID", help="hub uid of the model (default: "

@@ -10,6 +10,7 @@ import pytest
 
 from cnnctc.decoding import (DecoderError, Lexicon, LexiconError, Prediction, ctc_beam_decode, ctc_greedy_decode,
                              ctc_lexicon_decode, ctc_log_probability, make_decoder, read_lexicon)
+from cnnctc.decoding.forward import Emissions
 from cnnctc.errors import CnnctcError
 
 
@@ -93,8 +94,12 @@ def test_narrow_beam_confidences_are_exact_sequence_probabilities(seed):
         assert ranked[0].confidence >= greedy_p * (1 - 1e-12)
 
 
+@pytest.mark.parametrize("search", [False, True], ids=["scored whole", "bounded search"])
 @pytest.mark.parametrize("alphabet, columns, seed, scale", TINY_CASES[::3])
-def test_lexicon_decoder_picks_the_brute_force_best_word(alphabet, columns, seed, scale):
+def test_lexicon_decoder_picks_the_brute_force_best_word(alphabet, columns, seed, scale, search, monkeypatch):
+    import cnnctc.decoding.lexicon_decode as lexicon_decode
+    if search:      # short lists are scored whole; this one takes the bounds and the pruning as well
+        monkeypatch.setattr(lexicon_decode, "_WHOLE", 0)
     logits = np.random.default_rng(seed).normal(size=(1, columns, len(alphabet) + 1)) * scale
     truth = brute_force(logits[0], alphabet)
     rng = random.Random(seed)
@@ -152,10 +157,12 @@ def test_bounds_hold_and_skipping_never_changes_the_answer(regime):
     logits = regime_logits(np.random.default_rng(len(regime)), alphabet, truths, columns, regime)
     exact = ctc_log_probability(logits, alphabet, lexicon.words)             # no pruning: every word
     fits = np.flatnonzero(np.isfinite(exact[0]))
+    emissions = Emissions(log_softmax(logits))
+    first = lexicon._bounds.first(emissions, fits)
     for b in range(len(truths)):
-        padded = np.concatenate([log_softmax(logits[b:b + 1]), np.full((1, columns, 1), -np.inf)], axis=2)
-        for per_column in (True, False):
-            bounds = lexicon._log_bounds(padded, np.exp(padded), fits, per_column=per_column)
+        unbounded = np.full(fits.size, np.inf)
+        for bounds in (first[b], lexicon._bounds.cheap(emissions, b, fits, unbounded),
+                       lexicon._bounds.per_column(emissions, b, fits, unbounded)):
             assert (bounds >= exact[b, fits] - 1e-9).all()                  # every bound is an upper bound
     results = ctc_lexicon_decode(logits, alphabet, lexicon, top_k=5)
     for b, result in enumerate(results):
@@ -166,15 +173,21 @@ def test_bounds_hold_and_skipping_never_changes_the_answer(regime):
 
 
 def test_skipping_is_exact_on_a_large_lexicon_and_skips_most_words(monkeypatch):
-    import cnnctc.decoding as decoding
+    import cnnctc.decoding.forward as forward
     rng = random.Random(5)
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
     words = random_lexicon(rng, alphabet, 3000, 9)
     truths = words[:8]
     logits = regime_logits(np.random.default_rng(5), alphabet, truths, 26, "peaked")
     scored = []
-    real = decoding._sequence_log_probs
-    monkeypatch.setattr(decoding, "_sequence_log_probs", lambda *a: scored.append(len(a[3])) or real(*a))
+    real = forward.forward
+
+    def counting(*args, **kwargs):
+        values = real(*args, **kwargs)
+        scored.append(np.count_nonzero(~np.isnan(values)))       # a dropped request is left at NaN
+        return values
+
+    monkeypatch.setattr(forward, "forward", counting)
     results = ctc_lexicon_decode(logits, alphabet, words)
     monkeypatch.undo()
     exact = ctc_log_probability(logits, alphabet, words)
@@ -386,3 +399,173 @@ def test_on_real_network_outputs_beam_and_lexicon_are_at_least_as_probable_as_gr
         np.testing.assert_allclose([p.confidence for p in lexical], np.exp(every.max(axis=1)), rtol=1e-9)
         assert all(p.confidence >= f * (1 - 1e-9) for p, f in zip(lexical, forward))
     assert moderate.std() < 10 < raw.std()
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused inputs, bounded sizes, argument types (issue 14)
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_decoder_refuses_non_finite_logits(bad):
+    logits = np.random.default_rng(0).normal(size=(2, 6, 4))
+    logits[1, 3, 2] = bad
+    decoders = [lambda: ctc_greedy_decode(logits, "abc"), lambda: ctc_beam_decode(logits, "abc"),
+                lambda: ctc_lexicon_decode(logits, "abc", ["ab", "c"]),
+                lambda: ctc_log_probability(logits, "abc", ["ab"]),
+                lambda: make_decoder()(logits, "abc"), lambda: make_decoder("beam", top_k=2)(logits, "abc"),
+                lambda: make_decoder(lexicon=["ab"])(logits, "abc")]
+    for decode in decoders:
+        with pytest.raises(DecoderError, match="NaN or infinity"):
+            decode()
+
+
+def test_decoder_sizes_are_bounded_and_say_the_bound():
+    from cnnctc.decoding import MAX_BEAM_WIDTH
+    logits = np.zeros((1, 4, 4))
+    for width in (MAX_BEAM_WIDTH + 1, 10 ** 20):
+        for call in (lambda: make_decoder("beam", beam_width=width), lambda: ctc_beam_decode(logits, "abc",
+                                                                                             beam_width=width)):
+            with pytest.raises(DecoderError, match=f"beam_width must be at most {MAX_BEAM_WIDTH}"):
+                call()
+    with pytest.raises(DecoderError, match="top_k must be at most"):
+        ctc_lexicon_decode(logits, "abc", ["ab"], top_k=10 ** 20)
+    # The bound itself runs, and a beam wider than the readings there are is the exhaustive one.
+    wide = ctc_beam_decode(logits, "abc", beam_width=MAX_BEAM_WIDTH, top_k=5)[0]
+    exhaustive = ctc_beam_decode(logits, "abc", beam_width=1 + 3 + 9 + 27 + 81, top_k=5)[0]
+    assert [(p.text, p.confidence) for p in wide] == [(p.text, p.confidence) for p in exhaustive]
+
+
+def test_numpy_integers_count_as_integers_and_bools_do_not():
+    logits = regime_logits(np.random.default_rng(3), "abc", ["ab", "ca"], 8, "peaked")
+    beam = make_decoder("beam", beam_width=np.int64(4), top_k=np.int32(2))(logits, "abc")
+    assert [p.text for p in beam] == ["ab", "ca"] and all(len(p.alternatives) == 1 for p in beam)
+    lexical = ctc_lexicon_decode(logits, "abc", ["ab", "ca", "cc"], max_distance=np.int64(1), top_k=np.uint8(2))
+    assert [p.text for p in lexical] == ["ab", "ca"]
+    for kwargs in (dict(name="beam", beam_width=True), dict(name="beam", top_k=True),
+                   dict(lexicon=["ab"], max_distance=False), dict(top_k=np.bool_(True))):
+        with pytest.raises(DecoderError, match="integer"):
+            make_decoder(**kwargs)
+
+
+def test_wrong_argument_types_are_errors_that_name_the_argument(tmp_path):
+    from cnnctc.decoding import decoder_for
+    with pytest.raises(TypeError, match="decoder_options"):
+        decoder_for("greedy", [1])
+    with pytest.raises(TypeError, match="decoder_options: unknown option 'beam'"):
+        decoder_for("beam", {"beam": 3})
+    assert decoder_for(None, None) is ctc_greedy_decode
+    assert decoder_for("beam", {"beam_width": 3}).beam_width == 3
+    with pytest.raises(TypeError, match="alphabet"):
+        Lexicon(["ab"], None)
+    with pytest.raises(TypeError, match="alphabet"):
+        ctc_greedy_decode(np.zeros((1, 3, 4)), None)
+    with pytest.raises(TypeError, match="lexicon words must be strings"):
+        Lexicon(["ab", 12], "abc")
+    with pytest.raises(TypeError, match="lexicon words must be strings"):
+        make_decoder(lexicon=["ab", b"cd"])
+    with pytest.raises(TypeError, match="lexicon must be a list"):
+        make_decoder(lexicon=12)
+    with pytest.raises(LexiconError, match="NUL") as caught:
+        read_lexicon("a\0b")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(TypeError, match="path"):
+        read_lexicon(None)
+    with pytest.raises(TypeError, match="words"):
+        ctc_log_probability(np.zeros((1, 3, 4)), "abc", b"ab")
+
+
+def test_a_single_string_is_one_word():
+    logits = np.random.default_rng(1).normal(size=(3, 6, 4))
+    one = ctc_log_probability(logits, "abc", "ab")
+    assert one.shape == (3, 1)
+    np.testing.assert_array_equal(one, ctc_log_probability(logits, "abc", ["ab"]))
+
+
+def test_long_lexicon_lines_are_skipped_in_bounded_memory(tmp_path, caplog):
+    import tracemalloc
+    path = tmp_path / "words.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("first\n" + "y" * 20_000_000 + "\n" + "z" * 300 + "\nlast\n")
+    caplog.set_level(logging.WARNING, logger="cnnctc.decoding")
+    tracemalloc.start()
+    try:
+        words = read_lexicon(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert words == ["first", "last"]
+    assert peak < 2_000_000                         # the 20 MB line is never held whole
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipping 2 lexicon lines longer than 256" in warnings[0]
+    only_long = tmp_path / "long.txt"
+    only_long.write_text("w" * 5000 + "\n")
+    with pytest.raises(LexiconError, match="all 1 lines are longer than 256"):
+        read_lexicon(only_long)
+
+
+def test_words_longer_than_any_network_reads_are_skipped_and_reported(caplog):
+    caplog.set_level(logging.WARNING, logger="cnnctc.decoding")
+    lexicon = Lexicon(["ab", "a" * 2_000_000, "ba"], "ab")
+    assert lexicon.words == ("ab", "ba") and lexicon.skipped == 1
+    assert any("longer than 256" in r.getMessage() for r in caplog.records)
+    with pytest.raises(LexiconError, match="longer than 256"):
+        Lexicon(["b" * 300], "ab")
+
+
+def test_words_that_need_more_columns_than_the_network_has_are_reported_once(caplog):
+    logits = regime_logits(np.random.default_rng(4), "abc", ["ab"], 5, "peaked")
+    lexicon = Lexicon(["ab", "abcabc", "aab", "aaaaa"], "abc")      # "aaaaa" needs 9 columns
+    caplog.set_level(logging.WARNING, logger="cnnctc.decoding")
+    for _ in range(2):
+        assert ctc_lexicon_decode(logits, "abc", lexicon)[0].text == "ab"
+    warnings = [r.getMessage() for r in caplog.records if "columns" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 4 lexicon words need more than the network's 5 columns" in warnings[0]
+
+
+def test_bounds_hold_where_probabilities_underflow():
+    """Logits of thousands: most probabilities are 0 in float64, yet every bound stays an
+    upper bound (they are computed on column-scaled probabilities and in log space)."""
+    rng = np.random.default_rng(9)
+    alphabet = "abc"
+    logits = rng.normal(size=(2, 6, 4)) * 1000.0
+    truth = [brute_force(logits[b], alphabet) for b in range(2)]
+    words = [w for w in sorted(truth[0]) if w]
+    lexicon = Lexicon(words, alphabet)
+    emissions = Emissions(log_softmax(logits))
+    exact = np.array([[truth[b][w] for w in lexicon.words] for b in range(2)])
+    first = lexicon._bounds.first(emissions)
+    every = np.arange(len(lexicon))
+    for b in range(2):
+        unbounded = np.full(every.size, np.inf)
+        for bounds in (first[b], lexicon._bounds.per_column(emissions, b, every, unbounded)):
+            assert (bounds >= exact[b] - 1e-9 * (1 + np.abs(exact[b]))).all()
+    result = ctc_lexicon_decode(logits, alphabet, lexicon, top_k=3)
+    for b in range(2):
+        ranking = sorted(lexicon.words, key=lambda w: (-truth[b][w], lexicon.words.index(w)))
+        assert [result[b].text] + [w for w, _ in result[b].alternatives] == ranking[:3]
+
+
+def test_the_log_space_forward_agrees_with_the_scaled_one():
+    from cnnctc.decoding.forward import PrefixTree, forward
+    from cnnctc.decoding.common import encode
+    rng = np.random.default_rng(11)
+    alphabet = "abcd"
+    logits = rng.normal(size=(3, 30, 5)) * 2
+    words = random_lexicon(random.Random(11), alphabet, 300, 12)
+    codes, offsets = encode(words, {c: i for i, c in enumerate(alphabet)})
+    tree = PrefixTree(codes, offsets)
+    images, sequences = np.repeat(np.arange(3), len(words)), np.tile(np.arange(len(words)), 3)
+    log_probs = log_softmax(logits)
+    scaled = forward(tree, Emissions(log_probs, log=False), images, sequences)
+    in_logs = forward(tree, Emissions(log_probs, log=True), images, sequences)
+    finite = np.isfinite(in_logs)
+    assert finite.sum() > 500 and (np.isfinite(scaled) == finite).all()
+    np.testing.assert_allclose(scaled[finite], in_logs[finite], rtol=1e-10)
+    # So many columns that scaled values could overflow: the whole pass runs in log space, exactly.
+    long = rng.normal(size=(1, 700, 3))
+    assert Emissions(log_softmax(long)).log
+    probabilities = ctc_log_probability(long, "ab", ["ab", "ba", "a" * 300])
+    assert np.isfinite(probabilities).all()
+    short = ctc_log_probability(long[:, :40], "ab", ["ab", "ba"])
+    reference = forward(PrefixTree(np.array([0, 1, 1, 0]), np.array([0, 2, 4])), Emissions(log_softmax(long[:, :40]),
+                        log=True), np.zeros(2, dtype=np.int64), np.arange(2))
+    np.testing.assert_allclose(short[0], reference, rtol=1e-12)

@@ -120,3 +120,26 @@ def test_bad_decoder_settings_are_usage_errors(setup, args):
 def test_impossible_combinations_are_one_line(setup, args, message):
     run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.ckpt", *args)
     assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, bound", [(["--beam-width", "1000000000"], "at most 4096"),
+                                         (["--beam-width", "99999999999999999999"], "at most 4096"),
+                                         (["--top-k", "5000"], "at most 4096"),
+                                         (["--max-distance", "300"], "at most 256")])
+def test_decoder_sizes_past_what_can_run_are_usage_errors_that_say_the_bound(tmp_path, args, bound):
+    # Refused while parsing, before any model or image is opened.
+    run = cnnctc("predict", tmp_path / "none.png", *args, timeout=60)
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert run.returncode == 2 and len(errors) == 1 and bound in errors[0] and args[0] in errors[0], run.stderr
+
+
+def test_a_huge_lexicon_line_is_skipped_with_one_warning(setup):
+    lexicon = setup / "huge-line.txt"
+    with open(lexicon, "w", encoding="utf-8") as f:
+        f.write("cat\n" + "x" * 20_000_000 + "\nriver\n")
+    run = cnnctc("predict", setup / "images" / "00000.png", "--checkpoint", setup / "net.ckpt", "--lexicon", lexicon,
+                 "--format", "tsv")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\t")[1] in {"cat", "river"}
+    warnings = [line for line in run.stderr.splitlines() if "longer than 256" in line]
+    assert len(warnings) == 1 and "1 lexicon line" in warnings[0], run.stderr
