@@ -80,6 +80,7 @@ def _open_model(checkpoint, *, model, manifest, batch_size, device_target, netwo
         runner = MindIRRunner(checkpoint, device_target=device_target)
         return runner, runner.manifest
     from .runtime import cached_onnx, prefers_onnxruntime
+    why_not_onnx = None
     if runtime == "onnxruntime" or (runtime == "auto" and prefers_onnxruntime(device_target)):
         try:
             runner = cached_onnx(checkpoint, model=model, manifest=manifest, device_target=device_target,
@@ -88,10 +89,11 @@ def _open_model(checkpoint, *, model, manifest, batch_size, device_target, netwo
         except CnnctcError as exc:
             if runtime == "onnxruntime":
                 raise
-            # auto: MindSpore reads the checkpoint (and reports what is wrong with it, if anything)
-            log.info("running on MindSpore (no ONNX export: %s)", exc)
+            why_not_onnx = exc   # auto: MindSpore reads it (and says what is wrong with it, if anything)
     from .loader import load_model
     loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target, **network_kwargs)
+    if why_not_onnx is not None:
+        log.info("running on MindSpore: no ONNX export (%s)", why_not_onnx)
     return MindSporeRunner(loaded.network, batch_size), loaded.manifest
 
 

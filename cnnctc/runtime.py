@@ -179,6 +179,8 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
         runner = _usable(out, sha256)   # another process exported it while this one waited
         if runner is not None:
             return runner
+        from ._mindspore import require_mindspore
+        require_mindspore()   # a MindSpore that cannot be imported here is said before anything else
         log.info("exporting %s to ONNX once, for onnxruntime: %s", source.name, out)
         export_locked(out, fmt="onnx", checkpoint=checkpoint, model=model, manifest=manifest, batch_size=None,
                       device_target=device_target, overwrite=True, network_kwargs=network_kwargs)
