@@ -384,13 +384,17 @@ class MindIRRunner:
                                   "export it again")
         pre = self.manifest.preprocess
         probe = np.zeros((self.batch_size or 1, 3, pre.height, pre.max_width), np.float32)
+        wrong = (f"{path}: does not take the (batch, 3, {pre.height}, {pre.max_width}) images "
+                 f"{sidecar_path(path).name} describes")
         try:
             with quiet_native_stderr():
                 logits = self(probe)
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise CnnctcError(f"{path}: does not take the (batch, 3, {pre.height}, {pre.max_width}) images "
-                              f"{sidecar_path(path).name} describes ({str(exc).splitlines()[0]}); it is not the "
-                              "model its description claims") from None
+            raise CnnctcError(f"{wrong} ({str(exc).splitlines()[0]}); it is not the model its description "
+                              "claims") from None
+        if logits.ndim < 1 or logits.shape[0] != len(probe):   # e.g. a taller image folded into the batch
+            raise CnnctcError(f"{wrong} ({len(probe)} images gave {tuple(logits.shape)}); it is not the model its "
+                              "description claims")
         check_outputs(logits, self.manifest, path)
 
     def __call__(self, batch):
