@@ -15,7 +15,7 @@ import numpy as np
 
 from ._checks import positive_int
 from .decoding import ctc_greedy_decode
-from .errors import CnnctcError
+from .errors import CnnctcError, DownloadError, IntegrityError
 from .manifest import _NETWORK_KEYS, load_manifest
 from .runtime import check_runtime
 from .transforms import ImageError, find_images, load_image, preprocess_image  # noqa: F401 (find_images: API)
@@ -86,6 +86,8 @@ def _open_model(checkpoint, *, model, manifest, batch_size, device_target, netwo
             runner = cached_onnx(checkpoint, model=model, manifest=manifest, device_target=device_target,
                                  network_kwargs=network_kwargs)
             return runner, runner.manifest
+        except (DownloadError, IntegrityError):
+            raise   # the checkpoint itself cannot be had: MindSpore would only try the download again
         except CnnctcError as exc:
             if runtime == "onnxruntime":
                 raise
