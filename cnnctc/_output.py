@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .errors import CnnctcError
 
-__all__ = ["output_lock", "work_folder", "put_in_place", "refuse_inputs", "disk_full_error", "is_disk_full",
-           "file_mode"]
+__all__ = ["output_lock", "work_folder", "put_in_place", "refuse_inputs", "refuse_existing", "full_disk_named",
+           "disk_full_error", "is_disk_full", "free_bytes", "file_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,21 @@ def is_disk_full(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+@contextlib.contextmanager
+def full_disk_named(out, folder):
+    """Turn any failure in the block into ``disk_full_error(out)`` when the disk is what failed: an
+    ENOSPC anywhere in its chain, or no free byte left in ``folder`` (libraries that write a
+    truncated file and then fail to read it back, e.g. "Truncated message", say nothing else)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc) or free_bytes(folder) == 0:
+            raise disk_full_error(out) from None
+        raise
 
 
 def disk_full_error(out):

@@ -13,6 +13,7 @@ first runs, a file that appeared meanwhile is never replaced without ``overwrite
 checkpoint is never an output, and nothing is left behind on an error, Ctrl-C or ``kill -9``
 (the next export to that file removes what a killed one left).
 """
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +24,8 @@ import numpy as np
 
 from ._checks import positive_int
 from ._native import quiet_native_stderr
-from ._output import (disk_full_error, file_mode, free_bytes, is_disk_full, output_lock, put_in_place,
-                      refuse_existing, refuse_inputs, work_folder)
+from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
+                      work_folder)
 from .errors import CnnctcError
 from .onnx_runtime import MANIFEST_KEY, check_outputs, run_in_batches
 
@@ -272,16 +273,8 @@ def export_locked(out, *, fmt, checkpoint, model, manifest, batch_size, device_t
     # it writes into a private folder beside ``out``, on the same file system for the rename.
     work = work_folder(out)
     try:
-        try:
+        with full_disk_named(out, work):
             _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, overwrite)
-        except (CnnctcError, KeyboardInterrupt):
-            if free_bytes(work) == 0:
-                raise disk_full_error(out) from None
-            raise
-        except Exception as exc:
-            if is_disk_full(exc) or free_bytes(work) == 0:
-                raise disk_full_error(out) from None
-            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -296,9 +289,7 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
     try:
         with quiet_native_stderr():
             ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
-    except (RuntimeError, ValueError, TypeError) as exc:
-        if is_disk_full(exc) or free_bytes(work) == 0:
-            raise disk_full_error(out) from None
+    except (RuntimeError, ValueError, TypeError) as exc:   # a full disk is named by full_disk_named
         raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {str(exc).splitlines()[0]}") from None
     if not raw.is_file():
         raise CnnctcError(f"MindSpore wrote no {fmt.upper()} file (expected {raw.name})")
@@ -322,14 +313,9 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
         put_in_place(raw, out, overwrite)
     except BaseException:
         if not overwrite:   # the description placed just now belongs to no model: take it back
-            with _suppress_os():
+            with contextlib.suppress(OSError):
                 os.unlink(sidecar_path(out))
         raise
-
-
-def _suppress_os():
-    import contextlib
-    return contextlib.suppress(OSError)
 
 
 # MindIR runtime ------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import positive_int
-from ._output import (disk_full_error, file_mode, free_bytes, is_disk_full, output_lock, put_in_place,
-                      refuse_existing, refuse_inputs, work_folder)
+from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
+                      work_folder)
 from .errors import CnnctcError
 
 __all__ = ["quantize_model", "QuantizeReport", "calibration_images"]
@@ -248,17 +248,9 @@ def _quantize(model_onnx, calib, out, *, max_images, per_channel, overwrite, bat
 
     work = work_folder(out)
     try:
-        try:
+        with full_disk_named(out, work):
             return _write(work, out, onnx, quantization, quant_pre_process, model_onnx, float_runner, Reader,
                           images, skipped, chunk, per_channel, overwrite)
-        except (KeyboardInterrupt, CnnctcError):
-            if free_bytes(work) == 0:
-                raise disk_full_error(out) from None
-            raise
-        except Exception as exc:
-            if is_disk_full(exc) or free_bytes(work) == 0:
-                raise disk_full_error(out) from None
-            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -284,8 +276,6 @@ def _write(work, out, onnx, quantization, quant_pre_process, model_onnx, float_r
     except (KeyboardInterrupt, CnnctcError):
         raise
     except Exception as exc:  # the quantizer raises many types; report it on one line
-        if is_disk_full(exc) or free_bytes(work) == 0:   # a truncated file it wrote, not its input
-            raise disk_full_error(out) from None
         raise CnnctcError(f"onnxruntime's quantizer failed on {model_onnx}: {_one_line(exc)}") from None
     result = onnx.load(str(quantized))
     del result.metadata_props[:]

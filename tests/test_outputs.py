@@ -17,8 +17,8 @@ import pytest
 import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9)
 
 from conftest import subprocess_env
-from test_runtime import DIGITS, WIDTH, random_checkpoint
-from cnnctc._output import output_lock, put_in_place
+from test_runtime import DIGITS, random_checkpoint
+from cnnctc._output import put_in_place
 from cnnctc.errors import CnnctcError
 from cnnctc.export import MindIRRunner, export_model, sidecar_path
 from cnnctc.onnx_runtime import OnnxRunner
