@@ -27,6 +27,8 @@ from cnnctc.transforms import find_images
 
 DIGITS = "0123456789"
 WIDTH = 32
+# auto means onnxruntime only on a CPU-only machine (no /dev/nvidia<N>, no /dev/davinci<N>)
+pytestmark = pytest.mark.skipif(not cpu_only(), reason="a GPU or Ascend device is here: auto runs MindSpore")
 
 
 def random_checkpoint(path, seed):
