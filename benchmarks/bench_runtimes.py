@@ -7,10 +7,18 @@ process, times end to end recognition (PIL image in, text out) at batch 1 and 32
 on the same rendered words, compares the int8 model's per-column argmaxes and texts with the
 float model's, and times the first word of ``cnnctc predict --checkpoint X one.png`` in fresh
 processes. ``--eval LMDB`` adds word accuracy of the float and int8 files (``cnnctc eval``).
-Prints Markdown tables and the machine.
 
-    python benchmarks/bench_runtimes.py [--images 128] [--repeats 3] [--checkpoint CKPT] [--eval LMDB]
+The default runtime (``--runtime auto``) is measured on a hub-layout cache: the checkpoint laid
+out where the hub client keeps an asset, named by a manifest (``CNNCTC_MANIFEST``, offline), so
+``cnnctc predict one.png`` without ``--checkpoint`` reads it as it reads the hub model. The first
+such run exports it to ONNX into the cache (timed once); from the second run on, the first word
+in a fresh process is timed against ``predict --checkpoint model.onnx`` and ``--runtime
+mindspore`` in the same loop, and end to end throughput at batch 32 of the three in this process.
+``--auto-only`` measures only that part. Prints Markdown tables and the machine.
+
+    python benchmarks/bench_runtimes.py [--images 128] [--repeats 3] [--checkpoint CKPT] [--eval LMDB] [--auto-only]
 """
+import json
 import argparse
 import os
 import platform
@@ -74,19 +82,79 @@ def best_rates(runs, count, repeats):
     return [count / seconds for seconds in best]
 
 
+def _predict(args, env=None):
+    """Wall time and stdout of ``cnnctc predict --quiet ARGS`` in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)  # set by MindSpore in this process
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "cnnctc", "predict", "--quiet", *map(str, args)], env=env,
+                         capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        raise SystemExit(f"predict {' '.join(map(str, args))} failed: {run.stderr.strip()}")
+    return seconds, run.stdout
+
+
 def first_word_seconds(model, image, repeats):
     """Best wall time of ``cnnctc predict --checkpoint model image`` in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)  # set by MindSpore in this process
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "cnnctc", "predict", "--quiet", "--checkpoint", str(model),
-                              str(image)], env=env, capture_output=True, text=True)
-        best = min(best, time.perf_counter() - start)
-        if run.returncode != 0:
-            raise SystemExit(f"predict failed on {model}: {run.stderr.strip()}")
-    return best
+    return min(_predict(["--checkpoint", model, image])[0] for _ in range(repeats))
+
+
+def hub_layout(work, checkpoint):
+    """A cache holding ``checkpoint`` where the hub client keeps an asset, and the manifest naming it."""
+    from cnnctc.download import sha256_file
+    from cnnctc.registry import get_model
+    cache = work / "cache"
+    data = get_model().manifest.to_dict()
+    data.update(uid="bench/hub/cnnctc_seeded", file_name=checkpoint.name, sha256=sha256_file(checkpoint),
+                url="https://example.invalid/" + checkpoint.name)
+    manifest = work / "manifest.json"
+    manifest.write_text(json.dumps(data))
+    (cache / "bench" / "hub").mkdir(parents=True, exist_ok=True)
+    target = cache / "bench" / "hub" / checkpoint.name
+    if not target.exists():
+        os.link(checkpoint, target)
+    return cache, manifest
+
+
+def auto_runtime(work, checkpoint, onnx_file, images, one_png, repeats):
+    """The default runtime on a hub-layout cache against the exported file and MindSpore (module docstring)."""
+    import shutil
+    cache, manifest = hub_layout(work, checkpoint)
+    shutil.rmtree(cache / "bench" / "hub", ignore_errors=True)
+    (cache / "bench" / "hub").mkdir(parents=True)
+    os.link(checkpoint, cache / "bench" / "hub" / checkpoint.name)
+    env = {"CNNCTC_CACHE_DIR": str(cache), "CNNCTC_MANIFEST": str(manifest), "CNNCTC_OFFLINE": "1"}
+    first_run, auto_text = _predict([one_png], env)   # verifies (and stamps) the asset, exports once
+    exported = sorted((cache / "bench" / "hub").glob("*.onnx"))
+    assert len(exported) == 1, exported
+    cases = {"auto (default), hub-layout cache, second run on": [one_png],
+             "--checkpoint model.onnx": ["--checkpoint", onnx_file, one_png],
+             "--runtime mindspore, hub-layout cache": ["--runtime", "mindspore", one_png]}
+    best = {name: float("inf") for name in cases}
+    outputs = {}
+    for _ in range(repeats):   # interleaved, so that the machine's drift affects them alike
+        for name, case in cases.items():
+            seconds, outputs[name] = _predict(case, env)
+            best[name] = min(best[name], seconds)
+    texts = {name: [line.rsplit(" (", 1)[0] for line in out.splitlines()] for name, out in outputs.items()}
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        readers = {"auto (default), hub-layout cache, second run on": Recognizer(),
+                   "--checkpoint model.onnx": Recognizer(onnx_file),
+                   "--runtime mindspore, hub-layout cache": Recognizer(runtime="mindspore", device_target="CPU")}
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    runs = [lambda r=r: r.recognize(images) for r in readers.values()]
+    rates = dict(zip(readers, best_rates(runs, len(images), repeats)))
+    read = {name: [p.text for p in r.recognize(images)] for name, r in readers.items()}
+    return first_run, best, rates, len(set(map(tuple, texts.values()))) == 1 and len(set(map(tuple, read.values()))) == 1
 
 
 def machine():
@@ -112,6 +180,7 @@ def main():
     parser.add_argument("--checkpoint", help="weights to use (default: seeded random, full size)")
     parser.add_argument("--eval", nargs="+", metavar="LMDB", help="also report word accuracy of float and int8")
     parser.add_argument("--workdir", help="keep the checkpoint and exported files here")
+    parser.add_argument("--auto-only", action="store_true", help="measure only the default runtime (--runtime auto)")
     args = parser.parse_args()
 
     configure_context("CPU")
@@ -126,9 +195,18 @@ def main():
     export_seconds = time.perf_counter() - start
 
     fonts = find_fonts() or [None]
-    reader = Recognizer(checkpoint, device_target="CPU")
+    reader = Recognizer(checkpoint, device_target="CPU", runtime="mindspore")
     alphabet = reader.alphabet
     rng = random.Random(0)
+    if args.auto_only:
+        words = random_words(args.images, alphabet, rng=rng)
+        images = [render_word(w, font=fonts[i % len(fonts)], rng=rng) for i, w in enumerate(words)]
+        images[0].save(work / "one.png")
+        print(f"machine: {machine()}")
+        print(f"weights: {'seeded random, full size' if not args.checkpoint else checkpoint.name}; "
+              f"export {export_seconds:.1f} s")
+        print_auto(*auto_runtime(work, checkpoint, onnx_file, images, work / "one.png", args.repeats), len(images))
+        return
     calib_dir = work / "calib"
     calib_dir.mkdir(exist_ok=True)
     for i, word in enumerate(random_words(args.calib, alphabet, rng=rng)):
@@ -146,13 +224,15 @@ def main():
                 ("onnxruntime int8", int8_file)]
     rates = {}
     for batch_size, count in ((1, args.single), (32, args.images)):
-        readers = [Recognizer(model, device_target="CPU", batch_size=batch_size) for _, model in runtimes]
+        readers = [Recognizer(model, device_target="CPU", batch_size=batch_size, runtime="auto" if i else "mindspore")
+                   for i, (_, model) in enumerate(runtimes)]
         subset = images[:count]
         found = best_rates([lambda r=r: r.recognize(subset) for r in readers], count, args.repeats)
         for (name, _), rate in zip(runtimes, found):
             rates[name, batch_size] = rate
 
-    readers = [Recognizer(model, device_target="CPU") for _, model in runtimes]
+    readers = [Recognizer(model, device_target="CPU", runtime="auto" if i else "mindspore")
+               for i, (_, model) in enumerate(runtimes)]
     from cnnctc.transforms import preprocess
     batch = preprocess(images, readers[0].manifest)
     ms_logits, float_logits, int8_logits = (r.logits(batch) for r in readers)
@@ -163,6 +243,7 @@ def main():
 
     startup = {name: first_word_seconds(model, one_png, args.repeats) for name, model in
                (("ckpt", checkpoint), ("onnx", onnx_file), ("int8.onnx", int8_file))}
+    auto = auto_runtime(work, checkpoint, onnx_file, images[:args.images], one_png, args.repeats)
 
     print(f"machine: {machine()}")
     print(f"weights: {'seeded random, full size' if not args.checkpoint else checkpoint.name}; "
@@ -183,14 +264,31 @@ def main():
     print("| --- | ---: |")
     for name, seconds in startup.items():
         print(f"| .{name} | {seconds:.2f} |")
+    print_auto(*auto, len(images))
     if args.eval:
         from cnnctc.evaluation import evaluate
         print()
         print("| model | word accuracy % | 1-N.E.D. |")
         print("| --- | ---: | ---: |")
         for name, model in runtimes:
-            _, total = evaluate(Recognizer(model, device_target="CPU"), args.eval)
+            _, total = evaluate(Recognizer(model, device_target="CPU", runtime="auto" if model != checkpoint
+                                           else "mindspore"), args.eval)
             print(f"| {name} | {total.accuracy:.2f} | {total.norm_ed:.4f} |")
+
+
+def print_auto(first_run, first_word, rates, same_text, count):
+    base_word = first_word["--checkpoint model.onnx"]
+    base_rate = rates["--checkpoint model.onnx"]
+    print()
+    print(f"The default runtime (`--runtime auto`), one run; the first run exported to ONNX in {first_run:.1f} s "
+          f"(first word included). Same text from all three: {'yes' if same_text else 'NO'}.")
+    print()
+    print(f"| `cnnctc predict` | first word, fresh process (s) | vs model.onnx | batch 32, {count} images (images/s) "
+          "| vs model.onnx |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in first_word:
+        print(f"| {name} | {first_word[name]:.2f} | {first_word[name] / base_word:.2f}x | {rates[name]:.1f} | "
+              f"{rates[name] / base_rate:.2f} |")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def _reader(args):
     from .recognizer import Recognizer
     return Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
                       model=getattr(args, "model", None), manifest=getattr(args, "manifest", None),
-                      decoder=args.decoder, decoder_options=_decoder_options(args))
+                      decoder=args.decoder, decoder_options=_decoder_options(args), runtime=args.runtime)
 
 
 def _printable(name):
@@ -460,6 +460,11 @@ def build_parser():
                        metavar="D", help="with a lexicon: only words within D edits of the greedy reading (the CRNN "
                        "protocol; faster on large lexicons)")
 
+    def runtime_arg(p):
+        p.add_argument("--runtime", choices=("auto", "mindspore", "onnxruntime"), default="auto",
+                       help="for a checkpoint or hub uid: auto (default) runs onnxruntime on a CPU-only machine "
+                       "with the onnx extra, from an ONNX export made once and kept in the cache, else MindSpore")
+
     def model_arg(p):
         p.add_argument("--model", metavar="UID", help="hub uid of the model (default: "
                        "mindspore/1.3/cnnctc_mjstiiit; `cnnctc list` shows all)")
@@ -508,6 +513,7 @@ def build_parser():
                    "per line with per-character probabilities")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders (and ** in globs)")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+    runtime_arg(p)
     decoder_args(p)
 
     p = add("render", cmd_render, "draw synthetic word images with the installed fonts (for demos and tests); "
@@ -568,6 +574,7 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per network call (default 32)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
+    runtime_arg(p)
     decoder_args(p, top_k=False)
     p.add_argument("--per-image-lexicon", action="store_true", help="read each sample that carries a lexicon "
                    "(LMDB key lexicon-NNNNNNNNN, one word per line; make-lmdb takes it from a third column) "

@@ -8,19 +8,26 @@ files have them in a JSON file beside them (``model.mindir.json``).
 ONNX files are rewritten after MindSpore's exporter (which writes opset 11 with a fixed batch):
 opset 13 (per-channel int8 needs it), a symbolic batch axis unless a batch size is asked for,
 input ``images`` and output ``logits``. Every file is written under a temporary name and
-renamed into place; nothing is left behind on an error or Ctrl-C.
+renamed into place (see ``_output``): a second export to the same file is refused while the
+first runs, a file that appeared meanwhile is never replaced without ``overwrite``, the input
+checkpoint is never an output, and nothing is left behind on an error, Ctrl-C or ``kill -9``
+(the next export to that file removes what a killed one left).
 """
+import contextlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ._checks import positive_int
+from ._native import quiet_native_stderr
+from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
+                      work_folder)
 from .errors import CnnctcError
-from .onnx_runtime import MANIFEST_KEY, run_in_batches
+from .onnx_runtime import MANIFEST_KEY, check_outputs, run_in_batches
 
 __all__ = ["export_model", "MindIRRunner", "read_sidecar", "sidecar_path", "FORMATS", "MANIFEST_KEY"]
 
@@ -43,12 +50,6 @@ def sidecar_path(path):
     return path.with_name(path.name + ".json")
 
 
-def _file_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _check_out(out, fmt, overwrite):
     out = Path(out).expanduser()
     suffix = _SUFFIX[fmt]
@@ -57,7 +58,11 @@ def _check_out(out, fmt, overwrite):
                           "(predict and eval choose the runtime by the suffix)")
     if out.is_dir():
         raise CnnctcError(f"--out {out}: a folder; name the file to write")
-    _refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite)
+    if fmt != "onnx":   # the description beside the model obeys --overwrite too
+        if sidecar_path(out).is_dir():
+            raise CnnctcError(f"{sidecar_path(out)}: a folder where the model's description would go; move it")
+        refuse_existing(sidecar_path(out), overwrite)
     if not out.parent.is_dir():
         raise CnnctcError(f"{out.parent}: no such folder")
     if not os.access(out.parent, os.W_OK | os.X_OK):
@@ -245,15 +250,30 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
     fmt = str(format).lower()
     if fmt not in FORMATS:
         raise CnnctcError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
-    if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
-        raise CnnctcError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "batch_size")
     out = _check_out(out, fmt, overwrite)
+    outputs = [out] if fmt == "onnx" else [out, sidecar_path(out)]
+    for path in outputs:
+        refuse_inputs(path, [checkpoint])
+    with output_lock(out, what="exporting to"):
+        return export_locked(out, fmt=fmt, checkpoint=checkpoint, model=model, manifest=manifest,
+                             batch_size=batch_size, device_target=device_target, overwrite=overwrite,
+                             network_kwargs=network_kwargs)
+
+
+def export_locked(out, *, fmt, checkpoint, model, manifest, batch_size, device_target, overwrite,
+                  network_kwargs):
+    """:func:`export_model` once ``out`` is checked and its lock held (the runtime's cache calls it)."""
     from .loader import load_model, select_device
     if fmt == "air" and select_device(device_target) != "Ascend":
         raise CnnctcError("AIR export needs an Ascend device; use --format mindir or onnx")
     loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target, **network_kwargs)
     if loaded.checkpoint is None:
         raise CnnctcError("nothing to export: the network has no trained weights")
+    outputs = [out] if fmt == "onnx" else [out, sidecar_path(out)]
+    for path in outputs:   # the registry's asset is known only now
+        refuse_inputs(path, [loaded.checkpoint])
     if checkpoint is None:
         source_sha256 = loaded.manifest.sha256   # the registry's asset, verified when it was fetched
         lineage = None
@@ -271,46 +291,51 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
     from ._mindspore import mindspore as ms
     # MindSpore's exporter chmods the folder it writes to (0700) and writes read-only files:
     # it writes into a private folder beside ``out``, on the same file system for the rename.
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    work = work_folder(out)
     try:
-        raw = work / f"raw{_SUFFIX[fmt]}"
-        if fmt == "mindir" and batch_size is None:
-            example = ms.Tensor(shape=[None, *shape[1:]], dtype=ms.float32)
-        else:
-            example = ms.Tensor(np.zeros(shape, np.float32))
-        try:
-            ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {str(exc).splitlines()[0]}") from None
-        if not raw.is_file():
-            raise CnnctcError(f"MindSpore wrote no {fmt.upper()} file (expected {raw.name})")
-        if fmt == "onnx":
-            final = work / "final.onnx"
-            _finish_onnx(raw, final, metadata, batch_size is None, traced)
-            error = _check_onnx_matches(final, loaded.network, (2 if batch_size is None else batch_size, *shape[1:]))
-            if error is not None:
-                log.info("onnxruntime reproduces MindSpore's logits (max relative difference %.1e)", error)
-            os.chmod(final, _file_mode())
-            _refuse_existing(out, overwrite)
-            os.replace(final, out)
-        else:
-            side = work / "final.json"
-            side.write_text(json.dumps({**metadata, "model_file": out.name}, indent=2,
-                                       ensure_ascii=False) + "\n", encoding="utf-8")
-            os.chmod(raw, _file_mode())
-            os.chmod(side, _file_mode())
-            _refuse_existing(out, overwrite)
-            # The description first: a model file never appears without it.
-            os.replace(side, sidecar_path(out))
-            os.replace(raw, out)
+        with full_disk_named(out, work):
+            _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def _refuse_existing(out, overwrite):
-    if out.exists() and not overwrite:  # it may have appeared while exporting
-        raise CnnctcError(f"{out} already exists; use --overwrite to replace it")
+def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, overwrite):
+    raw = work / f"raw{_SUFFIX[fmt]}"
+    if fmt == "mindir" and batch_size is None:
+        example = ms.Tensor(shape=[None, *shape[1:]], dtype=ms.float32)
+    else:
+        example = ms.Tensor(np.zeros(shape, np.float32))
+    try:
+        with quiet_native_stderr():
+            ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
+    except (RuntimeError, ValueError, TypeError) as exc:   # a full disk is named by full_disk_named
+        raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {str(exc).splitlines()[0]}") from None
+    if not raw.is_file():
+        raise CnnctcError(f"MindSpore wrote no {fmt.upper()} file (expected {raw.name})")
+    if fmt == "onnx":
+        final = work / "final.onnx"
+        _finish_onnx(raw, final, metadata, batch_size is None, traced)
+        error = _check_onnx_matches(final, loaded.network, (2 if batch_size is None else batch_size, *shape[1:]))
+        if error is not None:
+            log.info("onnxruntime reproduces MindSpore's logits (max relative difference %.1e)", error)
+        os.chmod(final, file_mode())
+        put_in_place(final, out, overwrite)
+        return
+    side = work / "final.json"
+    side.write_text(json.dumps({**metadata, "model_file": out.name}, indent=2, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    os.chmod(raw, file_mode())
+    os.chmod(side, file_mode())
+    # The description first: a model file never appears without it.
+    put_in_place(side, sidecar_path(out), overwrite)
+    try:
+        put_in_place(raw, out, overwrite)
+    except BaseException:
+        if not overwrite:   # the description placed just now belongs to no model: take it back
+            with contextlib.suppress(OSError):
+                os.unlink(sidecar_path(out))
+        raise
 
 
 # MindIR runtime ------------------------------------------------------------------------------
@@ -331,7 +356,7 @@ def read_sidecar(path):
     from .manifest import Manifest
     manifest = Manifest.from_dict(info[MANIFEST_KEY], source=side)
     batch = info.get("batch_size")
-    if batch is not None and (type(batch) is not int or batch < 1):
+    if batch is not None and (type(batch) is not int or batch < 1 or batch > 4096):
         raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {batch!r}")
     return manifest, info
 
@@ -354,10 +379,29 @@ class MindIRRunner:
         from .loader import configure_context
         configure_context(device_target)
         try:
-            graph = ms.load(str(path))
+            with quiet_native_stderr():   # MindSpore's C++ core prints '[ERROR] CORE(...)' for a damaged file
+                graph = ms.load(str(path))
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
             raise CnnctcError(f"{path}: not a loadable MindIR file ({str(exc).splitlines()[0]})") from None
         self.network = ms.nn.GraphCell(graph)
+        for name, parameter in self.network.parameters_dict().items():
+            if not np.isfinite(parameter.asnumpy()).all():
+                raise CnnctcError(f"{path}: the weight {name!r} holds NaN or infinite values; the file is damaged, "
+                                  "export it again")
+        pre = self.manifest.preprocess
+        probe = np.zeros((self.batch_size or 1, 3, pre.height, pre.max_width), np.float32)
+        wrong = (f"{path}: does not take the (batch, 3, {pre.height}, {pre.max_width}) images "
+                 f"{sidecar_path(path).name} describes")
+        try:
+            with quiet_native_stderr():
+                logits = self(probe)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CnnctcError(f"{wrong} ({str(exc).splitlines()[0]}); it is not the model its description "
+                              "claims") from None
+        if logits.ndim < 1 or logits.shape[0] != len(probe):   # e.g. a taller image folded into the batch
+            raise CnnctcError(f"{wrong} ({len(probe)} images gave {tuple(logits.shape)}); it is not the model its "
+                              "description claims")
+        check_outputs(logits, self.manifest, path)
 
     def __call__(self, batch):
         from ._mindspore import mindspore as ms

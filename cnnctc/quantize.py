@@ -17,11 +17,13 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ._checks import positive_int
+from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
+                      work_folder)
 from .errors import CnnctcError
 
 __all__ = ["quantize_model", "QuantizeReport", "calibration_images"]
@@ -150,19 +152,12 @@ def _check_out(out, overwrite):
                           "by the suffix)")
     if out.is_dir():
         raise CnnctcError(f"--out {out}: a folder; name the file to write")
-    if out.exists() and not overwrite:
-        raise CnnctcError(f"{out} already exists; use --overwrite to replace it")
+    refuse_existing(out, overwrite)
     if not out.parent.is_dir():
         raise CnnctcError(f"{out.parent}: no such folder")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise CnnctcError(f"{out.parent}: permission denied (cannot write there)")
     return out
-
-
-def _file_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _one_line(exc):
@@ -209,12 +204,19 @@ def quantize_model(model_onnx, calib, out, *, max_images=256, per_channel=True, 
     activations uint8. Returns a :class:`QuantizeReport` with the per-column argmax agreement
     with the float model on the calibration images.
     """
-    from .onnx_runtime import OnnxRunner
-    if type(max_images) is not int or max_images < 1:
-        raise CnnctcError(f"max_images must be a positive integer, got {max_images!r}")
+    max_images = positive_int(max_images, "max_images", upper=100_000)
+    batch_size = positive_int(batch_size, "batch_size", upper=4096)
     model_onnx = Path(model_onnx)
     calib = [calib] if isinstance(calib, (str, os.PathLike)) else list(calib)
+    refuse_inputs(out, [model_onnx, *calib])   # before the existing-file check: that is not the problem
     out = _check_out(out, overwrite)
+    with output_lock(out, what="writing"):
+        return _quantize(model_onnx, calib, out, max_images=max_images, per_channel=per_channel,
+                         overwrite=overwrite, batch_size=batch_size)
+
+
+def _quantize(model_onnx, calib, out, *, max_images, per_channel, overwrite, batch_size):
+    from .onnx_runtime import OnnxRunner
     onnx, quantization, quant_pre_process = _import_quantizer()
     float_runner = OnnxRunner(model_onnx)
     manifest = float_runner.manifest
@@ -245,49 +247,56 @@ def quantize_model(model_onnx, calib, out, *, max_images=256, per_channel=True, 
             batch = next(self._batches, None)
             return None if batch is None else {input_name: batch}
 
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    work = work_folder(out)
     try:
-        prepared, quantized, final = work / "prepared.onnx", work / "quantized.onnx", work / "final.onnx"
-        try:
-            with _QuietQuantizer():
-                # Folds BatchNormalization into Conv (the quantizer would otherwise try to quantize
-                # its 1-D parameters per channel) and records shapes.
-                quant_pre_process(str(model_onnx), str(prepared), skip_symbolic_shape=True)
-                prepared_model = onnx.load(str(prepared), load_external_data=False)
-                exclude = [n.name for n in prepared_model.graph.node if n.op_type in _FLOAT_OPS]
-                del prepared_model
-                quantization.quantize_static(
-                    str(prepared), str(quantized), Reader(), quant_format=quantization.QuantFormat.QDQ,
-                    per_channel=per_channel, activation_type=quantization.QuantType.QUInt8,
-                    weight_type=quantization.QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=quantization.CalibrationMethod.MinMax)
-        except (KeyboardInterrupt, CnnctcError):
-            raise
-        except Exception as exc:  # the quantizer raises many types; report it on one line
-            raise CnnctcError(f"onnxruntime's quantizer failed on {model_onnx}: {_one_line(exc)}") from None
-        result = onnx.load(str(quantized))
-        del result.metadata_props[:]
-        for key, value in {**float_runner.metadata,
-                           "quantization": f"static int8 QDQ, {'per-channel' if per_channel else 'per-tensor'} "
-                                           f"int8 weights, uint8 activations, MinMax ranges from {len(images)} "
-                                           "calibration images",
-                           "float_model": model_onnx.name}.items():
-            entry = result.metadata_props.add()
-            entry.key, entry.value = key, value if key in float_runner.metadata else json.dumps(value)
-        result.doc_string = model_onnx.name + " quantized to int8 by cnnctc. " + result.doc_string
-        onnx.save(result, str(final))
-        del result
-
-        int8_runner = OnnxRunner(final)
-        agreement, columns, same_text = _agreement(_in_chunks(float_runner, images, chunk),
-                                                   _in_chunks(int8_runner, images, chunk), manifest.alphabet)
-        del int8_runner
-        os.chmod(final, _file_mode())
-        if out.exists() and not overwrite:
-            raise CnnctcError(f"{out} already exists; use --overwrite to replace it")
-        os.replace(final, out)
+        with full_disk_named(out, work):
+            return _write(work, out, onnx, quantization, quant_pre_process, model_onnx, float_runner, Reader,
+                          images, skipped, chunk, per_channel, overwrite)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _write(work, out, onnx, quantization, quant_pre_process, model_onnx, float_runner, Reader, images, skipped,
+           chunk, per_channel, overwrite):
+    from .onnx_runtime import OnnxRunner
+    manifest = float_runner.manifest
+    prepared, quantized, final = work / "prepared.onnx", work / "quantized.onnx", work / "final.onnx"
+    try:
+        with _QuietQuantizer():
+            # Folds BatchNormalization into Conv (the quantizer would otherwise try to quantize
+            # its 1-D parameters per channel) and records shapes.
+            quant_pre_process(str(model_onnx), str(prepared), skip_symbolic_shape=True)
+            prepared_model = onnx.load(str(prepared), load_external_data=False)
+            exclude = [n.name for n in prepared_model.graph.node if n.op_type in _FLOAT_OPS]
+            del prepared_model
+            quantization.quantize_static(
+                str(prepared), str(quantized), Reader(), quant_format=quantization.QuantFormat.QDQ,
+                per_channel=per_channel, activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8, nodes_to_exclude=exclude,
+                calibrate_method=quantization.CalibrationMethod.MinMax)
+    except (KeyboardInterrupt, CnnctcError):
+        raise
+    except Exception as exc:  # the quantizer raises many types; report it on one line
+        raise CnnctcError(f"onnxruntime's quantizer failed on {model_onnx}: {_one_line(exc)}") from None
+    result = onnx.load(str(quantized))
+    del result.metadata_props[:]
+    for key, value in {**float_runner.metadata,
+                       "quantization": f"static int8 QDQ, {'per-channel' if per_channel else 'per-tensor'} "
+                                       f"int8 weights, uint8 activations, MinMax ranges from {len(images)} "
+                                       "calibration images",
+                       "float_model": model_onnx.name}.items():
+        entry = result.metadata_props.add()
+        entry.key, entry.value = key, value if key in float_runner.metadata else json.dumps(value)
+    result.doc_string = model_onnx.name + " quantized to int8 by cnnctc. " + result.doc_string
+    onnx.save(result, str(final))
+    del result
+
+    int8_runner = OnnxRunner(final)
+    agreement, columns, same_text = _agreement(_in_chunks(float_runner, images, chunk),
+                                               _in_chunks(int8_runner, images, chunk), manifest.alphabet)
+    del int8_runner
+    os.chmod(final, file_mode())
+    put_in_place(final, out, overwrite)
     return QuantizeReport(out=out, images=len(images), skipped=skipped, columns=columns, agreement=agreement,
                           same_text=same_text, per_channel=per_channel, float_bytes=model_onnx.stat().st_size,
                           int8_bytes=out.stat().st_size)

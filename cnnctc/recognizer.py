@@ -1,20 +1,28 @@
 """Read words from images: preprocessing, a model runtime and CTC decoding, batched.
 
-The runtime is MindSpore for checkpoints (``.ckpt``) and MindIR files, onnxruntime for ``.onnx``
-files (MindSpore is then never imported). Every runtime maps a (B, 3, 32, 100) float32 batch to
-(B, T, C) logits; preprocessing and decoding are the same for all of them.
+``.onnx`` files run on onnxruntime (MindSpore is then never imported), MindIR files on MindSpore.
+A checkpoint (``.ckpt``) or a hub uid runs on the ``runtime`` asked for; ``auto`` (the default)
+takes onnxruntime on a CPU-only machine with the ``onnx`` extra, through an export kept in the
+cache (see :mod:`cnnctc.runtime`), and MindSpore otherwise. Every runtime maps a
+(B, 3, 32, 100) float32 batch to (B, T, C) logits; preprocessing and decoding are the same for
+all of them.
 """
-
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
+from ._checks import positive_int
 from .decoding import ctc_greedy_decode
-from .errors import CnnctcError
-from .manifest import load_manifest
+from .errors import CnnctcError, DownloadError, IntegrityError
+from .manifest import _NETWORK_KEYS, load_manifest
+from .runtime import check_runtime
 from .transforms import ImageError, find_images, load_image, preprocess_image  # noqa: F401 (find_images: API)
 
 __all__ = ["Recognizer", "MindSporeRunner", "find_images", "padded_batch_size"]
+
+log = logging.getLogger(__name__)
 
 
 def padded_batch_size(n, batch_size):
@@ -46,47 +54,98 @@ class MindSporeRunner:
         return np.concatenate(outputs)
 
 
-def _open_model(checkpoint, *, model, manifest, batch_size, device_target, network, network_kwargs):
+def _refuse(runtime, wanted, what):
+    if runtime not in ("auto", wanted):
+        raise CnnctcError(f"{what} runs on {wanted}, not {runtime}; leave runtime out (or use auto or {wanted})")
+
+
+def _open_model(checkpoint, *, model, manifest, batch_size, device_target, network, network_kwargs, runtime):
     """(runner, manifest) for a checkpoint, an exported file, a given network or the registry's asset."""
     if network is not None:
+        _refuse(runtime, "mindspore", "a given network")
         return MindSporeRunner(network, batch_size), load_manifest(manifest, model=model)
     suffix = Path(checkpoint).suffix.lower() if checkpoint is not None else ""
+    if suffix in (".onnx", ".mindir"):
+        if network_kwargs:
+            raise TypeError(f"Recognizer() got network options {', '.join(sorted(network_kwargs))}, but an exported "
+                            f"{suffix} file has its network built in")
     if suffix == ".onnx":
+        _refuse(runtime, "onnxruntime", "an .onnx file")
         from .onnx_runtime import OnnxRunner
         runner = OnnxRunner(checkpoint)
         return runner, runner.manifest
     if suffix == ".mindir":
+        _refuse(runtime, "mindspore", "a .mindir file")
         from .export import MindIRRunner
         runner = MindIRRunner(checkpoint, device_target=device_target)
         return runner, runner.manifest
+    from .runtime import cached_onnx, prefers_onnxruntime
+    why_not_onnx = None
+    if runtime == "onnxruntime" or (runtime == "auto" and prefers_onnxruntime(device_target)):
+        try:
+            runner = cached_onnx(checkpoint, model=model, manifest=manifest, device_target=device_target,
+                                 network_kwargs=network_kwargs)
+            return runner, runner.manifest
+        except (DownloadError, IntegrityError):
+            raise   # the checkpoint itself cannot be had: MindSpore would only try the download again
+        except CnnctcError as exc:
+            if runtime == "onnxruntime":
+                raise
+            why_not_onnx = exc   # auto: MindSpore reads it (and says what is wrong with it, if anything)
     from .loader import load_model
     loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target, **network_kwargs)
+    if why_not_onnx is not None:
+        log.info("running on MindSpore: no ONNX export (%s)", why_not_onnx)
     return MindSporeRunner(loaded.network, batch_size), loaded.manifest
+
+
+def _one_or_many(images):
+    """A single image (path, bytes, PIL image, one array) as a list of one; anything else as a list."""
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if hasattr(images, "getpixel") and hasattr(images, "mode"):   # a PIL image, without importing PIL here
+        return [images]
+    try:
+        return list(images)
+    except TypeError:
+        raise TypeError(f"images must be an image (path, bytes, PIL image or array) or a list of them, "
+                        f"got {type(images).__name__}") from None
 
 
 class Recognizer:
     """CNN-CTC with its preprocessing and decoding, on MindSpore or onnxruntime.
 
     >>> reader = Recognizer()                      # hub weights (downloaded and verified once)
-    >>> reader.recognize(["word.png"])[0].text
-    >>> Recognizer("model.onnx", decoder="beam", top_k=3)
+    >>> reader.recognize("word.png")[0].text       # one image or a list of them
+    >>> Recognizer("model.onnx", decoder="beam", decoder_options={"top_k": 3})
 
     ``checkpoint``: a ``.ckpt`` (its alphabet and width come along), an exported ``.onnx`` or
     ``.mindir`` (alphabet and preprocessing read from the file), or None for the registry's
-    asset of ``model`` (a hub uid). ``decoder``: "greedy" (default), "beam", or a callable
-    ``(logits, alphabet, with_chars=False) -> [Prediction]``; ``decoder_options`` go to
-    :func:`cnnctc.decoding.make_decoder` (``beam_width``, ``top_k``, ``lexicon``, ``max_distance``).
+    asset of ``model`` (a hub uid). ``runtime`` for a checkpoint: "auto" (default: onnxruntime on
+    a CPU-only machine with the onnx extra, through an ONNX export kept in the cache; MindSpore
+    otherwise), "mindspore" or "onnxruntime". ``decoder``: "greedy" (default), "beam", or a
+    callable ``(logits, alphabet, with_chars=False) -> [Prediction]``; ``decoder_options`` (a
+    dict) go to :func:`cnnctc.decoding.make_decoder` (``beam_width``, ``top_k``, ``lexicon``,
+    ``max_distance``). Further keywords are network options of a checkpoint (``output_channel``,
+    ``hidden_size``, ...); any other keyword is a TypeError.
     """
 
     def __init__(self, checkpoint=None, *, model=None, manifest=None, batch_size=32, device_target=None,
-                 decoder="greedy", decoder_options=None, network=None, **network_kwargs):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise CnnctcError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = batch_size
-        self.runner, self.manifest = _open_model(checkpoint, model=model, manifest=manifest, batch_size=batch_size,
-                                                 device_target=device_target, network=network,
-                                                 network_kwargs=network_kwargs)
-        self.decode = _make_decoder(decoder, decoder_options or {})
+                 decoder="greedy", decoder_options=None, network=None, runtime="auto", **network_kwargs):
+        self.batch_size = positive_int(batch_size, "batch_size")
+        runtime = check_runtime(runtime)
+        unknown = sorted(set(network_kwargs) - set(_NETWORK_KEYS))
+        if unknown:
+            hint = " (decoder options go in decoder_options={...})" if set(unknown) & _DECODER_KEYS else ""
+            raise TypeError(f"Recognizer() got unexpected keyword argument(s) {', '.join(unknown)}{hint}")
+        if decoder_options is not None and not isinstance(decoder_options, dict):
+            raise TypeError(f"decoder_options must be a dict, got {type(decoder_options).__name__}")
+        self.decode = _make_decoder(decoder, decoder_options or {})   # a wrong option fails before a model loads
+        self.runner, self.manifest = _open_model(checkpoint, model=model, manifest=manifest,
+                                                 batch_size=self.batch_size, device_target=device_target,
+                                                 network=network, network_kwargs=network_kwargs, runtime=runtime)
         if getattr(self.decode, "lexicon", None) is not None:  # refuse a lexicon with no readable word now
             self.decode.prepared_lexicon(self.alphabet)
         self._config = self.manifest.preprocess
@@ -113,7 +172,8 @@ class Recognizer:
         return self.decode(self.logits(batch), self.alphabet, with_chars=with_chars)
 
     def recognize(self, images, *, with_chars=False):
-        """Images (PIL, paths, bytes or arrays) -> list of Prediction(text, confidence, chars).
+        """An image or a list of images (PIL, paths, bytes or arrays) -> list of Prediction(text,
+        confidence, chars), one per image.
 
         Raises :class:`ImageError` naming the first input that is not a readable image.
         """
@@ -126,7 +186,7 @@ class Recognizer:
 
     def recognize_each(self, images, *, with_chars=False):
         """Yield (input, Prediction or ImageError) in order; an unreadable input does not stop the rest."""
-        images = list(images)
+        images = _one_or_many(images)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             arrays, results = [], {}
@@ -140,6 +200,9 @@ class Recognizer:
                 results.update({i: prediction for (i, _), prediction in zip(arrays, decoded)})
             for i, image in enumerate(chunk):
                 yield image, results[i]
+
+
+_DECODER_KEYS = {"beam_width", "top_k", "lexicon", "max_distance", "decoder"}
 
 
 def _make_decoder(decoder, options):
