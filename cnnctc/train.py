@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from ._mindspore import mindspore as ms
-from mindspore import dataset as msds
 from mindspore import nn, ops
 
 from ._signals import interrupt_deferred as _interrupt_deferred
 from ._signals import terminate_as_interrupt as _terminate_as_interrupt
+from .batches import MAX_WORKERS, BatchLoader, default_workers, epoch_order
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint, save_checkpoint
 from .data import LabelFilter, LmdbDataset
 from .download import fetch
@@ -109,6 +109,7 @@ class TrainConfig:
     output_channel: int = 512
     seed: int = 1
     log_every: int = 50
+    workers: int = None             # data-loading processes (default: the cores, shared by the machine's ranks)
 
     def check(self):
         """Raise CnnctcError naming the first setting out of its range (nothing is built)."""
@@ -150,6 +151,8 @@ class TrainConfig:
                               f"got {self.output_channel!r}")
         integer("seed", 0, 2 ** 32 - 1)
         integer("log_every", 1)
+        if self.workers is not None:
+            integer("workers", 1, MAX_WORKERS)
 
 
 def lr_schedule(total_steps, base_lr, warmup_steps, warmup_start=0.0625):
@@ -211,26 +214,6 @@ class TrainStep(nn.Cell):
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
         return loss, ops.logical_not(finite)
-
-
-class _TrainSource:
-    """A dataset view for GeneratorDataset that replaces a corrupt image by the next readable one."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.corrupt = 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        for offset in range(len(self.dataset)):
-            try:
-                return self.dataset[(index + offset) % len(self.dataset)]
-            except ImageError as exc:
-                self.corrupt += 1
-                log.warning("skipping a corrupt training image (%s)", exc)
-        raise CnnctcError("no readable image in the training data")
 
 
 def step_checkpoints(directory):
@@ -349,22 +332,6 @@ def init_from_pretrained(net, pretrained, manifest, alphabet):
         log.info("starting from random weights")
         return
     _load_pretrained(net, _read_pretrained(path, source, manifest.alphabet), alphabet)
-
-
-def _epoch_batches(source, *, seed, epoch, start_step, steps_per_epoch, batch_size, rank, world):
-    """This worker's batches of one epoch from ``start_step`` on, as a MindSpore dataset.
-
-    The epoch's order is a permutation seeded by (seed, epoch), so a resumed run continues at
-    the same place; step k of the epoch gives worker r rows [(k * world + r) * batch_size ...].
-    """
-    if not 0 <= start_step < steps_per_epoch:  # an empty sampler crashes MindSpore's iterator
-        raise ValueError(f"start_step {start_step} is outside the epoch's {steps_per_epoch} steps")
-    order = np.random.default_rng(seed + epoch).permutation(len(source))
-    usable = order[:steps_per_epoch * world * batch_size].reshape(steps_per_epoch, world, batch_size)
-    indices = usable[start_step:, rank, :].reshape(-1).tolist()
-    dataset = msds.GeneratorDataset(source, column_names=["image", "target", "length"], sampler=indices,
-                                    shuffle=False, num_parallel_workers=1, python_multiprocessing=False)
-    return dataset.batch(batch_size, drop_remainder=True)
 
 
 def _cluster_size():
@@ -572,7 +539,8 @@ class Trainer:
         self._refuse_changes(run, total, new_run)
         # The run continues with its own settings; only how often it logs and saves may change.
         self.config = dataclasses.replace(run, steps=total, save_every=self.config.save_every,
-                                          keep=self.config.keep, log_every=self.config.log_every)
+                                          keep=self.config.keep, log_every=self.config.log_every,
+                                          workers=self.config.workers)
         self.config.check()
         self.step, self.epoch, self.epoch_step, self.total_steps = step, epoch, epoch_step, total
         self.best = float(state.get("best_accuracy", -1.0))
@@ -683,7 +651,7 @@ class Trainer:
         optimizer = nn.RMSProp(self.net.trainable_params(), learning_rate=ms.Tensor(self.schedule), decay=0.9,
                                momentum=config.momentum, epsilon=1e-10, centered=True)
         self.train_cell = TrainStep(loss_net, optimizer, config.loss_scale, self.world)
-        self.source = _TrainSource(self.train_set)
+        self.loader = BatchLoader(self.train_set, config.workers or default_workers(self.world))
         self.reader = Recognizer(network=self.net, manifest=self.run_manifest, batch_size=min(config.batch_size, 64))
 
     def resume(self):
@@ -800,9 +768,10 @@ class Trainer:
         return path
 
     def _batches(self):
-        return _epoch_batches(self.source, seed=self.config.seed, epoch=self.epoch, start_step=self.epoch_step,
-                              steps_per_epoch=self.steps_per_epoch, batch_size=self.config.batch_size,
-                              rank=self.rank, world=self.world)
+        order = epoch_order(len(self.train_set), seed=self.config.seed, epoch=self.epoch, start_step=self.epoch_step,
+                            steps_per_epoch=self.steps_per_epoch, batch_size=self.config.batch_size,
+                            rank=self.rank, world=self.world)
+        return self.loader.batches(order)
 
     def run(self):
         """Check, build, resume, train to the planned step (validating every epoch); a FinetuneResult."""
@@ -818,12 +787,14 @@ class Trainer:
                         self.out_dir.rmdir()  # only when still empty
                 raise
             finally:
+                if getattr(self, "loader", None) is not None:
+                    self.loader.close()
                 self.train_set.close()
 
     def _train_epoch(self):
         """The rest of the current epoch's steps (or up to the planned total), saving on schedule."""
-        for images, targets, lengths in self._batches().create_tuple_iterator(num_epochs=1):
-            self.train_step(images, targets, lengths)
+        for images, targets, lengths in self._batches():
+            self.train_step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(lengths))
             if self.step % self.config.save_every == 0 and self.step < self.total_steps:
                 self.check_weights()
                 self.save_periodic()
@@ -848,8 +819,8 @@ class Trainer:
                     self.epoch, self.epoch_step = self.epoch + 1, 0
         self.check_weights()
         last_path = self.save_periodic()
-        if self.source.corrupt:
-            log.warning("%d corrupt training images were replaced by their neighbours", self.source.corrupt)
+        if self.loader.corrupt:
+            log.warning("%d corrupt training images were replaced by their neighbours", self.loader.corrupt)
         log.info("rank %d finished at step %d; weights digest %s", self.rank, self.step, _weights_digest(self.net))
         best_path = self.out_dir / "best.ckpt"
         return FinetuneResult(self.out_dir, self.step, last_path, best_path if best_path.exists() else last_path,
