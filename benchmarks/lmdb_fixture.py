@@ -12,7 +12,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import lmdb  # noqa: E402
-import numpy as np  # noqa: E402
 
 from cnnctc.render import find_fonts, random_words, render_word  # noqa: E402
 
@@ -33,30 +32,27 @@ def rendered_pool(count=400, seed=0):
     return pool
 
 
+# Bytes of data.mdb per sample, measured with the pool below: a PNG under ~2 KB lies inline in a
+# leaf page (leaves filled in key order split half and half), a larger one in whole 4 KB pages.
+_SMALL_COST, _BIG_COST = 3155, 6100
+
+
 def build(path, samples, target_bytes=None, pool=None, log=print):
-    """Write ``samples`` records at ``path`` (a new folder); the images are picked from the pool so
-    that the file comes out near ``target_bytes``. Returns the size of data.mdb."""
+    """Write ``samples`` records at ``path`` (a new folder), mixing the pool's small and large
+    PNGs so that data.mdb comes out near ``target_bytes``. Returns the size of data.mdb."""
     pool = pool or rendered_pool()
-    small = sorted(pool, key=lambda p: len(p[0]))
-    # LMDB keeps a value over ~2 KB in whole 4 KB overflow pages, a smaller one inline: aim the
-    # running size of the file (estimated that way) at the target.
-    def cost(data):
-        return 4096 * -(-(len(data) + 16) // 4096) + 40 if len(data) > 2000 else len(data) + 60
-    costs = [cost(d) for d, _ in small]
-    per_sample = (target_bytes / samples) if target_bytes else None
+    small = [p for p in pool if len(p[0]) <= 2000] or pool
+    big = [p for p in pool if len(p[0]) > 2000] or pool
+    share = 0.5 if not target_bytes else min(1.0, max(0.0, (target_bytes / samples - _SMALL_COST) /
+                                                          (_BIG_COST - _SMALL_COST)))
     started = time.monotonic()
     env = lmdb.open(str(path), map_size=1 << 40, sync=False, metasync=False)
-    total, txn = 0, env.begin(write=True)
+    txn = env.begin(write=True)
     try:
         for index in range(1, samples + 1):
-            if per_sample is None:
-                choice = index % len(small)
-            else:  # bisect for the image that keeps the running mean on target
-                want = per_sample * index - total
-                choice = int(np.clip(np.searchsorted(costs, want), 0, len(small) - 1))
-                choice = (choice + index % 7) % len(small) if abs(costs[choice] - want) < 200 else choice
-            data, word = small[choice]
-            total += costs[choice] + 40
+            # a large image whenever the share of large ones so far falls behind
+            taken = big if int(index * share) > int((index - 1) * share) else small
+            data, word = taken[index % len(taken)]
             txn.put(b"image-%09d" % index, data)
             txn.put(b"label-%09d" % index, word.encode())
             if index % 1000 == 0:

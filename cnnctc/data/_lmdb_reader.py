@@ -98,34 +98,40 @@ class Reader:
     def _label_chunks(txn, raw, entries):
         text = raw.decode("ascii", "replace").strip() if raw is not None else ""
         count = int(text) if text.isdigit() and text.isascii() and int(text) <= max(entries - 1, 0) else 0
+        lengths, values = array.array("i"), []
+        expected, chunk_end = 1, LABEL_CHUNK  # the next label number; the last of this chunk
         try:
             cursor = txn.cursor()
-            lengths, values, expected = array.array("i"), [], 1
-            found = count and cursor.set_range(b"label-%09d" % 1)
-            while found and expected <= count:
-                key, value = cursor.item()
-                number = int(key[6:]) if len(key) == 15 and key.startswith(b"label-") and key[6:].isdigit() else None
-                if number is None or number > count:
-                    break
-                while expected < number:   # labels missing in between
-                    lengths.append(-1)
+            if count and cursor.set_range(b"label-%09d" % 1):
+                for key, value in cursor:  # in key order, which is number order (zero-padded)
+                    if not key.startswith(b"label-"):
+                        break
+                    try:
+                        number = int(key[6:])
+                    except ValueError:
+                        continue
+                    if number > count:
+                        break
+                    while expected < number:  # labels missing in between
+                        lengths.append(-1)
+                        expected += 1
+                        if expected > chunk_end:
+                            yield lengths, b"".join(values)
+                            lengths, values, chunk_end = array.array("i"), [], chunk_end + LABEL_CHUNK
+                    if number < expected:
+                        continue
+                    lengths.append(len(value))
+                    values.append(value)
                     expected += 1
-                    if len(lengths) == LABEL_CHUNK:
+                    if expected > chunk_end:
                         yield lengths, b"".join(values)
-                        lengths, values = array.array("i"), []
-                lengths.append(len(value))
-                values.append(value)
-                expected += 1
-                if len(lengths) == LABEL_CHUNK:
-                    yield lengths, b"".join(values)
-                    lengths, values = array.array("i"), []
-                found = cursor.next()
+                        lengths, values, chunk_end = array.array("i"), [], chunk_end + LABEL_CHUNK
             while expected <= count:
                 lengths.append(-1)
                 expected += 1
-                if len(lengths) == LABEL_CHUNK:
+                if expected > chunk_end:
                     yield lengths, b"".join(values)
-                    lengths, values = array.array("i"), []
+                    lengths, values, chunk_end = array.array("i"), [], chunk_end + LABEL_CHUNK
             if lengths:
                 yield lengths, b"".join(values)
         except lmdb.Error as exc:

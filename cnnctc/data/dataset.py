@@ -55,7 +55,7 @@ class LabelFilter:
             return None, "empty label"
         if len(label) > self.max_length:
             return None, f"longer than {self.max_length}"
-        if any(c not in self.alphabet for c in label):
+        if label.strip(self.alphabet):  # what is left when every alphabet symbol is gone from both ends
             return None, "outside the alphabet"
         return label, None
 

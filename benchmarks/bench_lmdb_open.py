@@ -1,0 +1,150 @@
+"""Opening a large LMDB for training or evaluation: DTRB's label scan against ``cnnctc.data.LmdbDataset``.
+
+Builds an LMDB in the field's layout (a few hundred rendered PNGs repeated under its keys, as
+DTRB's create_lmdb_dataset.py writes them; default 2,000,000 samples, about 6.3 GB), then opens
+it in fresh processes, each after dropping the page cache (needs root; otherwise the numbers are
+warm-cache ones and the script says so):
+
+- DTRB's way (dataset.py, LmdbDataset.__init__): read ``num-samples``, then ``txn.get`` every
+  ``label-%09d``, keep the index of each label that passes its filter;
+- cnnctc: ``LmdbDataset(path, LabelFilter.for_alphabet(hub alphabet))``;
+- with ``--before REV``, also the LmdbDataset of that git revision of this repository.
+
+Wall time, and peak resident memory of the process and its children (the pages it touched
+included), above what the process held before opening.
+
+    python benchmarks/bench_lmdb_open.py [--samples 2000000] [--gb 6.3] [--dir DIR] [--keep]
+                                         [--before 2cc5cb3]
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import lmdb_fixture  # noqa: E402
+
+# Each opener runs in a fresh interpreter; it prints JSON: seconds, kept, rss before, peaks.
+_MEASURE = r"""
+import json, resource, sys, time
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+{setup}
+before = rss_mb()
+started = time.perf_counter()
+{open}
+seconds = time.perf_counter() - started
+print(json.dumps({{"seconds": seconds, "kept": kept, "before_mb": before,
+    "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "children_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+"""
+
+DTRB_SETUP = "import lmdb, re\nalphabet = '0123456789abcdefghijklmnopqrstuvwxyz'\nbatch_max_length = 25"
+# The lines of DTRB's LmdbDataset.__init__ (dataset.py, clovaai/deep-text-recognition-benchmark),
+# re-enacted: open, num-samples, then every label through its filter.
+DTRB_OPEN = """
+env = lmdb.open(sys.argv[1], max_readers=32, readonly=True, lock=False, readahead=False, meminit=False)
+with env.begin(write=False) as txn:
+    n = int(txn.get('num-samples'.encode()))
+    filtered_index_list = []
+    for index in range(n):
+        index += 1
+        label = txn.get('label-%09d'.encode() % index).decode('utf-8')
+        if len(label) > batch_max_length:
+            continue
+        out_of_char = f'[^{alphabet}]'
+        if re.search(out_of_char, label.lower()):
+            continue
+        filtered_index_list.append(index)
+kept = len(filtered_index_list)
+"""
+CNNCTC_SETUP = ("from cnnctc.data import LabelFilter, LmdbDataset\n"
+                "label_filter = LabelFilter.for_alphabet('0123456789abcdefghijklmnopqrstuvwxyz', 25)")
+CNNCTC_OPEN = "dataset = LmdbDataset(sys.argv[1], label_filter)\nkept = len(dataset)"
+
+
+def measure(setup, opener, path, pythonpath, cold):
+    dropped = lmdb_fixture.drop_page_cache() if cold else False
+    code = _MEASURE.format(setup=setup, open=opener)
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    run = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env)
+    if run.returncode:
+        raise SystemExit(f"the opener failed:\n{run.stderr}")
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result["cold"] = dropped
+    return result
+
+
+def checkout(revision, into):
+    """This repository's package at ``revision``, unpacked into ``into`` (for --before)."""
+    archive = subprocess.run(["git", "-C", ROOT, "archive", revision, "cnnctc"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
+    return into
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2_000_000)
+    parser.add_argument("--gb", type=float, default=6.3, help="size of data.mdb to aim at (default 6.3)")
+    parser.add_argument("--dir", help="where to build the LMDB (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the LMDB (and reuse one already there)")
+    parser.add_argument("--before", metavar="REV", help="also measure LmdbDataset of this git revision")
+    parser.add_argument("--warm", action="store_true", help="do not drop the page cache")
+    args = parser.parse_args()
+
+    folder = args.dir or tempfile.mkdtemp()
+    path = os.path.join(folder, f"bench-{args.samples}.lmdb")
+    old_tree = tempfile.mkdtemp() if args.before else None
+    try:
+        if not os.path.exists(os.path.join(path, "data.mdb")):
+            free = shutil.disk_usage(folder).free
+            if free < args.gb * 1e9 * 1.2:
+                raise SystemExit(f"{folder}: {free / 1e9:.1f} GB free, the LMDB needs {args.gb:.1f} GB")
+            started = time.monotonic()
+            print(f"building {path}: {args.samples:,} samples ...", flush=True)
+            os.makedirs(path)
+            lmdb_fixture.build(path, args.samples, target_bytes=args.gb * 1e9)
+            print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
+        size = os.path.getsize(os.path.join(path, "data.mdb"))
+        rows = [("DTRB's way (read `num-samples`, then every `label-%09d`)",
+                 measure(DTRB_SETUP, DTRB_OPEN, path, "", not args.warm)),
+                ("`cnnctc` (`LmdbDataset`: page-bound check, label scan in a reader process)",
+                 measure(CNNCTC_SETUP, CNNCTC_OPEN, path, ROOT, not args.warm))]
+        if args.before:
+            checkout(args.before, old_tree)
+            rows.append((f"`cnnctc` at {args.before} (size check, child touching every record, label scan)",
+                         measure(CNNCTC_SETUP.replace(", 25)", ")"), CNNCTC_OPEN, path, old_tree, not args.warm)))
+    finally:
+        if old_tree:
+            shutil.rmtree(old_tree, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(path, ignore_errors=True)
+            if not args.dir:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    cold = all(r["cold"] for _, r in rows)
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}")
+    print(f"LMDB: {args.samples:,} samples, data.mdb {size / 1e9:.2f} GB; "
+          f"{'page cache dropped before each run' if cold else 'WARM page cache (not root?)'}")
+    print()
+    print("| opening the LMDB | wall time | peak memory (process + children) | above the process before |"
+          " samples kept |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    dtrb = rows[0][1]["seconds"]
+    for name, r in rows:
+        total = r["peak_mb"] + r["children_peak_mb"]
+        print(f"| {name} | {r['seconds']:.2f} s ({r['seconds'] / dtrb:.2f}×) | {total:.0f} MB | "
+              f"{total - r['before_mb']:.0f} MB | {r['kept']:,} |")
+
+
+if __name__ == "__main__":
+    main()
