@@ -160,8 +160,8 @@ class BatchLoader:
         worker.pending.append(rows)
         try:
             worker.send(rows)
-        except OSError:
-            self._died(worker)
+        except OSError:  # it has ended: what it said before, and how it ended, are read with its results
+            pass
 
     def _result(self, step, indices):
         worker = self._pool[step % len(self._pool)]

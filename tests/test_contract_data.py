@@ -151,9 +151,17 @@ def test_a_killed_reader_is_one_line_not_a_hang(tmp_path):
 
 # The training loader ------------------------------------------------------------------------------
 
-def rendered_lmdb(path, count=60):
+def noise_png(seed=0):
+    """A readable PNG over 4 KB: LMDB keeps it in overflow pages, outside the leaf."""
+    rng = np.random.default_rng(seed)
+    return png_bytes(Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)))
+
+
+def rendered_lmdb(path, count=60, noise=()):
+    """Rendered words; the samples numbered in ``noise`` (1-based) get a noise_png image instead."""
     words = [str(1000 + 37 * n) for n in range(count)]
-    write_lmdb(path, [(png_bytes(render_word(w)), w) for w in words])
+    write_lmdb(path, [(noise_png(n) if n + 1 in noise else png_bytes(render_word(w)), w)
+                      for n, w in enumerate(words)])
     return Path(path)
 
 
@@ -196,16 +204,29 @@ def test_a_worker_killed_mid_epoch_is_one_line_not_a_hang(tmp_path):
     dataset.close()
 
 
+def oversize_record(path, key):
+    """Make the leaf entry of ``image-<key>`` (a value in overflow pages) say the value is 1 MiB
+    long: past the end of the file, so that reading it kills the reader with SIGBUS. (LMDB
+    itself notices an oversized value inside a leaf.)"""
+    raw = bytearray((path / "data.mdb").read_bytes())
+    name = b"image-%09d" % key
+    for start in range(2 * 4096, len(raw), 4096):  # the live entry, through each leaf's node pointers
+        flags, lower = struct.unpack_from("<HH", raw, start + 10)
+        if not flags & P_LEAF or flags & P_OVERFLOW:
+            continue
+        for slot in range((lower - 16) // 2):
+            node = start + struct.unpack_from("<H", raw, start + 16 + 2 * slot)[0]
+            if raw[node + 8:node + 8 + len(name)] == name and struct.unpack_from("<HH", raw, node + 4) == (1, len(name)):
+                struct.pack_into("<HH", raw, node, 0, 16)
+                (path / "data.mdb").write_bytes(bytes(raw))
+                return
+    raise AssertionError(f"no leaf entry of {name} in overflow pages")
+
+
 def damaged_record_lmdb(path):
     """Two readable samples whose second image's size says 1 MiB, past the end of the file (a SIGBUS to read)."""
-    rng = np.random.default_rng(0)
-    noise = [png_bytes(Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))) for _ in range(2)]
-    assert all(len(n) > 4096 for n in noise)  # each in overflow pages
-    write_lmdb(path, [(noise[0], "123"), (noise[1], "456")])
-    raw = bytearray((path / "data.mdb").read_bytes())
-    at = raw.index(b"image-000000002")
-    struct.pack_into("<HH", raw, at - 8, 0, 16)
-    (path / "data.mdb").write_bytes(bytes(raw))
+    write_lmdb(path, [(noise_png(0), "123"), (noise_png(1), "456")])
+    oversize_record(path, 2)
     return path
 
 
@@ -477,3 +498,22 @@ def test_memory_is_bounded_by_the_byte_budget_not_the_sample_count(tmp_path):
     stats, grown = run.stdout.splitlines()
     assert stats.startswith("100 samples written")
     assert int(grown) < 130, f"peak memory grew by {grown} MB writing 200 MB"  # 2 x the 32 MB budget + one image
+
+
+def test_finetune_stops_at_the_damaged_record_with_its_checkpoints_intact(tmp_path):
+    order = epoch_order(40, seed=1, epoch=0, start_step=0, steps_per_epoch=10, batch_size=4, rank=0, world=1)
+    key = int(order[2][0]) + 1  # the first sample of the third step (every sample is kept)
+    data = rendered_lmdb(tmp_path / "train.lmdb", count=40, noise=[key])
+    oversize_record(data, key)
+    out = tmp_path / "run"
+    run = cli("finetune", "--train", data, "--out", out, "--pretrained", "none", "--alphabet", DIGITS,
+              "--output-channel", 32, "--steps", 6, "--batch-size", 4, "--save-every", 1, "--workers", 1,
+              timeout=240)
+    assert run.returncode == 1
+    assert error_line(run) == (f"cnnctc: error: {data}: the LMDB is damaged (reading image-{key:09d} crashes a "
+                               "data-loading worker with SIGBUS); rebuild it")
+    from cnnctc.checkpoint import read_checkpoint
+    from cnnctc.train import TRAIN_STATE_KEY, step_checkpoints
+    saved = step_checkpoints(out)
+    assert [p.name for p in saved] == ["cnnctc-0000001.ckpt", "cnnctc-0000002.ckpt"]
+    assert '"step": 2' in read_checkpoint(saved[-1])[TRAIN_STATE_KEY]  # whole, and resumable
