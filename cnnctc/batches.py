@@ -257,7 +257,9 @@ def _make_batch(reader, spec, classes, rows, page):
 
 def _worker_main():
     """A data-loading worker: reads its spec, then makes the batches it is sent until its input ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    for name in ("SIGINT", "SIGHUP", "SIGQUIT"):  # Ctrl-C and a hang-up are the trainer's to handle;
+        if hasattr(signal, name):                  # a worker ends when its input closes
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         import resource
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash on a damaged page leaves no core file

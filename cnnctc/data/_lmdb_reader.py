@@ -186,9 +186,9 @@ def _serve(reader, inp, out):
 def main(argv):
     # Ctrl-C and a terminal's hang-up are the parent's to handle; this child ends when its
     # input closes. Dying here must not leave a core file behind.
-    for number in (signal.SIGINT, getattr(signal, "SIGQUIT", None)):
-        if number is not None:
-            signal.signal(number, signal.SIG_IGN)
+    for name in ("SIGINT", "SIGHUP", "SIGQUIT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         import resource
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
