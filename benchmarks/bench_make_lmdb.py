@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,20 +76,40 @@ with env.begin(write=True) as txn:
 """
 
 
+def _high_water_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def run_measured(args, cold, env=None):
-    """(seconds, peak RSS MB) of a command in its own process."""
+    """(seconds, peak RSS MB) of a command in its own process.
+
+    The peak is the process's VmHWM, read every 20 ms while it runs (it only grows): ru_maxrss
+    would carry over this script's own resident set into the child across exec."""
     if cold:
         lmdb_fixture.drop_page_cache()
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak, done = [0.0], threading.Event()
+
+    def watch():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _high_water_mb(proc.pid))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stderr = proc.stderr.read().decode(errors="replace")  # ends when the process does
+    proc.wait()
     seconds = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace")
+    done.set()
+    watcher.join()
     proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{args[:4]} failed ({proc.returncode}):\n{stderr[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak[0]
 
 
 def word_set(folder, count, distinct=1000):
