@@ -517,3 +517,28 @@ def test_finetune_stops_at_the_damaged_record_with_its_checkpoints_intact(tmp_pa
     saved = step_checkpoints(out)
     assert [p.name for p in saved] == ["cnnctc-0000001.ckpt", "cnnctc-0000002.ckpt"]
     assert '"step": 2' in read_checkpoint(saved[-1])[TRAIN_STATE_KEY]  # whole, and resumable
+
+
+def test_make_lmdb_shows_progress_on_a_terminal(tmp_path, images):
+    import fcntl
+    import pty
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctc", "make-lmdb", *map(str, images), str(tmp_path / "o")],
+                            env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal's other end closed: the command is done
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=QUICK) == 0
+    assert b"3/3" in shown and b"100%" in shown  # a bar counted against the labels file's lines
+    assert "3 samples written" in proc.stdout.read().decode()
+    proc.stdout.close()

@@ -208,9 +208,9 @@ def read_labels_file(path):
 def count_label_lines(path):
     """The number of lines in a labels file (for a progress bar's total); None if it cannot be read."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before opening: a FIFO would block
+            return None
         with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
             count, last = 0, b"\n"
             while chunk := f.read(1 << 20):
                 count += chunk.count(b"\n")
