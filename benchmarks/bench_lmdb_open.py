@@ -51,8 +51,13 @@ reader = getattr(globals().get("dataset"), "_reader", None)
 child = status_mb("VmHWM", reader._proc.pid) if getattr(reader, "_proc", None) else 0
 globals().get("dataset") and dataset.close()
 child = child or resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+try:
+    import cnnctc
+    package = cnnctc.__file__
+except ImportError:
+    package = None
 print(json.dumps({{"seconds": seconds, "kept": kept, "before_mb": before, "peak_mb": status_mb("VmHWM"),
-                   "children_peak_mb": child}}))
+                   "children_peak_mb": child, "package": package}}))
 """
 
 DTRB_SETUP = "import lmdb, re\nalphabet = '0123456789abcdefghijklmnopqrstuvwxyz'\nbatch_max_length = 25"
@@ -83,10 +88,14 @@ def measure(setup, opener, path, pythonpath, cold):
     dropped = lmdb_fixture.drop_page_cache() if cold else False
     code = _MEASURE.format(setup=setup, open=opener)
     env = dict(os.environ, PYTHONPATH=pythonpath)
-    run = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env)
+    # cwd: a neutral folder, so that `import cnnctc` finds the tree on PYTHONPATH, not one in the cwd
+    run = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
+                         cwd=tempfile.gettempdir())
     if run.returncode:
         raise SystemExit(f"the opener failed:\n{run.stderr}")
     result = json.loads(run.stdout.strip().splitlines()[-1])
+    if pythonpath and not (result["package"] or "").startswith(pythonpath):
+        raise SystemExit(f"measured {result['package']}, not the package under {pythonpath}")
     result["cold"] = dropped
     return result
 

@@ -494,7 +494,7 @@ def build_parser():
     p.add_argument("--seed", type=_seed_arg, default=1, help="seed of the initial weights and data order (default 1)")
     p.add_argument("--log-every", type=_positive_int, default=50, help="steps between log lines (default 50)")
     p.add_argument("--workers", type=_workers_arg, metavar="N", help="processes that read, decode and batch the "
-                   "training images (default: the cores, shared among msrun's workers on the machine; at most 64)")
+                   "training images (default: the cores, divided by the number of msrun workers; at most 64)")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
     p = add("eval", cmd_eval, "word accuracy and normalized edit distance per dataset and in total")
