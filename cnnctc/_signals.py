@@ -1,4 +1,5 @@
-"""Signals during long work: SIGTERM stops it like Ctrl-C, and a checkpoint write is never cut in half."""
+"""Signals during long work: SIGTERM, SIGHUP (a closed terminal) and SIGQUIT (Ctrl-\\) stop it like
+Ctrl-C, so that work folders are removed and a checkpoint write is never cut in half."""
 import contextlib
 import signal
 import threading
@@ -14,32 +15,42 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+# Signals whose default action ends the process without a word; one set to SIG_IGN (nohup's
+# SIGHUP) stays ignored.
+STOPPING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """During a run, SIGTERM stops it like Ctrl-C (KeyboardInterrupt between two steps).
+    """During a run, SIGTERM, SIGHUP and SIGQUIT stop it like Ctrl-C (KeyboardInterrupt).
 
     MindSpore answers Ctrl-C with SIGTERM: every graph run installs a SIGINT handler that
     signals the process, which would otherwise die at once, mid-save and without a word.
+    Only signals still at their default action are taken over, and given back afterwards.
     """
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if not _in_main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    taken = [number for number in STOPPING if signal.getsignal(number) is signal.SIG_DFL]
+    for number in taken:
+        signal.signal(number, _raise_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for number in taken:
+            signal.signal(number, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
 def interrupt_deferred():
-    """Hold back Ctrl-C and SIGTERM while a checkpoint is written and old ones are pruned; then stop."""
+    """Hold back Ctrl-C, SIGTERM, SIGHUP and SIGQUIT while a checkpoint is written and old ones are
+    pruned; then stop (ignored signals stay ignored)."""
     if not _in_main_thread():
         yield
         return
     received = []
     previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+                for number in (signal.SIGINT, *STOPPING) if signal.getsignal(number) is not signal.SIG_IGN}
     try:
         yield
     finally:

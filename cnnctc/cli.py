@@ -239,7 +239,9 @@ def cmd_predict(args):
 
 def cmd_make_lmdb(args):
     from .data import make_lmdb
-    with _progress_bar(None, not args.quiet and sys.stderr.isatty()) as bar:
+    from .data.writer import count_label_lines
+    shown = not args.quiet and sys.stderr.isatty()
+    with _progress_bar(count_label_lines(args.labels_file) if shown else None, shown) as bar:
         stats = make_lmdb(args.images_dir, args.labels_file, args.out, overwrite=args.overwrite, progress=bar.update)
     print(f"{args.out}: {stats}")
     return 0
@@ -282,6 +284,14 @@ def _alphabet_arg(text):
     return text
 
 
+def _workers_arg(text):
+    from .batches import MAX_WORKERS
+    value = _positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_WORKERS}, got {value}")
+    return value
+
+
 def _seed_arg(text):
     value = int(text)
     if not 0 <= value < 2 ** 32:
@@ -317,7 +327,7 @@ def cmd_finetune(args):
     from .training import TrainConfig, Trainer
     config = TrainConfig(alphabet=args.alphabet, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                          lr=args.lr, save_every=args.save_every, output_channel=args.output_channel,
-                         seed=args.seed, log_every=args.log_every)
+                         seed=args.seed, log_every=args.log_every, workers=args.workers)
     config.check()
     workers = _msrun_workers()
     trainer = Trainer(args.train, args.valid, args.out, pretrained=args.pretrained, config=config,
@@ -563,6 +573,8 @@ def build_parser():
                    help="network width, a multiple of 16 (default 512, the published one)")
     p.add_argument("--seed", type=_seed_arg, default=1, help="seed of the initial weights and data order (default 1)")
     p.add_argument("--log-every", type=_positive_int, default=50, help="steps between log lines (default 50)")
+    p.add_argument("--workers", type=_workers_arg, metavar="N", help="processes that read, decode and batch the "
+                   "training images (default: the cores, divided by the number of msrun workers; at most 64)")
     p.add_argument("--device-target", help="Ascend, GPU or CPU (default: the first available)")
 
     from .protocols import DEFAULT_PROTOCOL, PROTOCOLS

@@ -1,4 +1,3 @@
 """The fine-tuning API under its first name: everything lives in :mod:`cnnctc.training`."""
 from .training import *  # noqa: F401,F403
 from .training import __all__  # noqa: F401
-from .training.batches import _epoch_batches, _TrainSource  # noqa: F401  (tests and older callers)

@@ -13,7 +13,7 @@ from cnnctc.data import LabelFilter, LmdbDataset, write_lmdb
 from cnnctc.errors import CnnctcError
 from cnnctc.render import render_word
 from cnnctc.transforms import ImageError, preprocess
-from cnnctc.train import _TrainSource
+from cnnctc.batches import BatchLoader
 
 HUB_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -88,10 +88,11 @@ def test_corrupt_records_are_counted_not_fatal(tmp_path):
     assert len(dataset) == 3 and dataset.skipped["corrupt record"] == 1
     with pytest.raises(ImageError):
         dataset.load(1)
-    source = _TrainSource(dataset)
-    image, target, _ = source[1]  # replaced by the next readable sample
-    assert source.corrupt == 1 and target[0] == HUB_ALPHABET.index("g")
-    np.testing.assert_array_equal(image, dataset[2][0])
+    with BatchLoader(dataset, workers=1) as loader:
+        [(images, targets, _)] = loader.batches([[1, 0]])  # sample 1 is replaced by the next readable one
+    assert loader.corrupt == 1 and targets[0, 0] == HUB_ALPHABET.index("g") and targets[1, 0] == 10
+    np.testing.assert_array_equal(images[0], dataset[2][0])
+    np.testing.assert_array_equal(images[1], dataset[0][0])
 
 
 def test_bad_dataset_paths_say_what_is_wrong(tmp_path):

@@ -76,6 +76,7 @@ class TrainConfig:
     output_channel: int = 512
     seed: int = 1
     log_every: int = 50
+    workers: int = None             # data-loading processes (default: the cores, shared by the machine's ranks)
 
     def check(self):
         """Raise CnnctcError naming the first setting out of its range (nothing is built)."""
@@ -117,3 +118,6 @@ class TrainConfig:
             raise CnnctcError(f"--output-channel {problem}")
         integer("seed", 0, 2 ** 32 - 1)
         integer("log_every", 1)
+        if self.workers is not None:
+            from ..batches import MAX_WORKERS
+            integer("workers", 1, MAX_WORKERS)

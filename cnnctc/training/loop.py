@@ -17,6 +17,7 @@ from .._mindspore import mindspore as ms
 from mindspore import nn
 
 from .._signals import terminate_as_interrupt
+from ..batches import BatchLoader, default_workers, epoch_order
 from ..checkpoint import ALPHABET_KEY, load_weights
 from ..errors import CheckpointError, CnnctcError
 from ..evaluation import evaluate
@@ -24,7 +25,6 @@ from ..lineage import LINEAGE_KEY, cnnctc_version
 from ..loader import configure_context
 from ..recognizer import Recognizer
 from ..registry import build_network
-from .batches import _epoch_batches, _TrainSource
 from .config import MAX_SKIPPED_STEPS, DivergenceError
 from .plan import RunPlan, cluster_size
 from .pretrained import load_pretrained
@@ -135,7 +135,7 @@ class Trainer:
         optimizer = nn.RMSProp(self.net.trainable_params(), learning_rate=ms.Tensor(self.schedule), decay=0.9,
                                momentum=config.momentum, epsilon=1e-10, centered=True)
         self.train_cell = TrainStep(loss_net, optimizer, config.loss_scale, self.world)
-        self.source = _TrainSource(plan.train_set)
+        self.loader = BatchLoader(plan.train_set, config.workers or default_workers(self.world))
         self.reader = Recognizer(network=self.net, manifest=self.run_manifest, batch_size=min(config.batch_size, 64))
         self._trained_on = plan.trained_on()
         self._trained_on["recipe"].update(warmup_steps=self.warmup, amp_level=self.amp_level)  # as applied
@@ -263,9 +263,10 @@ class Trainer:
         return self.store.save_step(self.train_cell, self.step, self._metadata())
 
     def _batches(self):
-        return _epoch_batches(self.source, seed=self.config.seed, epoch=self.epoch, start_step=self.epoch_step,
-                              steps_per_epoch=self.steps_per_epoch, batch_size=self.config.batch_size,
-                              rank=self.rank, world=self.world)
+        order = epoch_order(len(self.plan.train_set), seed=self.config.seed, epoch=self.epoch,
+                            start_step=self.epoch_step, steps_per_epoch=self.steps_per_epoch,
+                            batch_size=self.config.batch_size, rank=self.rank, world=self.world)
+        return self.loader.batches(order)
 
     def run(self):
         """Check, lock, build, resume, train to the planned step (validating every epoch); a FinetuneResult."""
@@ -285,6 +286,8 @@ class Trainer:
             finally:
                 if self._lock is not None:
                     self._lock.release()
+                if getattr(self, "loader", None) is not None:
+                    self.loader.close()
                 self.plan.train_set.close()
 
     def _lock_out_dir(self):
@@ -298,8 +301,8 @@ class Trainer:
 
     def _train_epoch(self):
         """The rest of the current epoch's steps (or up to the planned total), saving on schedule."""
-        for images, targets, lengths in self._batches().create_tuple_iterator(num_epochs=1):
-            self.train_step(images, targets, lengths)
+        for images, targets, lengths in self._batches():
+            self.train_step(ms.Tensor(images), ms.Tensor(targets), ms.Tensor(lengths))
             if self.step % self.config.save_every == 0 and self.step < self.total_steps:
                 self.check_weights()
                 self.save_periodic()
@@ -324,8 +327,8 @@ class Trainer:
                     self.epoch, self.epoch_step = self.epoch + 1, 0
         self.check_weights()
         last_path = self.save_periodic()
-        if self.source.corrupt:
-            log.warning("%d corrupt training images were replaced by their neighbours", self.source.corrupt)
+        if self.loader.corrupt:
+            log.warning("%d corrupt training images were replaced by their neighbours", self.loader.corrupt)
         log.info("rank %d finished at step %d; weights digest %s", self.rank, self.step, _weights_digest(self.net))
         best_path = self.out_dir / "best.ckpt"
         return FinetuneResult(self.out_dir, self.step, last_path, best_path if best_path.exists() else last_path,

@@ -226,7 +226,8 @@ class RunPlan:
         self._refuse_changes(run, point.total_steps, new_run)
         # The run continues with its own settings; only how often it logs and saves may change.
         self.config = dataclasses.replace(run, steps=point.total_steps, save_every=self.config.save_every,
-                                          keep=self.config.keep, log_every=self.config.log_every)
+                                          keep=self.config.keep, log_every=self.config.log_every,
+                                          workers=self.config.workers)
         self.config.check()
         self.total_steps = point.total_steps
         self.resume = point
