@@ -161,8 +161,7 @@ def test_bounds_hold_and_skipping_never_changes_the_answer(regime):
     first = lexicon._bounds.first(emissions, fits)
     for b in range(len(truths)):
         unbounded = np.full(fits.size, np.inf)
-        for bounds in (first[b], lexicon._bounds.cheap(emissions, b, fits, unbounded),
-                       lexicon._bounds.per_column(emissions, b, fits, unbounded)):
+        for bounds in (first[b], lexicon._bounds.per_column(emissions, b, fits, unbounded)):
             assert (bounds >= exact[b, fits] - 1e-9).all()                  # every bound is an upper bound
     results = ctc_lexicon_decode(logits, alphabet, lexicon, top_k=5)
     for b, result in enumerate(results):

@@ -11,8 +11,9 @@ mass its alignments can use there):
   P <= prod_t m_t * min(1, prod_k sum_t rho_t(w_k)): each label must be emitted somewhere;
 - P <= (number of alignments) x prod_t (the column's top probability).
 
-The cheap form replaces prod_t m_t by (mean_t m_t)^T (AM-GM: no smaller, and T times
-cheaper). Everything is computed on probabilities divided by each column's top one
+The first bound, for every word and image at once, replaces prod_t m_t by (mean_t m_t)^T
+(AM-GM: no smaller, and T times cheaper); the per-column one is computed for the words it
+leaves. Everything is computed on probabilities divided by each column's top one
 (:class:`~cnnctc.decoding.forward.Emissions`), with rho in log space, so no bound is lost to
 underflow; the floors (1e-300) and caps only raise a bound.
 """
@@ -121,15 +122,6 @@ class WordBounds:
         near = gap > -40.0                        # elsewhere log1p(-exp(gap)) rounds to 0
         not_blank[near] = np.log1p(-np.minimum(np.exp(gap[near]), 1.0 - 1e-12))
         return np.minimum(bound, mass_bound + np.minimum(emitted, not_blank))
-
-    def cheap(self, emissions, image, words, bound):
-        """(words,) bounds of one image with the mean-column mass and the label bounds, no larger than ``bound``."""
-        scaled = emissions.scaled[:, image, :]                                 # (T, C)
-        mean = scaled.mean(axis=0, keepdims=True)
-        mass = self._symbol_sums(mean[:, :-1], words, distinct=True)[0] + mean[0, -1]
-        ceiling = np.exp(-emissions.top[:, image]).mean()
-        log_mass = emissions.columns * np.log(np.clip(mass, 1e-300, ceiling))
-        return self._refine(emissions, image, words, bound, log_mass)
 
     def per_column(self, emissions, image, words, bound):
         """(words,) bounds of one image with the mass of every column (tighter, T times dearer)."""
