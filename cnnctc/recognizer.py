@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import positive_int
-from .decoding import ctc_greedy_decode
+from .decoding import decoder_for
 from .errors import CnnctcError, DownloadError, IntegrityError
 from .manifest import _NETWORK_KEYS, load_manifest
 from .runtime import check_runtime
@@ -142,7 +142,7 @@ class Recognizer:
             raise TypeError(f"Recognizer() got unexpected keyword argument(s) {', '.join(unknown)}{hint}")
         if decoder_options is not None and not isinstance(decoder_options, dict):
             raise TypeError(f"decoder_options must be a dict, got {type(decoder_options).__name__}")
-        self.decode = _make_decoder(decoder, decoder_options or {})   # a wrong option fails before a model loads
+        self.decode = decoder_for(decoder, decoder_options)   # a wrong option fails before a model loads
         self.runner, self.manifest = _open_model(checkpoint, model=model, manifest=manifest,
                                                  batch_size=self.batch_size, device_target=device_target,
                                                  network=network, network_kwargs=network_kwargs, runtime=runtime)
@@ -205,10 +205,3 @@ class Recognizer:
 _DECODER_KEYS = {"beam_width", "top_k", "lexicon", "max_distance", "decoder"}
 
 
-def _make_decoder(decoder, options):
-    if callable(decoder):
-        return decoder
-    if decoder in (None, "greedy") and options.get("lexicon") is None and options.get("top_k", 1) == 1:
-        return ctc_greedy_decode
-    from .decoding import make_decoder
-    return make_decoder(decoder or "greedy", **options)
