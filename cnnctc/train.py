@@ -40,7 +40,6 @@ from .evaluation import evaluate
 from .loader import configure_context
 from .recognizer import Recognizer
 from .registry import build_network, get_model, list_models
-from .transforms import ImageError
 
 __all__ = ["TrainConfig", "Trainer", "FinetuneResult", "DivergenceError", "finetune", "init_from_pretrained",
            "resolve_pretrained", "lr_schedule", "CTCLossCell", "TrainStep", "latest_checkpoint", "step_checkpoints",
@@ -109,7 +108,7 @@ class TrainConfig:
     output_channel: int = 512
     seed: int = 1
     log_every: int = 50
-    workers: int = None             # data-loading processes (default: the cores, shared by the machine's ranks)
+    workers: int = None             # data-loading processes (default: the cores divided by the ranks)
 
     def check(self):
         """Raise CnnctcError naming the first setting out of its range (nothing is built)."""
