@@ -357,7 +357,6 @@ def test_modes_follow_the_umask(tmp_path, images):
     previous = os.umask(0o022)
     try:
         make_lmdb(*images, tmp_path / "data.lmdb")
-        make_lmdb(*images, tmp_path / "private.lmdb") if False else None
     finally:
         os.umask(previous)
     out = tmp_path / "data.lmdb"

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import CnnctcError
 from ..transforms import ImageError, load_image, preprocess_image
 from . import _lmdb_reader as wire
-from ._common import data_file, reason, regular_size
+from ._common import data_file, regular_size
 
 __all__ = ["LmdbDataset", "LabelFilter", "encode_label", "crash_reason"]
 

@@ -63,11 +63,10 @@ def _disk_full(exc, folder):
 
 
 def _write_error(exc, out, slot):
-    folder = slot.work if slot.work is not None else out.parent
-    if _disk_full(exc, folder):
-        return CnnctcError(f"{out}: the disk is full (writing {slot.env_path / 'data.mdb' if not slot.file_form else slot.env_path} "
-                           f"failed: {reason(exc, slot.env_path)}); free some space on the disk holding {out.parent} "
-                           "and run again; nothing was written")
+    written = slot.env_path if slot.file_form else slot.env_path / "data.mdb"
+    if _disk_full(exc, slot.work):
+        return CnnctcError(f"{out}: the disk is full (writing {written} failed: {reason(exc, slot.env_path)}); "
+                           f"free some space on the disk holding {out.parent} and run again; nothing was written")
     return CnnctcError(f"{out}: writing the LMDB failed ({reason(exc, slot.env_path)})")
 
 

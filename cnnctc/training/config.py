@@ -76,7 +76,7 @@ class TrainConfig:
     output_channel: int = 512
     seed: int = 1
     log_every: int = 50
-    workers: int = None             # data-loading processes (default: the cores, shared by the machine's ranks)
+    workers: int = None             # data-loading processes (default: the cores divided by the ranks)
 
     def check(self):
         """Raise CnnctcError naming the first setting out of its range (nothing is built)."""
