@@ -101,7 +101,7 @@ def first_word_seconds(model, image, repeats):
 
 
 def hub_layout(work, checkpoint):
-    """A cache holding ``checkpoint`` where the hub client keeps an asset, and the manifest naming it."""
+    """A fresh cache holding ``checkpoint`` where the hub client keeps an asset, and the manifest naming it."""
     from cnnctc.download import sha256_file
     from cnnctc.registry import get_model
     cache = work / "cache"
@@ -110,20 +110,17 @@ def hub_layout(work, checkpoint):
                 url="https://example.invalid/" + checkpoint.name)
     manifest = work / "manifest.json"
     manifest.write_text(json.dumps(data))
-    (cache / "bench" / "hub").mkdir(parents=True, exist_ok=True)
-    target = cache / "bench" / "hub" / checkpoint.name
-    if not target.exists():
-        os.link(checkpoint, target)
+    import shutil
+    folder = cache / "bench" / "hub"
+    shutil.rmtree(folder, ignore_errors=True)   # a fresh cache: the first run verifies and exports
+    folder.mkdir(parents=True)
+    os.link(checkpoint, folder / checkpoint.name)
     return cache, manifest
 
 
 def auto_runtime(work, checkpoint, onnx_file, images, one_png, repeats):
     """The default runtime on a hub-layout cache against the exported file and MindSpore (module docstring)."""
-    import shutil
     cache, manifest = hub_layout(work, checkpoint)
-    shutil.rmtree(cache / "bench" / "hub", ignore_errors=True)
-    (cache / "bench" / "hub").mkdir(parents=True)
-    os.link(checkpoint, cache / "bench" / "hub" / checkpoint.name)
     env = {"CNNCTC_CACHE_DIR": str(cache), "CNNCTC_MANIFEST": str(manifest), "CNNCTC_OFFLINE": "1"}
     first_run, auto_text = _predict([one_png], env)   # verifies (and stamps) the asset, exports once
     exported = sorted((cache / "bench" / "hub").glob("*.onnx"))

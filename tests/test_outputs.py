@@ -137,6 +137,23 @@ def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_one_blocks
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]
 
 
+def test_two_quantize_runs_to_one_new_out_one_writes_the_other_is_refused(models, tmp_path):
+    root, _, onnx_file, _ = models
+    out = tmp_path / "int8.onnx"
+    command = [sys.executable, "-m", "cnnctc", "quantize", str(onnx_file), "--calib", str(root / "calib"),
+               "--out", str(out)]
+    runs = [subprocess.Popen(command, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(*run.communicate(timeout=600), run.returncode) for run in runs]
+    results = [(code, stdout, stderr) for stdout, stderr, code in results]
+    assert sorted(code for code, _, _ in results) == [0, 1], results
+    refused = next(err for code, _, err in results if code == 1)
+    assert ("another cnnctc command is writing it" in refused or "already exists" in refused), refused
+    written = next(stdout for code, stdout, _ in results if code == 0)
+    assert written.startswith(f"{out}: int8 QDQ") and OnnxRunner(out).metadata.get("quantization")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]
+
+
 def test_the_rename_never_replaces_a_file_that_appeared_meanwhile(models, tmp_path, monkeypatch):
     tmp, out = tmp_path / "new", tmp_path / "out.onnx"
     tmp.write_bytes(b"result")
