@@ -293,6 +293,7 @@ class Trainer:
             return
         self._lock = RunFolderLock(self.out_dir).acquire()
         self.plan.recheck_out_dir()
+        self.store.remove_leftovers()
         if self.plan.resume is not None:
             self.store.adopt()
 
