@@ -112,7 +112,10 @@ class RunFolderLock:
         self._fd = None
 
     def acquire(self):
-        import fcntl
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: the re-checks at each save still hold
+            return self
         try:
             fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
