@@ -417,9 +417,14 @@ def test_a_killed_runs_lock_goes_with_it(data, tmp_path):
         first.kill()   # kill -9: no handler runs, the system releases the lock
         first.communicate()
     assert checkpoints(out) == []
+    # What a run killed while saving leaves (save_checkpoint's temporary names): the next run removes it.
+    (out / ".cnnctc-0000002.ckpt.4242.tmp.ckpt").write_bytes(b"half a checkpoint")
+    (out / ".best.ckpt.4242.tmp.tmp").write_bytes(b"half of MindSpore's own temporary file")
+    (out / "notes.txt").write_text("the user's own file\n")
     again = run_cli(*finetune_args(data, out, "--seed", "2"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert checkpoints(out) == ["cnnctc-0000003.ckpt"] and _seed_of(out / "cnnctc-0000003.ckpt") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "cnnctc-0000003.ckpt", "notes.txt"]
 
 
 def test_a_checkpoint_that_another_writer_put_in_place_is_left_alone(data, tmp_path):

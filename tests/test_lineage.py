@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
     scratch = finetune(root / "train.lmdb", root / "valid.lmdb", root / "scratch", pretrained=None,
                        config=TrainConfig(alphabet=DIGITS, steps=12, save_every=6, lr=1e-3, **small))
     parent = str(root / "scratch" / "best.ckpt")   # the path as the user gives it
-    tuned = finetune(str(root / "train.lmdb"), str(root / "valid.lmdb"), root / "tuned", pretrained=parent,
+    tuned = finetune(f"{root}/./train.lmdb", str(root / "valid.lmdb"), root / "tuned", pretrained=parent,
                      config=TrainConfig(steps=6, save_every=100, seed=7, **small))
     exports = {}
     for name, result in (("scratch", scratch), ("tuned", tuned)):
@@ -136,6 +136,7 @@ def test_a_fine_tuned_model_names_its_parent_and_keeps_the_parents_claims_under_
     assert start["lineage"] == json.loads(read_checkpoint(parent)[LINEAGE_KEY])  # the parent's, kept under it
     assert start["lineage"]["started_from"] == {"kind": "none"}
     trained = lineage["trained_on"]
+    assert trained["datasets"] == [{"path": f"{root}/./train.lmdb", "num_samples": 51, "kept": 48}]  # as given
     assert trained["seed"] == 7 and trained["steps"] == trained["planned_steps"] == 6
     assert trained["alphabet"] == DIGITS   # taken from the parent's checkpoint
     assert lineage["measured"]["best_accuracy"] == tuned.best_accuracy   # its own, not the parent's

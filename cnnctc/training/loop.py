@@ -236,8 +236,8 @@ class Trainer:
             measured = {"protocol": VALIDATION_PROTOCOL, "max_length": self.config.max_length,
                         "accuracy": accuracy if step == self.step else None,
                         "best_accuracy": self.best if self.best >= 0 else None, "best_step": self.best_step,
-                        "datasets": [{"path": str(path), "kept": r.kept, "skipped": r.skipped}
-                                     for path, r in zip(self.plan.valid_paths, results)]}
+                        "datasets": [{"path": name, "kept": r.kept, "skipped": r.skipped}
+                                     for name, r in zip(self.plan.valid_names, results)]}
         return {"origin": "finetune", "written_by": f"cnnctc {cnnctc_version()}",
                 "started_from": self.plan.started_from, "trained_on": {**self._trained_on, "steps": self.step},
                 "measured": measured}
@@ -296,6 +296,7 @@ class Trainer:
             return
         self._lock = RunFolderLock(self.out_dir).acquire()
         self.plan.recheck_out_dir()
+        self.store.remove_leftovers()
         if self.plan.resume is not None:
             self.store.adopt()
 

@@ -52,10 +52,11 @@ def resolve_rank(rank, world):
     return int(rank), int(world)
 
 
-def _dataset_paths(value):
+def _dataset_names(value):
+    """The dataset paths exactly as given (the lineage records them so)."""
     if value is None:
         return []
-    return [Path(p) for p in ([value] if isinstance(value, (str, os.PathLike)) else value)]
+    return [os.fspath(p) for p in ([value] if isinstance(value, (str, os.PathLike)) else value)]
 
 
 def _pretrained_name(pretrained):
@@ -75,8 +76,9 @@ class RunPlan:
 
     def __init__(self, train, valid, out_dir, *, pretrained="hub", config=None, resume=None, manifest=None,
                  model=None, rank=None, world=None):
-        self.train_paths = _dataset_paths(train)
-        self.valid_paths = _dataset_paths(valid)
+        self.train_names, self.valid_names = _dataset_names(train), _dataset_names(valid)
+        self.train_paths = [Path(name) for name in self.train_names]
+        self.valid_paths = [Path(name) for name in self.valid_names]
         self.out_dir = Path(out_dir)
         self.pretrained_arg = pretrained
         self.pretrained_name = _pretrained_name(pretrained)
@@ -167,8 +169,8 @@ class RunPlan:
         config = self.config
         skip = {"alphabet", "seed", "steps", "batch_size"} | ({"epochs"} if config.steps else set())
         declared = getattr(self.train_set, "num_samples", None)
-        return {"datasets": [{"path": str(path), "num_samples": declared[i] if declared else None,
-                              "kept": kept[i]} for i, path in enumerate(self.train_paths)],
+        return {"datasets": [{"path": name, "num_samples": declared[i] if declared else None,
+                              "kept": kept[i]} for i, name in enumerate(self.train_names)],
                 "skipped": dict(self.train_set.skipped), "alphabet": self.alphabet, "planned_steps": self.total_steps,
                 "batch_size": config.batch_size, "workers": self.world,
                 "recipe": {name: getattr(config, name) for name in RUN_FIELDS if name not in skip},

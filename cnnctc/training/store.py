@@ -9,6 +9,7 @@ when the process ends, however it ends.
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,7 +27,10 @@ __all__ = ["TRAIN_STATE_KEY", "step_checkpoints", "latest_checkpoint", "holds_ru
 
 TRAIN_STATE_KEY = "cnnctc_train_state"
 BEST_NAME = "best.ckpt"
+log = logging.getLogger(__name__)
 _CKPT_PATTERN = re.compile(r"^cnnctc-(\d+)\.ckpt$")
+# The temporary names save_checkpoint writes under (".<name>.<pid>.tmp.ckpt", and MindSpore's ".tmp").
+_LEFTOVER_PATTERN = re.compile(r"^\.(cnnctc-\d+\.ckpt|best\.ckpt)\.\d+\.tmp\.(ckpt|tmp)$")
 
 
 def step_checkpoints(directory):
@@ -108,7 +112,10 @@ class RunFolderLock:
         self._fd = None
 
     def acquire(self):
-        import fcntl
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: the re-checks at each save still hold
+            return self
         try:
             fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as exc:
@@ -148,6 +155,14 @@ class CheckpointStore:
         self.keep = keep
         self.last_saved = None
         self._mine = {}   # file name -> identity of the file this run put there
+
+    def remove_leftovers(self):
+        """Remove the temporary checkpoints a killed run left (under the lock, no live run writes here)."""
+        for path in self.out_dir.iterdir():
+            if _LEFTOVER_PATTERN.match(path.name):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    log.info("removed %s, left by a run that was killed while saving", path)
 
     def adopt(self):
         """Take the folder's checkpoints as this run's own (a resumed run, under the lock)."""
