@@ -102,7 +102,7 @@ def test_a_model_trained_from_random_weights_says_so(runs, capsys):
     best = max(scratch.history, key=lambda h: h["accuracy"])
     assert trained["steps"] == measured["best_step"] == best["step"]
     assert measured["accuracy"] == measured["best_accuracy"] == scratch.best_accuracy
-    assert measured["protocol"] == "cnnctc" and measured["max_length"] == 13
+    assert measured["protocol"] == "zoo" and measured["max_length"] == 13
     assert measured["datasets"] == [{"path": str(root / "valid.lmdb"), "kept": 16, "skipped": 0}]
     # The manifest that reads this very file: its own hash and name, no card's claims.
     manifest = report["manifest"]

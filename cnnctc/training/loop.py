@@ -35,9 +35,9 @@ __all__ = ["Trainer", "FinetuneResult", "VALIDATION_PROTOCOL"]
 
 log = logging.getLogger(__name__)
 
-# What validate() measures: evaluate()'s rules with the run's label filter (1 to max_length
-# symbols of the alphabet, lower-cased for a case-free alphabet; unreadable images skipped).
-VALIDATION_PROTOCOL = "cnnctc"
+# What validate() measures: the model zoo's evaluation rules (cnnctc.protocols), with the run's
+# longest label in place of the zoo's 13.
+VALIDATION_PROTOCOL = "zoo"
 
 
 def _weights_digest(net):
@@ -206,7 +206,8 @@ class Trainer:
             return None
         self.net.set_train(False)
         try:
-            results, total = evaluate(self.reader, self.plan.valid_paths, max_length=self.config.max_length)
+            results, total = evaluate(self.reader, self.plan.valid_paths, protocol=VALIDATION_PROTOCOL,
+                                      max_length=self.config.max_length)
         finally:
             self.train_cell.set_train(True)
         self.history.append({"step": self.step, "epoch": self.epoch + 1, "accuracy": total.accuracy,
