@@ -1,10 +1,10 @@
 """Lexicons: reading a word file, and a word list prepared once for an alphabet."""
 import logging
 import os
-import stat
 
 import numpy as np
 
+from .._files import NotRegularFile, open_regular
 from .bounds import WordBounds
 from .common import MAX_WORD_LENGTH, DecoderError, LexiconError, check_alphabet, encode, symbol_index
 from .forward import PrefixTree
@@ -19,25 +19,18 @@ _TOO_LONG = (f"longer than {MAX_WORD_LENGTH} characters (a CTC network reads at 
 
 
 def _open_regular(path):
-    """A read-only descriptor of ``path``, refused (LexiconError) unless it is a regular file."""
+    """A binary file object of the lexicon ``path``, refused (LexiconError) unless it is a regular file."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_regular(path)
+    except NotRegularFile as exc:
+        raise LexiconError(f"lexicon {path} is {exc.kind}, not a regular file: give a text file with one word "
+                           "per line") from None
     except FileNotFoundError:
         raise LexiconError(f"lexicon file not found: {path}") from None
     except PermissionError:
         raise LexiconError(f"cannot read lexicon file {path}: permission denied") from None
     except OSError as exc:
         raise LexiconError(f"cannot read lexicon file {path}: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise LexiconError(f"lexicon {path} is {kind}: give a text file with one word per line")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _lines(handle):
@@ -70,10 +63,10 @@ def read_lexicon(path):
     path = os.fspath(path)
     if (b"\0" if isinstance(path, bytes) else "\0") in path:
         raise LexiconError(f"lexicon path {path!r} contains a NUL character: give the path of a text file")
-    fd = _open_regular(path)
+    handle = _open_regular(path)
     words, too_long, first_long = [], 0, None
     try:
-        with os.fdopen(fd, "rb") as handle:
+        with handle:
             for number, (offset, line) in enumerate(_lines(handle), start=1):
                 if line is not None:
                     try:
