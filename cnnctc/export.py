@@ -27,6 +27,7 @@ from ._native import quiet_native_stderr
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
                       work_folder)
 from .errors import CnnctcError
+from .manifest import expand_user
 from .onnx_runtime import MANIFEST_KEY, check_outputs, run_in_batches
 
 __all__ = ["export_model", "MindIRRunner", "read_sidecar", "sidecar_path", "FORMATS", "MANIFEST_KEY"]
@@ -51,7 +52,7 @@ def sidecar_path(path):
 
 
 def _check_out(out, fmt, overwrite):
-    out = Path(out).expanduser()
+    out = expand_user(out, "--out")
     suffix = _SUFFIX[fmt]
     if out.suffix.lower() != suffix:
         raise CnnctcError(f"--out {out}: with --format {fmt} the file name must end with {suffix} "

@@ -25,6 +25,7 @@ from ._checks import positive_int
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
                       work_folder)
 from .errors import CnnctcError
+from .manifest import expand_user
 
 __all__ = ["quantize_model", "QuantizeReport", "calibration_images"]
 
@@ -146,7 +147,7 @@ def calibration_images(paths, preprocess, *, max_images=256):
 
 
 def _check_out(out, overwrite):
-    out = Path(out).expanduser()
+    out = expand_user(out, "--out")
     if out.suffix.lower() != ".onnx":
         raise CnnctcError(f"--out {out}: the int8 model must end with .onnx (predict and eval choose the runtime "
                           "by the suffix)")
