@@ -3,7 +3,9 @@ import numbers
 
 from .errors import CnnctcError
 
-__all__ = ["positive_int"]
+__all__ = ["positive_int", "device_name", "DEVICES"]
+
+DEVICES = ("Ascend", "GPU", "CPU")  # the device targets MindSpore takes
 
 
 def positive_int(value, name, *, upper=None):
@@ -15,3 +17,14 @@ def positive_int(value, name, *, upper=None):
         bound = f" at most {upper}" if upper is not None else ""
         raise CnnctcError(f"{name} must be a positive integer{bound}, got {value}")
     return value
+
+
+def device_name(device_target):
+    """``device_target`` spelled as MindSpore takes it (any case accepted), or a one-line error."""
+    if not isinstance(device_target, str):
+        raise TypeError(f"device_target must be one of {', '.join(DEVICES)} (a str), got "
+                        f"{type(device_target).__name__}")
+    for name in DEVICES:
+        if device_target.lower() == name.lower():
+            return name
+    raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICES)}")

@@ -4,6 +4,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from ._checks import DEVICES, device_name
 from ._mindspore import mindspore as ms
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
@@ -16,7 +17,6 @@ __all__ = ["load", "load_model", "LoadedModel", "create_network", "select_device
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("Ascend", "GPU", "CPU")
 
 
 @contextlib.contextmanager
@@ -46,13 +46,7 @@ def select_device(device_target=None):
     (``mindspore.set_device``, or a device other than CPU in MindSpore's context); else Ascend, else
     GPU, else CPU, whichever is available first."""
     if device_target is not None:
-        if not isinstance(device_target, str):
-            raise TypeError(f"device_target must be one of {', '.join(DEVICES)} (a str), got "
-                            f"{type(device_target).__name__}")
-        for name in DEVICES:
-            if device_target.lower() == name.lower():
-                return name
-        raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICES)}")
+        return device_name(device_target)
     chosen = _chosen_device()
     if chosen:
         return chosen

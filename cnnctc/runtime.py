@@ -26,6 +26,7 @@ import logging
 import os
 from pathlib import Path
 
+from ._checks import device_name
 from .errors import CnnctcError
 
 __all__ = ["RUNTIMES", "check_runtime", "prefers_onnxruntime", "cpu_only", "cached_onnx", "export_cache_dir"]
@@ -33,7 +34,6 @@ __all__ = ["RUNTIMES", "check_runtime", "prefers_onnxruntime", "cpu_only", "cach
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "mindspore", "onnxruntime")
-_DEVICES = ("Ascend", "GPU", "CPU")
 _CACHE_FOLDER = "cnnctc-onnx"
 _SHAPING_CODE = ("export.py", "network.py")   # a change to either makes earlier exports stale
 
@@ -45,17 +45,10 @@ def check_runtime(runtime):
     return runtime.lower()
 
 
-def _device_name(device_target):
-    for name in _DEVICES:
-        if str(device_target).lower() == name.lower():
-            return name
-    raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(_DEVICES)}")
-
-
 def cpu_only(device_target=None):
     """True when the model will run on the CPU, decided without importing MindSpore (module docstring)."""
     if device_target:
-        return _device_name(device_target) == "CPU"
+        return device_name(device_target) == "CPU"
     return not (glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/davinci[0-9]*"))
 
 

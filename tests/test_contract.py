@@ -55,7 +55,7 @@ def user(tmp_path_factory):
 
 # (command line with {u} for the user's folder, expected exit status, text the error must hold)
 CASES = [
-    ("info --device-target TPU", 1, "unknown device target"),
+    ("info --device-target TPU", 2, "unknown device target"),
     ("info --model mindspore/0.1/nothing", 1, "known: mindspore/1.3/cnnctc_mjstiiit"),
     ("list --cache-dir {u}/notes.txt", 0, ""),
     ("download --cache-dir {u}/notes.txt", 1, "cache"),
@@ -76,7 +76,7 @@ CASES = [
     ("predict --checkpoint {u}/dir.ckpt {u}/images", 1, "dir.ckpt"),
     ("predict --checkpoint {u}/net.ckpt --lexicon {u}/fifo {u}/images", 1, "regular file"),
     ("predict --checkpoint {u}/net.ckpt --batch-size 0 {u}/images", 2, "usage:"),
-    ("predict --checkpoint {u}/net.ckpt --device-target TPU {u}/images", 1, "unknown device target"),
+    ("predict --checkpoint {u}/net.ckpt --device-target TPU {u}/images", 2, "unknown device target"),
     ("render {u}/images --count 2", 1, "images"),
     ("render {u}/notes.txt --count 2", 1, "notes.txt"),
     ("render {u}/new --alphabet=", 1, "alphabet"),

@@ -1,0 +1,133 @@
+"""The ``cnnctc`` command: each subcommand, beside its arguments, parses them and calls the Python API.
+
+``models`` (info, list, download, verify, hub-install, slim), ``reading`` (predict, eval),
+``datasets`` (render, make-lmdb), ``training`` (finetune), ``deploy`` (export, quantize).
+"""
+import argparse
+import contextlib
+import logging
+import os
+import sys
+
+from ..errors import CnnctcError
+from . import datasets, deploy, models, reading, training
+from ._args import Parser, examples_epilog
+from ._stdout import output_error, silence_stdout, stdout_usable
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+log = logging.getLogger("cnnctc")
+
+# In the order --help lists them: the models, reading words, data, training, deployment.
+_ORDER = ("info", "list", "download", "verify", "hub-install", "predict", "render", "make-lmdb", "finetune", "eval",
+          "slim", "export", "quantize")
+_BY_NAME = {command.name: command for module in (models, reading, datasets, training, deploy)
+            for command in module.COMMANDS}
+COMMANDS = [_BY_NAME[name] for name in _ORDER]
+
+# What to ask for less of when a command runs out of memory.
+_MEMORY_HINTS = {"predict": "a smaller --batch-size", "eval": "a smaller --batch-size",
+                 "finetune": "a smaller --batch-size", "render": "a smaller --count",
+                 "quantize": "a smaller --max-images", "make-lmdb": "smaller images"}
+
+
+def _common_options(parser, *, manifest=True, after_command=False):
+    # After the command name the options default to SUPPRESS, so that they do not reset what
+    # was given before it.
+    default = {"default": argparse.SUPPRESS} if after_command else {}
+    if manifest:
+        parser.add_argument("--manifest", **default, help="manifest JSON naming the checkpoint (default: "
+                            "CNNCTC_MANIFEST, else the hub asset)")
+    parser.add_argument("-q", "--quiet", action="store_true", **default, help="no progress bars or info messages")
+
+
+def build_parser():
+    from .. import __version__
+    parser = argparse.ArgumentParser(
+        prog="cnnctc", description="CNN-CTC scene-text recognition for MindSpore (hub model "
+        "mindspore/1.3/cnnctc_mjstiiit): fetch and verify the checkpoint, read word images, fine-tune.",
+        epilog=examples_epilog(("cnnctc predict --model cnnctc/mini-synth word.png", "cnnctc COMMAND --help")),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_options(parser)
+    parser.add_argument("--version", action="version", version=f"cnnctc {__version__}")
+    parents = {}
+    for uses_manifest in (True, False):
+        parents[uses_manifest] = argparse.ArgumentParser(add_help=False)
+        _common_options(parents[uses_manifest], manifest=uses_manifest, after_command=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           parents=[parents[command.uses_manifest]], epilog=examples_epilog(command.examples),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.arguments(p)
+        p.set_defaults(func=command.run, uses_manifest=command.uses_manifest)
+    return parser
+
+
+def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 still print
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.manifest and not args.uses_manifest:
+        parser.error(f"--manifest means nothing for `cnnctc {args.command}`; leave it out")
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ warnings drown the output otherwise
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="cnnctc: %(message)s",
+                        stream=sys.stderr)
+    from .._signals import terminate_as_interrupt
+    from ..errors import OutputError
+    try:
+        if not stdout_usable():
+            raise OutputError("standard output is closed, so the results could not be written; redirect it to a "
+                              "file (or to /dev/null to discard them)")
+        with terminate_as_interrupt():  # MindSpore turns Ctrl-C into SIGTERM once a graph has run
+            status = args.func(args)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise output_error(exc) from None
+        return status
+    except CnnctcError as exc:
+        print(f"cnnctc: error: {_one_line(exc) or _empty_message(exc)}", file=sys.stderr)
+        if isinstance(exc, OutputError):
+            silence_stdout()
+        return 1
+    except KeyboardInterrupt:
+        print("cnnctc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `cnnctc predict ... | head`
+        silence_stdout()
+        return 1
+    except MemoryError:
+        hint = _MEMORY_HINTS.get(args.command)
+        print(f"cnnctc: error: out of memory in `cnnctc {args.command}`; free memory (or raise the memory limit)"
+              + (f", or ask for less at once ({hint})" if hint else ""), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        from ..errors import os_error_line
+        print(f"cnnctc: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug of ours: still one line, with the way to the details
+        if os.environ.get("CNNCTC_DEBUG"):
+            raise
+        print(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc) or '(no message)'} (a bug in cnnctc; "
+              "run again with CNNCTC_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        return 1
+
+
+def _empty_message(exc):
+    return (f"{type(exc).__name__} without a message (a bug in cnnctc; run again with CNNCTC_DEBUG=1 and report "
+            "it)")
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""What every command shares: the parser class, argument types and options, the model a command names."""
+import argparse
+import contextlib
+import dataclasses
+import math
+import sys
+import textwrap
+
+__all__ = ["Command", "Parser", "positive_int", "non_negative_int", "int_at_least", "finite_positive_float",
+           "seed_arg", "model_arg", "cache_arg", "device_arg", "runtime_arg", "entry", "manifest_of", "progress_bar"]
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, what it does (help), its arguments, the function it runs, examples."""
+    name: str
+    help: str
+    arguments: object          # function(parser) adding the command's own arguments
+    run: object                # function(args) -> exit status
+    examples: tuple = ()
+    uses_manifest: bool = True  # whether --manifest means anything for it
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose options may come between positional arguments (``predict a.png
+    --checkpoint x b.png``), as users of other command lines expect."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        positionals = [a for a in self._actions if not a.option_strings]
+        if self._intermixing or not positionals or any(a.nargs in (argparse.PARSER, argparse.REMAINDER)
+                                                       for a in positionals):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def examples_epilog(examples):
+    """The ``--help`` epilog: 'examples:' and one indented command per line."""
+    if not examples:
+        return None
+    return "examples:\n" + "\n".join(textwrap.indent(line, "  ") for line in examples)
+
+
+def int_at_least(low, high=None, why=None):
+    """An argparse type: a whole number from ``low`` (to ``high``, with the reason for that bound)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            reason = f" ({why})" if why else ""
+            raise argparse.ArgumentTypeError(f"must be at most {high}{reason}, got {value}")
+        return value
+    return parse
+
+
+non_negative_int = int_at_least(0)
+positive_int = int_at_least(1)
+seed_arg = int_at_least(0, 2 ** 32 - 1)
+
+
+def finite_positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def model_arg(p):
+    p.add_argument("--model", metavar="UID", help="uid of a registered model (default: "
+                   "mindspore/1.3/cnnctc_mjstiiit; `cnnctc list` shows all)")
+
+
+def cache_arg(p):
+    p.add_argument("--cache-dir", help="cache root shared with MindSpore Hub (default: CNNCTC_CACHE_DIR, "
+                   "else ~/.mscache)")
+
+
+def _device(text):
+    from .._checks import device_name
+    from ..errors import CnnctcError
+    try:
+        return device_name(text)
+    except CnnctcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def device_arg(p):
+    p.add_argument("--device-target", type=_device, metavar="{Ascend,GPU,CPU}",
+                   help="the device to run on (default: the first available, or the one you chose in MindSpore)")
+
+
+def runtime_arg(p):
+    p.add_argument("--runtime", choices=("auto", "mindspore", "onnxruntime"), default="auto",
+                   help="for a checkpoint or hub uid: auto (default) runs onnxruntime on a CPU-only machine "
+                   "with the onnx extra, from an ONNX export made once and kept in the cache, else MindSpore")
+
+
+def entry(args):
+    """The registry entry the command works on: --model UID, --manifest FILE, or the default."""
+    from ..registry import get_model
+    return get_model(getattr(args, "model", None), manifest=getattr(args, "manifest", None))
+
+
+def manifest_of(args):
+    return entry(args).manifest
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def write(self, line, file):
+        print(line, file=file, flush=file is sys.stderr)
+
+
+def progress_bar(total, enabled):
+    """A tqdm bar on stderr when ``enabled``, else an object with the same update/write."""
+    if not enabled:
+        return contextlib.nullcontext(_NoBar())
+    from tqdm import tqdm
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)

@@ -1,0 +1,126 @@
+"""The finetune command, alone under msrun or data-parallel under it."""
+import argparse
+import os
+
+from ..errors import CnnctcError
+from ._args import Command, device_arg, finite_positive_float, positive_int, seed_arg
+
+
+def _channel_width(text):
+    from ..training.config import output_channel_problem
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    problem = output_channel_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _alphabet_arg(text):
+    from ..alphabet import alphabet_problem
+    problem = alphabet_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem + ("; give the symbols to read, or leave it out for the pretrained "
+                                                    "model's alphabet" if not text else ""))
+    return text
+
+
+def _workers_arg(text):
+    from ..batches import MAX_WORKERS
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_WORKERS}, got {value}")
+    return value
+
+
+def finetune_arguments(p):
+    p.add_argument("--train", nargs="+", required=True, metavar="LMDB", help="training LMDB datasets")
+    p.add_argument("--valid", nargs="+", metavar="LMDB", help="validation LMDB datasets (accuracy per epoch)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the checkpoints (created if needed; a "
+                   "folder holding another run's checkpoints is refused unless it is the --resume folder; other "
+                   "files in it are left alone)")
+    p.add_argument("--pretrained", default="hub", metavar="hub|UID|PATH|none",
+                   help="start from the selected model's hub checkpoint (default), another registered model's "
+                   "(e.g. mindspore/1.8/cnnctc_mjstiiit), a checkpoint file, or random weights")
+    p.add_argument("--alphabet", type=_alphabet_arg, help="symbols to read (default: the pretrained checkpoint's); a "
+                   "new alphabet gets a new head, the backbone still comes from the pretrained weights")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--epochs", type=positive_int, default=3, help="passes over the data (default 3)")
+    group.add_argument("--steps", type=positive_int, help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=192, help="images per step and worker (default 192)")
+    p.add_argument("--lr", type=finite_positive_float, default=5e-4, help="peak learning rate (default 5e-4)")
+    p.add_argument("--save-every", type=positive_int, default=1000, help="steps between checkpoints (default 1000)")
+    p.add_argument("--resume", metavar="DIR", help="continue the unfinished run whose checkpoints are in DIR, with "
+                   "its own settings (--steps, --lr, ... may be repeated but not changed; to train a finished run "
+                   "further, start a new run with --pretrained DIR/cnnctc-<step>.ckpt)")
+    p.add_argument("--output-channel", type=_channel_width, default=512,
+                   help="network width, a multiple of 16 (default 512, the published one)")
+    p.add_argument("--seed", type=seed_arg, default=1, help="seed of the initial weights and data order (default 1)")
+    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines (default 50)")
+    p.add_argument("--workers", type=_workers_arg, metavar="N", help="processes that read, decode and batch the "
+                   "training images (default: the cores, divided by the number of msrun workers; at most 64)")
+    device_arg(p)
+
+
+def _msrun_workers():
+    """The number of workers when msrun started this process (a worker or its scheduler), else None."""
+    if os.environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
+        return None
+    try:
+        workers = int(os.environ.get("MS_WORKER_NUM", "1"))
+    except ValueError:
+        raise CnnctcError(f"MS_WORKER_NUM is {os.environ['MS_WORKER_NUM']!r}, not a number of workers") from None
+    return workers if workers > 1 else None
+
+
+def _join_cluster():
+    """Join msrun's cluster: (rank, world) for a worker, None for msrun's scheduler process (its
+    init() serves the cluster until the workers are done)."""
+    from mindspore.communication import get_group_size, get_rank, init
+    try:
+        init()
+    except RuntimeError as exc:
+        raise CnnctcError(f"cannot join the msrun cluster ({str(exc).strip().splitlines()[0]})") from None
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        return None
+    return get_rank(), get_group_size()
+
+
+def finetune(args):
+    from ..training import TrainConfig, Trainer
+    config = TrainConfig(alphabet=args.alphabet, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, save_every=args.save_every, output_channel=args.output_channel,
+                         seed=args.seed, log_every=args.log_every, workers=args.workers)
+    config.check()
+    workers = _msrun_workers()
+    trainer = Trainer(args.train, args.valid, args.out, pretrained=args.pretrained, config=config,
+                      resume=args.resume, manifest=getattr(args, "manifest", None), model=getattr(args, "model", None),
+                      device_target=args.device_target, rank=0 if workers else None, world=workers)
+    if workers:
+        from ..loader import configure_context
+        configure_context(args.device_target)  # before init(): MindSpore fixes the device when it joins
+        # Every process, msrun's scheduler too, checks the settings before the cluster forms, so a bad
+        # one ends the whole job at once instead of leaving the scheduler waiting for its workers.
+        trainer.check()
+        cluster = _join_cluster()
+        if cluster is None:  # the scheduler: the workers did the training
+            return 0
+        trainer.set_rank(*cluster)
+    result = trainer.run()
+    print(f"last checkpoint: {result.last_checkpoint} (step {result.steps})")
+    if result.best_accuracy >= 0:
+        print(f"best checkpoint: {result.best_checkpoint} (validation accuracy {result.best_accuracy:.2f}%)")
+    return 0
+
+
+COMMANDS = [
+    Command("finetune", "fine-tune from the hub weights (official recipe: centered RMSProp, warm-up then cosine, "
+            "loss scale 8096); under msrun, data-parallel over the workers. Every setting and path is checked before "
+            "training starts; a run whose loss or weights become NaN stops with its last good checkpoint kept",
+            finetune_arguments, finetune,
+            ("cnnctc finetune --train data/train.lmdb --valid data/valid.lmdb --out run",
+             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained cnnctc/mini-synth --steps 300 "
+             "--batch-size 32")),
+]
