@@ -197,11 +197,27 @@ def cmd_make_lmdb(args):
 
 
 def cmd_render(args):
-    from .render import write_word_images
+    from .render import MARKER, resolve_fonts, write_word_images
+    fonts = resolve_fonts(args.font)
     labels = write_word_images(args.out, args.count, alphabet=args.alphabet, seed=args.seed, noise=args.noise,
-                               words=args.words, overwrite=args.overwrite)
+                               words=args.words, fonts=fonts, overwrite=args.overwrite)
     print(f"{args.out}: {args.count if not args.words else len(args.words)} images, labels in {labels}")
+    if fonts == [None]:
+        print("fonts: Pillow's built-in font only (no --font given and none of fonts-dejavu-core, "
+              "fonts-liberation, fonts-freefont-ttf is installed)")
+    else:
+        print(f"fonts: {', '.join(os.path.basename(f) for f in fonts)} (paths and SHA-256 in "
+              f"{os.path.join(args.out, MARKER)})")
     return 0
+
+
+def _render_count(text):
+    from .render import MAX_COUNT
+    value = _positive_int(text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT} images per set, got {value}; render "
+                                         "several sets instead")
+    return value
 
 
 def _finite_positive_float(text):
@@ -439,8 +455,11 @@ def build_parser():
     p = add("render", cmd_render, "draw synthetic word images with the installed fonts (for demos and tests); "
             "writes OUT/NNNNN.png and OUT/labels.tsv for make-lmdb")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--count", type=_positive_int, default=100, help="random words to draw (default 100)")
+    p.add_argument("--count", type=_render_count, default=100, help="random words to draw (default 100, at most "
+                   "1000000)")
     p.add_argument("--words", nargs="+", help="draw these words instead of random ones")
+    p.add_argument("--font", nargs="+", metavar="FILE", help="font files to draw with, in turn (default: the "
+                   "installed DejaVu, Liberation and FreeFont files, else Pillow's own font)")
     p.add_argument("--alphabet", default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
     p.add_argument("--noise", action="store_true", help="slant and blur the words")
     p.add_argument("--seed", type=int, default=0, help="seed of the random words, fonts and colours (default 0)")
@@ -556,7 +575,11 @@ def main(argv=None):
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (OSError, MemoryError) as exc:
+    except MemoryError:  # its message is empty: say what happened
+        print("cnnctc: error: out of memory; ask for less at once (a smaller --count, --batch-size or "
+              "--max-images) or free memory", file=sys.stderr)
+        return 1
+    except OSError as exc:
         print(f"cnnctc: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug of ours: still one line, with the way to the details
