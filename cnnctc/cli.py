@@ -46,7 +46,7 @@ def cmd_info(args):
         return 0
     from .loader import select_device  # validates --device-target before anything is printed
     device = select_device(args.device_target)
-    path = manifest.cache_path(args.cache_dir)
+    path = entry.bundled or manifest.cache_path(args.cache_dir)  # a bundled model is never in the cache
     print(f"model:        {manifest.uid}")
     print(f"card:         {entry.card or '(a user manifest: ' + manifest.source + ')'}")
     if manifest.accuracy is not None:
@@ -54,7 +54,7 @@ def cmd_info(args):
     print(f"asset:        {manifest.url}")
     print(f"sha256:       {manifest.sha256}")
     print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")
-    print(f"cache path:   {path}")
+    print(f"{'file:       ' if entry.bundled else 'cache path: '}  {path}")
     print(f"cache state:  {check_cached(manifest, args.cache_dir)}")
     from ._mindspore import mindspore as ms
     print(f"mindspore:    {ms.__version__}")
@@ -64,16 +64,17 @@ def cmd_info(args):
 
 def cmd_list(args):
     from .download import check_cached
-    from .registry import get_model, list_models
+    from .registry import bundled_asset, get_model, list_models
     rows = [("uid", "accuracy", "size", "cached")]
     entries = list_models()
     if getattr(args, "manifest", None):  # a user's manifest is listed (and checked) too
         entries.append(get_model(manifest=args.manifest))
     for entry in entries:
         manifest = entry.manifest
-        state = check_cached(manifest, args.cache_dir)
-        path = manifest.cache_path(args.cache_dir)
-        size = f"{path.stat().st_size / 2**20:.0f} MiB" if state != "missing" else "-"
+        state = check_cached(manifest, args.cache_dir)  # 'bundled' for a model shipped in the package
+        bundled = bundled_asset(manifest)
+        path = bundled or manifest.cache_path(args.cache_dir)
+        size = "-" if state == "missing" else f"{path.stat().st_size / 2**20:.{1 if bundled else 0}f} MiB"
         rows.append((manifest.uid, f"{manifest.accuracy}" if manifest.accuracy is not None else "-", size, state))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -96,8 +97,9 @@ def cmd_download(args):
 
 def cmd_verify(args):
     from .download import sha256_file
-    manifest = _manifest(args)
-    path = args.path or manifest.cache_path(args.cache_dir)
+    entry = _entry(args)
+    manifest = entry.manifest
+    path = args.path or entry.bundled or manifest.cache_path(args.cache_dir)  # a bundled model: its packaged file
     if not args.path and not os.path.exists(path):
         raise CnnctcError(f"{path}: no such file; `cnnctc download --model {manifest.uid}` fetches it")
     actual = sha256_file(path)  # an explicit check reads every byte, whatever the stamp says
@@ -377,6 +379,8 @@ def build_parser():
         prog="cnnctc", description="CNN-CTC scene-text recognition for MindSpore (hub model "
         "mindspore/1.3/cnnctc_mjstiiit): fetch and verify the checkpoint, read word images, fine-tune.")
     _common_options(parser)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"cnnctc {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, after_command=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -405,8 +409,9 @@ def build_parser():
                        "within D edits of the greedy reading (the CRNN protocol; faster on large lexicons)")
 
     def model_arg(p):
-        p.add_argument("--model", metavar="UID", help="hub uid of the model (default: "
-                       "mindspore/1.3/cnnctc_mjstiiit; `cnnctc list` shows all)")
+        p.add_argument("--model", metavar="UID", help="uid of a registered model (default: "
+                       "mindspore/1.3/cnnctc_mjstiiit; cnnctc/mini-synth is shipped in the package and reads "
+                       "offline; `cnnctc list` shows all)")
 
     p = add("info", cmd_info, "show the model's card, asset, cache path and state, MindSpore version and device")
     model_arg(p)
@@ -415,8 +420,8 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the model's manifest as JSON (a starting point "
                    "for a CNNCTC_MANIFEST of your own)")
 
-    p = add("list", cmd_list, "list every registered hub uid with its accuracy, cached size and state "
-            "(missing, verified or corrupt)")
+    p = add("list", cmd_list, "list every registered model with its accuracy, size and state: the hub uids "
+            "(missing, verified or corrupt in the cache) and cnnctc/mini-synth (bundled in the package)")
     cache_arg(p)
 
     p = add("download", cmd_download, "download and verify the checkpoint; prints its local path")
@@ -521,7 +526,7 @@ def build_parser():
     p.add_argument("dst", help="weights-only checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
 
-    p = add("export", cmd_export, "export the model to ONNX (for onnxruntime), MindIR (MindSpore, MindSpore Lite) "
+    p = add("export", cmd_export, "export the model to ONNX (for onnxruntime), MindIR (MindSpore 2.7-2.8) "
             "or AIR (Ascend); the file carries its alphabet and preprocessing, so predict and eval take it as "
             "--checkpoint")
     source = p.add_mutually_exclusive_group()

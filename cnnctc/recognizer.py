@@ -11,7 +11,7 @@ import numpy as np
 
 from .decoding import ctc_greedy_decode
 from .errors import CnnctcError
-from .manifest import load_manifest
+from .registry import load_manifest
 from .transforms import ImageError, find_images, load_image, preprocess_image  # noqa: F401 (find_images: API)
 
 __all__ = ["Recognizer", "MindSporeRunner", "find_images", "padded_batch_size"]

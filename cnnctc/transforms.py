@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import CnnctcError
-from .manifest import load_manifest
+from .registry import load_manifest
 
 __all__ = ["preprocess", "preprocess_image", "load_image", "read_image_file", "find_images", "ImageError"]
 
