@@ -12,7 +12,7 @@ _LAZY = {
     "load": "loader",
     "load_model": "loader",
     "create_network": "loader",
-    "load_manifest": "manifest",
+    "load_manifest": "registry",
     "Manifest": "manifest",
     "get_model": "registry",
     "list_models": "registry",

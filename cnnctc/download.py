@@ -26,7 +26,8 @@ from urllib.parse import unquote, urlsplit
 from ._files import NotRegularFile, file_kind, open_regular
 from .errors import CnnctcError, DownloadError, IntegrityError, ManifestError, OfflineError
 from .errors import os_reason as _os_reason
-from .manifest import cache_root, is_inside, load_manifest
+from .manifest import cache_root, is_inside
+from .registry import bundled_asset, list_models, load_manifest
 
 __all__ = ["fetch", "sha256_file", "file_sha256", "verify_file", "check_cached", "check_url", "check_sha256",
            "asset_for_url", "file_name_for_url"]
@@ -186,12 +187,31 @@ def verify_file(path, expected):
     return path
 
 
+def _bundled(manifest):
+    """The verified weights shipped inside the package for ``manifest``, or None when it names none."""
+    path = bundled_asset(manifest)
+    if path is None:
+        return None
+    actual = sha256_file(path) if _present(path) else None  # a few MB: hashed on every use, no stamp
+    if actual != manifest.sha256:
+        raise IntegrityError(f"{path}: the model {manifest.uid} shipped with cnnctc is "
+                             f"{'missing' if actual is None else 'damaged (SHA-256 ' + actual + ')'}; "
+                             "reinstall the package (pip install --force-reinstall cnnctc)")
+    return path
+
+
 def check_cached(manifest, cache_dir=None):
-    """The state of the manifest's asset in the cache: 'missing', 'verified' or 'corrupt'.
+    """The state of the manifest's asset: 'missing', 'verified' or 'corrupt' in the cache; for a
+    model shipped inside the package, 'bundled' (verified), 'missing' or 'corrupt'.
 
     Raises :class:`~cnnctc.errors.CnnctcError` when something is at the cache path that cannot
     be read as a file (a directory, a FIFO, no permission).
     """
+    bundled = bundled_asset(manifest)
+    if bundled is not None:
+        if not _present(bundled):
+            return "missing"
+        return "bundled" if sha256_file(bundled) == manifest.sha256 else "corrupt"
     path = manifest.cache_path(cache_dir)
     if not _present(path):
         return "missing"
@@ -209,7 +229,6 @@ def _verified_copies(root, sha256, target):
     for depth in ("*", "*/*", "*/*/*", "*/*/*/*"):
         candidates += [stamp.with_name(stamp.name[:-len(".verified")])
                        for stamp in root.glob(f"{depth}/*.verified")]
-    from .registry import list_models
     candidates += [entry.manifest.cache_path(root) for entry in list_models() if entry.manifest.sha256 == sha256]
     for path in candidates:
         key = os.path.abspath(path)
@@ -393,9 +412,13 @@ def _reason(exc, host=None):
     return proxy + type(causes[-1]).__name__, True
 
 
+_TRY_OFFLINE = "--model cnnctc/mini-synth (a small model shipped with cnnctc, trained on rendered words only)"
+
+
 def _ways_out(target, sha256):
     return (f"To work offline, put the file whose SHA-256 is {sha256} at {target} and set CNNCTC_OFFLINE=1; "
-            "or fetch it from a mirror with --url URL (or CNNCTC_ASSET_URL=URL).")
+            f"or fetch it from a mirror with --url URL (or CNNCTC_ASSET_URL=URL); or try the package offline "
+            f"with {_TRY_OFFLINE}.")
 
 
 def _cache_error(root, exc):
@@ -653,7 +676,8 @@ def _download(url, sha256, target, *, retries, backoff, timeout, quiet):
 
 def fetch(manifest=None, cache_dir=None, *, url=None, force=False, offline=None, allow_http=None,
           quiet=False, retries=DEFAULT_RETRIES, backoff=DEFAULT_BACKOFF, timeout=DEFAULT_TIMEOUT):
-    """Return the path of the manifest's verified asset in the cache, downloading it if needed.
+    """Return the path of the manifest's verified asset in the cache, downloading it if needed
+    (a bundled model's is the verified file inside the package).
 
     ``url`` (or ``CNNCTC_ASSET_URL``) replaces the manifest's URL; the SHA-256 still binds. It is
     checked before anything else. ``offline`` (or ``CNNCTC_OFFLINE=1``) never touches the
@@ -662,6 +686,9 @@ def fetch(manifest=None, cache_dir=None, *, url=None, force=False, offline=None,
     :class:`IntegrityError` or :class:`ManifestError` with a one-line message meant for the user.
     """
     manifest = load_manifest(manifest)
+    bundled = _bundled(manifest)
+    if bundled is not None:  # shipped inside the package: nothing to fetch, from anywhere
+        return bundled
     root = cache_root(cache_dir)
     target = manifest.cache_path(cache_dir)
     if not is_inside(root, target):
@@ -698,7 +725,8 @@ def fetch(manifest=None, cache_dir=None, *, url=None, force=False, offline=None,
         raise _cache_error(root, exc) from None
     if offline:
         raise OfflineError(f"offline (CNNCTC_OFFLINE) and {target} is not in the cache. Copy the verified "
-                           f"file there (SHA-256 {manifest.sha256}), or download it with network.")
+                           f"file there (SHA-256 {manifest.sha256}), or download it with network; or try the "
+                           f"package offline with {_TRY_OFFLINE}.")
     _check_url(url, allow_http)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from ._files import Busy, exclusive_lock, rename_folder_no_replace, rename_no_replace, umask_mode
 from .errors import CnnctcError
 from .manifest import _PACKAGE_DIR, _assets_dir, cache_root, inside
-from .registry import get_model, list_models
+from .registry import get_model, hub_models
 
 __all__ = ["hub_install", "hub_conf", "HUB_CONF", "MARKER"]
 
@@ -73,6 +73,9 @@ def _install_one(root, entry, overwrite):
     if entry.card is None:
         raise CnnctcError(f"{manifest.uid} is a user manifest without a hub card; hub-install lays out "
                           "registered uids only (see `cnnctc list`)")
+    if entry.bundled is not None:
+        raise CnnctcError(f"{manifest.uid} is shipped inside cnnctc, not published on MindSpore Hub; load it with "
+                          f"cnnctc.load(model={manifest.uid!r}) (hub-install lays out the hub's uids)")
     uid = PurePosixPath(manifest.uid)
     base = inside(root, *uid.parent.parts)
     repo_link = manifest.repo_link or manifest.model_name
@@ -166,7 +169,7 @@ def _place_card(entry, card, overwrite):
 
 
 def hub_install(hub_dir=None, model=None, *, manifest=None, overwrite=False):
-    """Write the card and the code directory of ``model`` (default: every registered uid) under
+    """Write the card and the code directory of ``model`` (default: every hub uid) under
     ``hub_dir``; returns a list of (card path, code dir).
 
     A code directory or card already there is replaced only when this command wrote it (or with
@@ -174,7 +177,7 @@ def hub_install(hub_dir=None, model=None, *, manifest=None, overwrite=False):
     """
     root = cache_root(hub_dir)
     _check_writable(root)
-    entries = list_models() if model is None and manifest is None else [get_model(model, manifest=manifest)]
+    entries = hub_models() if model is None and manifest is None else [get_model(model, manifest=manifest)]
     try:
         return [_install_one(root, entry, overwrite) for entry in entries]
     except OSError as exc:

@@ -1,7 +1,8 @@
 """The manifest of a model: which checkpoint, where it lives, and how its inputs and outputs are read.
 
 Like torchvision's weights enums, the URL, the hash, the alphabet and the preprocessing constants
-travel together. The registry (``cnnctc.registry``) holds one manifest per hub uid; a user's own
+travel together. The registry (``cnnctc.registry``) holds one manifest per registered uid and
+resolves names to manifests (``load_manifest``); this module knows nothing of it. A user's own
 checkpoint is served by a manifest JSON of the same shape (``CNNCTC_MANIFEST``). Every field is
 checked when a manifest is read, and every path built from one stays inside its root.
 No MindSpore import here.
@@ -16,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from .alphabet import check_alphabet
 from .errors import ManifestError
 
-__all__ = ["Manifest", "Preprocess", "load_manifest", "cache_root", "inside", "is_inside"]
+__all__ = ["Manifest", "Preprocess", "read_manifest_file", "cache_root", "inside", "is_inside"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A path part of a uid or a file name: letters, digits, '.', '_', '-', not starting with a dot.
@@ -269,11 +270,3 @@ def read_manifest_file(path):
         raise ManifestError(f"cannot read manifest {path}: its JSON is nested too deeply") from None
     return Manifest.from_dict(data, source=path)
 
-
-def load_manifest(path=None, *, model=None):
-    """A manifest: ``path`` (a JSON file or a Manifest), else the registry's entry for ``model``
-    (default: ``CNNCTC_MANIFEST`` if set, else the default hub uid)."""
-    if isinstance(path, Manifest):
-        return path
-    from .registry import get_model
-    return get_model(model, manifest=path).manifest

@@ -16,7 +16,8 @@ import numpy as np
 from ._checks import positive_int
 from .decoding import decoder_for
 from .errors import CnnctcError, DownloadError, IntegrityError
-from .manifest import _NETWORK_KEYS, load_manifest
+from .manifest import _NETWORK_KEYS
+from .registry import load_manifest
 from .runtime import check_runtime
 from .transforms import ImageError, find_images, load_image, preprocess_image  # noqa: F401 (find_images: API)
 

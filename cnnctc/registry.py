@@ -1,9 +1,12 @@
-"""The model registry: one entry per MindSpore Hub uid, the single path every entry point takes.
+"""The model registry: one entry per registered uid, the single path every entry point takes.
 
-An entry holds the hub card (byte for byte), the manifest (asset, hash, alphabet, preprocessing,
-network configuration, accuracy, dataset) and the architecture it builds. A user's own manifest
-(``CNNCTC_MANIFEST`` or ``--manifest``) becomes an entry of the same kind without a card. Adding
-a hub version, or another model, is one more entry here. No MindSpore import here.
+An entry holds its card (the hub's, byte for byte, or the bundled model's), the manifest (asset,
+hash, alphabet, preprocessing, network configuration, accuracy, dataset) and the architecture it
+builds. The seven MindSpore Hub uids are downloaded; ``cnnctc/mini-synth`` ships inside the
+package. A user's own manifest (``CNNCTC_MANIFEST`` or ``--manifest``) becomes an entry of the
+same kind without a card. Adding a hub version, or another model, is one more entry here.
+This module owns the manifests it resolves (``load_manifest``); ``manifest`` never imports it.
+No MindSpore import here.
 """
 import dataclasses
 import importlib
@@ -13,9 +16,12 @@ from pathlib import Path
 from .errors import CnnctcError
 from .manifest import Manifest, _assets_dir, read_manifest_file
 
-__all__ = ["ModelEntry", "get_model", "list_models", "build_network", "DEFAULT_MODEL", "ARCHITECTURES"]
+__all__ = ["ModelEntry", "get_model", "list_models", "hub_models", "load_manifest", "bundled_asset", "build_network",
+           "DEFAULT_MODEL", "BUNDLED_MODEL", "ARCHITECTURES"]
 
 DEFAULT_MODEL = "mindspore/1.3/cnnctc_mjstiiit"
+# Shipped inside the package; only ever used when asked for by name (never in place of the hub model).
+BUNDLED_MODEL = "cnnctc/mini-synth"
 
 # Architecture name (a manifest's ``model_name``, what the hub passes to create_network) -> builder.
 ARCHITECTURES = {"cnnctc": "cnnctc.network:CNNCTC"}
@@ -23,9 +29,11 @@ ARCHITECTURES = {"cnnctc": "cnnctc.network:CNNCTC"}
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its manifest and, for hub uids, the path of its card."""
+    """A registered model: its manifest, the path of its card (none for a user manifest) and, for
+    a model shipped inside the package, the path of its weights."""
     manifest: Manifest
     card: Path = None
+    bundled: Path = None
 
     @property
     def uid(self):
@@ -61,6 +69,9 @@ _CNNCTC_MJSTIIIT = {
 }
 _SHA_8597 = "3468204da46492286ed466c9bab9572443b4e7d359396a5e38b42ceb3d0a6c6f"
 _SHA_840 = "93bf15cb0429aa70c57e313f285f90e2bd08c874bac9a517cdce50a849ce1d56"
+# Written by benchmarks/train_mini_synth.py (it prints both after rebuilding the file).
+_MINI_SYNTH_SHA256 = "9dc103c04683b6e7de619d139833f5c2d34b123857f41c2343fd6c2f0575689f"
+_MINI_SYNTH_ACCURACY = {"clean": 95.4, "noise": 91.0}
 
 
 def _hub_cnnctc(version, sha256, accuracy, dataset):
@@ -89,15 +100,49 @@ def _card_path(manifest):
     return _assets_dir() / "cards" / version / f"{manifest.uid.rsplit('/', 1)[1]}.md"
 
 
+# The bundled model: the hub's architecture, alphabet and transform at width 64, trained from random
+# weights on words `cnnctc render` drew (Debian fonts, clean and --noise). benchmarks/train_mini_synth.py
+# rebuilds the file (deterministically) and measured the accuracies below on held-out rendered words (other
+# seeds, `cnnctc eval`); they are not comparable with the hub's benchmark accuracy, so the manifest's
+# `accuracy` stays empty. Card: assets/cards/cnnctc/mini-synth.md.
+_MINI_SYNTH = dict(
+    _CNNCTC_MJSTIIIT, uid=BUNDLED_MODEL, file_name="cnnctc_mini_synth.ckpt",
+    url="bundled:models/cnnctc_mini_synth.ckpt",  # inside the package's assets; never downloaded
+    sha256=_MINI_SYNTH_SHA256, network={"final_feature_width": 26, "output_channel": 64},
+    mindspore_version="2.8.0", train_dataset="rendered words (cnnctc render: DejaVu, Liberation, FreeFont)",
+    rendered_word_accuracy=_MINI_SYNTH_ACCURACY)
+
+
+def _bundled_path(manifest):
+    return _assets_dir() / "models" / manifest.file_name
+
+
 _REGISTRY = {}
 for _data in _ENTRIES:
     _manifest = Manifest.from_dict(_data, source=f"registry:{_data['uid']}")
     _REGISTRY[_manifest.uid] = ModelEntry(_manifest, _card_path(_manifest))
+_manifest = Manifest.from_dict(_MINI_SYNTH, source=f"registry:{BUNDLED_MODEL}")
+_REGISTRY[BUNDLED_MODEL] = ModelEntry(_manifest, _assets_dir() / "cards" / "cnnctc" / "mini-synth.md",
+                                      _bundled_path(_manifest))
 
 
 def list_models():
-    """The registered entries, in registry order."""
+    """The registered entries, in registry order: the hub's uids, then the bundled model."""
     return list(_REGISTRY.values())
+
+
+def hub_models():
+    """The entries MindSpore Hub publishes (what ``hub-install`` lays out)."""
+    return [entry for entry in _REGISTRY.values() if entry.bundled is None]
+
+
+def bundled_asset(manifest):
+    """The packaged weights file for ``manifest`` when it names a bundled model (same uid and
+    SHA-256), else None. The caller verifies the file's hash before use."""
+    entry = _REGISTRY.get(manifest.uid)
+    if entry is None or entry.bundled is None or entry.manifest.sha256 != manifest.sha256:
+        return None
+    return entry.bundled
 
 
 def get_model(model=None, *, manifest=None):
@@ -122,3 +167,11 @@ def get_model(model=None, *, manifest=None):
     if entry is None:
         raise CnnctcError(f"unknown model {model!r}; known: {', '.join(_REGISTRY)}")
     return entry
+
+
+def load_manifest(path=None, *, model=None):
+    """A manifest: ``path`` (a JSON file or a Manifest), else the registry's entry for ``model``
+    (default: ``CNNCTC_MANIFEST`` if set, else the default hub uid)."""
+    if isinstance(path, Manifest):
+        return path
+    return get_model(model, manifest=path).manifest

@@ -1,17 +1,32 @@
-"""Synthetic word images for tests and demos, drawn with Pillow and common Debian fonts."""
+"""Synthetic word images for tests and demos, drawn with Pillow and common Debian fonts.
+
+The fonts are an input like the seed: the same words, seed, font files and Pillow version give
+the same pixels, so a rendered set's marker records the font files with their SHA-256 and the
+Pillow version.
+"""
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
+import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import CnnctcError
 
-__all__ = ["render_word", "find_fonts", "random_words", "write_word_images", "FONT_CANDIDATES"]
+__all__ = ["render_word", "find_fonts", "resolve_fonts", "random_words", "write_word_images", "FONT_CANDIDATES",
+           "MAX_COUNT", "MARKER"]
+
+MAX_COUNT = 1_000_000  # images one render may draw (about 2 GB of PNGs); more is a usage error
+_MAX_FONT_BYTES = 64 * 2**20  # no font is this large; a bigger "font" is refused before it is read
 
 # Debian's fonts-dejavu-core, fonts-liberation and fonts-freefont-ttf.
 FONT_CANDIDATES = (
@@ -36,6 +51,39 @@ def _font(path, size):
     if path is None:
         return ImageFont.load_default(size=size)
     return ImageFont.truetype(path, size)
+
+
+def resolve_fonts(fonts=None):
+    """The font files a render uses: ``fonts`` (checked: regular, loadable files), else every
+    installed candidate, else ``[None]`` (Pillow's own font)."""
+    if fonts is None:
+        return find_fonts() or [None]
+    if isinstance(fonts, (str, os.PathLike)):
+        raise CnnctcError("fonts must be a list of font files, not one path")
+    fonts = [os.fspath(font) for font in fonts]
+    if not fonts:
+        raise CnnctcError("fonts is empty; give font files, or None for the installed ones")
+    for font in fonts:
+        try:
+            st = os.stat(font)
+        except OSError as exc:
+            raise CnnctcError(f"{font}: cannot read the font ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FONT_BYTES:
+            raise CnnctcError(f"{font}: not a font file (a TrueType or OpenType file of at most "
+                              f"{_MAX_FONT_BYTES // 2**20} MB)")
+        try:
+            _font(font, 32)
+        except (OSError, ValueError) as exc:
+            raise CnnctcError(f"{font}: not a usable font ({exc})") from None
+    return fonts
+
+
+def _font_record(font):
+    if font is None:
+        return {"file": None, "note": "Pillow's built-in font"}
+    with open(font, "rb") as f:
+        digest = hashlib.sha256(f.read(_MAX_FONT_BYTES + 1)).hexdigest()
+    return {"file": os.path.abspath(font), "sha256": digest}
 
 
 def render_word(text, *, font=None, size=32, rng=None, noise=False):
@@ -66,8 +114,9 @@ def random_words(count, alphabet, *, min_length=2, max_length=8, rng=None):
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(min_length, max_length))) for _ in range(count)]
 
 
-MARKER = ".cnnctc-render"  # written into every set write_word_images makes; lists its files
+MARKER = ".cnnctc-render"  # written into every set write_word_images makes; lists its files and inputs
 _BAD_IN_WORDS = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\0": "a NUL"}
+_OUR_NAMES = re.compile(r"^(\d{5,}\.png|labels\.tsv|\.cnnctc-render)$")
 
 
 def _check_text(text, what):
@@ -82,6 +131,9 @@ def _check_request(count, alphabet, words):
     if words is None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise CnnctcError(f"count must be a whole number of at least 1, got {count!r}")
+        if count > MAX_COUNT:
+            raise CnnctcError(f"count must be at most {MAX_COUNT:,} images per set, got {count:,}; render "
+                              "several sets and give make-lmdb or finetune each of them")
         if not isinstance(alphabet, str) or not alphabet.strip():
             raise CnnctcError(f"the alphabet {alphabet!r} has no symbols; give the symbols to draw words from")
         _check_text(alphabet, "the alphabet")
@@ -91,6 +143,8 @@ def _check_request(count, alphabet, words):
     words = list(words)
     if not words:
         raise CnnctcError("no words to draw (words is empty)")
+    if len(words) > MAX_COUNT:
+        raise CnnctcError(f"at most {MAX_COUNT:,} words per set, got {len(words):,}")
     for number, word in enumerate(words, 1):
         _check_text(word, f"word {number}")
         if not word.strip():
@@ -100,6 +154,7 @@ def _check_request(count, alphabet, words):
 
 def _rendered_set(folder):
     """Whether ``folder`` holds exactly a set write_word_images made (its marker names every file)."""
+    folder = Path(folder)
     try:
         names = set(os.listdir(folder))
         with open(folder / MARKER, encoding="utf-8") as f:
@@ -138,7 +193,86 @@ def _check_out(out, overwrite):
     return "replace"
 
 
-def _render_into(folder, words, fonts, rng, noise):
+def _umask():
+    """The process's umask, read without changing it where Linux tells it (/proc), else by a swap."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _busy(out):
+    return CnnctcError(f"{out}: another `cnnctc render` is writing this set right now; wait for it to finish, "
+                       "or choose another OUT")
+
+
+@contextlib.contextmanager
+def _claimed(out, lock_path):
+    """Hold ``lock_path`` (an flock) for the whole render of ``out``: a second writer is refused.
+
+    The file is removed at the end. Whoever locks a file that was removed meanwhile sees a
+    different inode at the path and tries again, so removing it is safe.
+    """
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise CnnctcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(out) from None
+        try:
+            same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _claimed_folder(out):
+    """Hold an flock on the (empty) folder ``out`` itself, when its parent takes no lock file."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CnnctcError(f"{out}: cannot open the folder ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(out) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(out):
+    """Remove the work folders a killed render of ``out`` left beside it (we hold its lock, so no
+    live render owns them). Only folders holding nothing but rendered files are touched."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.tmp(\.old)?$")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            if not pattern.match(entry.name) or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if all(_OUR_NAMES.match(name) for name in os.listdir(entry.path)):
+                    shutil.rmtree(entry.path)
+
+
+def _render_into(folder, words, fonts, rng, noise, inputs):
     lines, names = [], []
     for number, word in enumerate(words):
         name = f"{number:05d}.png"
@@ -147,13 +281,13 @@ def _render_into(folder, words, fonts, rng, noise):
         names.append(name)
     (folder / "labels.tsv").write_text("".join(lines), encoding="utf-8")
     # The marker goes last: a folder without it is never taken for a finished set.
-    (folder / MARKER).write_text(json.dumps({"files": names + ["labels.tsv"]}) + "\n", encoding="utf-8")
+    (folder / MARKER).write_text(json.dumps({"files": names + ["labels.tsv"], **inputs}) + "\n", encoding="utf-8")
 
 
-def _render_in_empty(out, words, fonts, rng, noise):
+def _render_in_empty(out, words, fonts, rng, noise, inputs):
     """Draw straight into an empty folder whose parent we cannot write; on failure remove what we drew."""
     try:
-        _render_into(out, words, fonts, rng, noise)
+        _render_into(out, words, fonts, rng, noise, inputs)
     except BaseException:
         made = [f"{number:05d}.png" for number in range(len(words))] + ["labels.tsv", MARKER]
         for name in made:
@@ -164,57 +298,85 @@ def _render_in_empty(out, words, fonts, rng, noise):
         raise
 
 
+def _put_in_place(staging, out, state):
+    """Rename ``staging`` to ``out``, re-checking ``out`` at that moment: only an empty folder or,
+    for 'replace', a set rendered here may be there; anything else someone put there stays."""
+    if state != "replace":
+        try:
+            os.rename(staging, out)  # atomically replaces an empty folder, never anything else
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise CnnctcError(f"{out} appeared while the images were drawn and is not empty; it was left "
+                                  "as it is: choose another OUT") from None
+            raise
+        return None
+    old = staging.with_name(staging.name + ".old")
+    os.rename(out, old)
+    if not _rendered_set(old):  # replaced by something else since it was checked: put it back
+        os.rename(old, out)
+        raise CnnctcError(f"{out} changed while the images were drawn and is no longer a rendered set; it was "
+                          "left as it is")
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    return old
+
+
 def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", words=None, fonts=None,
                       seed=0, noise=False, overwrite=False):
     """Draw words to ``out/NNNNN.png`` with a ``labels.tsv`` (``name<TAB>word``); returns its path.
 
-    Random words over ``alphabet`` unless ``words`` is given; fonts cycle through ``fonts``
-    (default: every installed candidate). ``out`` must be new or an empty folder; with
-    ``overwrite`` it may also be a set this function rendered before (recognised by its
-    ``.cnnctc-render`` marker), never a folder holding anything else. The set is drawn in a
-    temporary folder beside ``out`` and renamed into place, so a failure leaves ``out`` as it was.
-    Raises :class:`CnnctcError` (one line) for bad arguments or an unwritable ``out``.
+    Random words over ``alphabet`` unless ``words`` is given (at most ``MAX_COUNT``); fonts cycle
+    through ``fonts`` (default: every installed candidate, see :func:`resolve_fonts`). ``out``
+    must be new or an empty folder; with ``overwrite`` it may also be a set this function
+    rendered before (recognised by its ``.cnnctc-render`` marker, which also records the font
+    files with their SHA-256, the Pillow version, the seed and ``noise``), never a folder holding
+    anything else. The set is drawn in a temporary folder beside ``out`` and renamed into place,
+    so a failure leaves ``out`` as it was; folders and files get the modes the umask gives. A
+    second render into the same ``out`` is refused while the first runs, and work folders a
+    killed render left are removed. Raises :class:`CnnctcError` (one line) for bad arguments, a
+    busy or unwritable ``out``.
     """
     words = _check_request(count, alphabet, words)
     out = Path(out)
+    fonts = resolve_fonts(fonts)
     state = _check_out(out, overwrite)
     rng = random.Random(seed)
     words = words if words is not None else random_words(count, alphabet, rng=rng)
-    fonts = list(fonts) if fonts is not None else (find_fonts() or [None])
-    if not fonts:
-        raise CnnctcError("fonts is empty; give font files, or None for the installed ones")
-    for font in fonts:
-        try:
-            _font(font, 32)
-        except (OSError, ValueError) as exc:
-            raise CnnctcError(f"{font}: not a usable font ({exc})") from None
+    inputs = {"fonts": [_font_record(font) for font in fonts], "pillow": PIL.__version__, "seed": seed,
+              "noise": bool(noise)}
+    if state == "empty" and not os.access(out.parent, os.W_OK | os.X_OK):
+        with _claimed_folder(out):  # nothing there to keep: draw in place
+            if os.listdir(out) and _check_out(out, False) != "empty":  # filled meanwhile: says by what
+                raise _busy(out)
+            try:
+                _render_in_empty(out, words, fonts, rng, noise, inputs)
+            except OSError as exc:
+                raise CnnctcError(f"{out}: cannot write the images ({exc.strerror or exc})") from None
+        return out / "labels.tsv"
     try:
-        if state == "empty" and not os.access(out.parent, os.W_OK | os.X_OK):
-            _render_in_empty(out, words, fonts, rng, noise)  # nothing there to keep
-            return out / "labels.tsv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     except OSError as exc:
         raise CnnctcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
-    old = None
-    try:
+    with _claimed(out, out.parent / f".cnnctc-render.{out.name}.lock"):
+        _remove_leftovers(out)
+        state = _check_out(out, overwrite)  # again, now that no other render can change it
         try:
-            _render_into(staging, words, fonts, rng, noise)
-            if state == "replace":
-                old = staging.with_name(staging.name + ".old")
-                os.rename(out, old)
-                try:
-                    os.rename(staging, out)
-                except BaseException:
-                    os.rename(old, out)
-                    old = None
-                    raise
-            else:
-                os.rename(staging, out)  # atomically replaces an empty folder too
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the set gets the usual modes
         except OSError as exc:
-            raise CnnctcError(f"{out}: cannot write the images ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            raise CnnctcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+        old = None
+        try:
+            try:
+                _render_into(staging, words, fonts, rng, noise, inputs)
+                old = _put_in_place(staging, out, state)
+            except OSError as exc:
+                raise CnnctcError(f"{out}: cannot write the images ({exc.strerror or exc})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     return out / "labels.tsv"

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from ._files import NotRegularFile, open_regular
 from .errors import CnnctcError
-from .manifest import load_manifest
+from .registry import load_manifest
 
 __all__ = ["preprocess", "preprocess_image", "load_image", "read_image_file", "find_images", "ImageError",
            "MAX_IMAGE_BYTES"]

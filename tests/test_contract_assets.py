@@ -28,7 +28,8 @@ from cnnctc import download
 from cnnctc.download import (MAX_FILE_NAME, asset_for_url, check_cached, fetch, file_name_for_url, file_sha256,
                              sha256_file, verify_file)
 from cnnctc.errors import CheckpointError, CnnctcError, DownloadError, IntegrityError, ManifestError
-from cnnctc.manifest import is_inside, load_manifest
+from cnnctc.manifest import is_inside
+from cnnctc.registry import load_manifest
 
 FAST = dict(backoff=0.01, allow_http=True, quiet=True)
 CONTENT = os.urandom(200_000)
@@ -367,7 +368,7 @@ def test_fifo_at_the_cache_path_never_blocks(tmp_path, serve):
     os.mkfifo(target)
     code = f"""
 from cnnctc.download import fetch, check_cached, file_sha256, sha256_file, verify_file
-from cnnctc.manifest import load_manifest
+from cnnctc.registry import load_manifest
 m = load_manifest({str(manifest.source)!r})
 call(fetch, m, allow_http=True, quiet=True)
 call(check_cached, m)
@@ -427,7 +428,7 @@ def test_inside_helper(tmp_path):
 FETCH_CODE = """
 import sys
 from cnnctc.download import fetch
-from cnnctc.manifest import load_manifest
+from cnnctc.registry import load_manifest
 call(fetch, load_manifest(sys.argv[1]), sys.argv[2], allow_http=True, quiet=True, retries=0)
 """
 

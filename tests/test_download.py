@@ -13,7 +13,7 @@ from conftest import subprocess_env, write_manifest
 from cnnctc import download
 from cnnctc.download import fetch, file_sha256
 from cnnctc.errors import DownloadError, IntegrityError, OfflineError
-from cnnctc.manifest import load_manifest
+from cnnctc.registry import load_manifest
 
 FAST = dict(backoff=0.01, allow_http=True, quiet=True)
 CONTENT = os.urandom(3 * 1024 * 1024 + 123)

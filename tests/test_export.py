@@ -1,13 +1,13 @@
 """Export to ONNX / MindIR / AIR, the onnxruntime path and int8 quantization, end to end.
 
-The network is a narrow CNN-CTC trained here for 120 steps (about 20 s) on rendered digit strings:
-a random network is no stand-in for the int8 check (its columns are near-ties that any rounding
-flips, 75-90% agreement measured), and trained weights make the texts compared below real words.
+The network is the bundled cnnctc/mini-synth, a narrow CNN-CTC trained on rendered words: a random
+network is no stand-in for the int8 check (its columns are near-ties that any rounding flips,
+75-90% agreement measured), and trained weights make the texts compared below real words.
 """
 import hashlib
 import json
 import os
-import random
+import shutil
 import subprocess
 import sys
 
@@ -17,22 +17,20 @@ import pytest
 import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9); onnx is imported lazily
 
 from conftest import subprocess_env
-from cnnctc.checkpoint import save_checkpoint
 from cnnctc.data import make_lmdb
 from cnnctc.decoding import ctc_greedy_decode
 from cnnctc.errors import CnnctcError
 from cnnctc.evaluation import evaluate
 from cnnctc.export import MindIRRunner, export_model, sidecar_path
-from cnnctc.loader import configure_context, load_model
-from cnnctc.network import CNNCTC
+from cnnctc.loader import load_model
 from cnnctc.onnx_runtime import OnnxRunner
 from cnnctc.recognizer import Recognizer
-from cnnctc.render import find_fonts, random_words, render_word, write_word_images
+from cnnctc.registry import BUNDLED_MODEL, get_model
+from cnnctc.render import find_fonts, write_word_images
 from cnnctc.transforms import find_images, preprocess
 
-DIGITS = "0123456789"
-WIDTH = 32
-TRAIN_STEPS = 120
+ALPHABET = get_model(BUNDLED_MODEL).manifest.alphabet  # 0-9a-z
+WIDTH = 64
 
 
 def user_env(**extra):
@@ -59,33 +57,15 @@ def leftovers(folder, keep=()):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A narrow network trained briefly on rendered digit strings, its checkpoint, and test data."""
-    from cnnctc.train import CTCLossCell
+    """A trained narrow network (the bundled cnnctc/mini-synth, copied), and rendered test data."""
     root = tmp_path_factory.mktemp("export")
-    configure_context("CPU")
-    rng = random.Random(0)
+    checkpoint = root / "mini-synth.ckpt"
+    shutil.copyfile(get_model(BUNDLED_MODEL).bundled, checkpoint)
     font = (find_fonts() or [None])[0]
-    words = random_words(384, DIGITS, min_length=2, max_length=6, rng=rng)
-    images = preprocess([render_word(w, font=font, rng=rng) for w in words])
-    targets = np.full((len(words), 13), len(DIGITS), np.int32)
-    for i, word in enumerate(words):
-        targets[i, :len(word)] = [DIGITS.index(c) for c in word]
-    lengths = np.array([len(w) for w in words], np.int32)
-    ms.set_seed(0)
-    net = CNNCTC(num_class=len(DIGITS) + 1, output_channel=WIDTH)
-    optimizer = ms.nn.RMSProp(net.trainable_params(), learning_rate=2e-3, decay=0.9, momentum=0.8, epsilon=1e-10,
-                              centered=True)
-    step = ms.nn.TrainOneStepCell(CTCLossCell(net, blank=len(DIGITS)), optimizer)
-    step.set_train(True)
-    for n in range(TRAIN_STEPS):
-        i = (n * 32) % len(words)
-        step(ms.Tensor(images[i:i + 32]), ms.Tensor(targets[i:i + 32]), ms.Tensor(lengths[i:i + 32]))
-    net.set_train(False)
-    checkpoint = save_checkpoint(net, root / "digits.ckpt", metadata={"alphabet": DIGITS})
     # Labelled words for predict/eval, and calibration images with an unreadable file among them.
-    write_word_images(root / "words", 24, alphabet=DIGITS, fonts=[font], seed=7)
+    write_word_images(root / "words", 24, alphabet=ALPHABET, fonts=[font], seed=7)
     make_lmdb(root / "words", root / "words" / "labels.tsv", root / "words.lmdb")
-    write_word_images(root / "calib", 48, alphabet=DIGITS, fonts=[font], seed=8)
+    write_word_images(root / "calib", 48, alphabet=ALPHABET, fonts=[font], seed=8)
     (root / "calib" / "labels.tsv").unlink()
     (root / "calib" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return root, checkpoint
@@ -119,7 +99,7 @@ def test_onnx_and_mindir_logits_equal_mindspore_at_any_batch(trained, exported):
         scale = np.abs(expected).max()
         for runner in (onnx_runner, mindir_runner):
             actual = runner(batch)
-            assert actual.shape == expected.shape == (len(batch), 26, len(DIGITS) + 1)
+            assert actual.shape == expected.shape == (len(batch), 26, len(ALPHABET) + 1)
             assert np.abs(actual - expected).max() / scale < 1e-5, (type(runner).__name__, len(batch))
 
     model = onnx.load(str(onnx_path))
@@ -130,24 +110,24 @@ def test_onnx_and_mindir_logits_equal_mindspore_at_any_batch(trained, exported):
         assert first.dim_param == "batch" and not first.HasField("dim_value"), value.name
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}   # every value is JSON
     sha = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert meta["alphabet"] == DIGITS and meta["blank_index"] == 10
+    assert meta["alphabet"] == ALPHABET and meta["blank_index"] == len(ALPHABET)
     assert meta["mean"] == [121.58949, 123.93914, 123.418655]
     assert meta["std"] == [65.70353, 65.142426, 68.61079]
     assert (meta["height"], meta["max_width"], meta["resample"], meta["pad"]) == (32, 100, "bicubic",
                                                                                  "repeat-last-column")
-    # Not the hub's asset: the file names its own checkpoint, not the hub model.
-    assert meta["source_uid"] == f"local/{sha[:16]}" and meta["source_sha256"] == sha
-    assert meta["source_checkpoint"] == "digits.ckpt"
+    # A copy of the bundled model's file: the export names that model, not the hub's.
+    assert meta["source_uid"] == BUNDLED_MODEL and meta["source_sha256"] == sha
+    assert meta["source_checkpoint"] == "mini-synth.ckpt"
     manifest = meta["cnnctc_manifest"]
-    assert manifest["alphabet"] == DIGITS and manifest["network"]["output_channel"] == WIDTH
-    assert onnx_runner.manifest.alphabet == mindir_runner.manifest.alphabet == DIGITS
+    assert manifest["alphabet"] == ALPHABET and manifest["network"]["output_channel"] == WIDTH
+    assert onnx_runner.manifest.alphabet == mindir_runner.manifest.alphabet == ALPHABET
     assert onnx_runner.manifest.preprocess == mindir_runner.manifest.preprocess
 
     side = json.loads(sidecar_path(mindir_path).read_text())
-    assert side["alphabet"] == DIGITS and side["source_sha256"] == sha and side["batch_size"] is None
+    assert side["alphabet"] == ALPHABET and side["source_sha256"] == sha and side["batch_size"] is None
     graph = ms.nn.GraphCell(ms.load(str(mindir_path)))  # what a user of MindSpore does with the file
     assert np.allclose(graph(ms.Tensor(real[:2])).asnumpy(), network(ms.Tensor(real[:2])).asnumpy(), atol=1e-5)
-    assert leftovers(root, keep={"digits.ckpt", "words", "words.lmdb", "calib", "digits.onnx", "digits.mindir",
+    assert leftovers(root, keep={"mini-synth.ckpt", "words", "words.lmdb", "calib", "digits.onnx", "digits.mindir",
                                  "digits.mindir.json"}) == []
 
 
@@ -211,7 +191,7 @@ def test_int8_model_runs_and_agrees_with_the_float_model(trained, exported, tmp_
     assert per_channel and all(len(initializers[n.input[1]].dims) == 1 and initializers[n.input[1]].dims[0] > 1
                                for n in per_channel)  # one scale per output channel
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
-    assert meta["alphabet"] == DIGITS and "cnnctc_manifest" in meta and "int8" in meta["quantization"]
+    assert meta["alphabet"] == ALPHABET and "cnnctc_manifest" in meta and "int8" in meta["quantization"]
     assert out.stat().st_size < exported[0].stat().st_size / 2
 
     calib = preprocess([p for p in find_images([root / "calib"]) if not p.endswith("broken.png")])
@@ -220,10 +200,10 @@ def test_int8_model_runs_and_agrees_with_the_float_model(trained, exported, tmp_
     for batch in (calib, words):
         expected, actual = float_runner(batch), int8_runner(batch)
         columns = expected.argmax(-1)
-        assert len(np.unique(columns)) > 5 and (columns != len(DIGITS)).mean() > 0.1  # real decisions, not all blank
+        assert len(np.unique(columns)) > 5 and (columns != len(ALPHABET)).mean() > 0.1  # real decisions, not all blank
         assert (actual.argmax(-1) == columns).mean() >= 0.95
     assert reported >= 95
-    expected = [p.text for p in ctc_greedy_decode(float_runner(words), DIGITS)]
+    expected = [p.text for p in ctc_greedy_decode(float_runner(words), ALPHABET)]
     texts = [p.text for p in Recognizer(out).recognize(word_images(root))]
     assert np.mean([a == b for a, b in zip(texts, expected)]) >= 0.8
 

@@ -16,7 +16,7 @@ from conftest import NARROW, subprocess_env
 from cnnctc.checkpoint import read_checkpoint
 from cnnctc.data import make_lmdb, write_lmdb
 from cnnctc.evaluation import edit_distance, evaluate
-from cnnctc.manifest import load_manifest
+from cnnctc.registry import load_manifest
 from cnnctc.network import CNNCTC
 from cnnctc.recognizer import Recognizer
 from cnnctc.render import find_fonts, render_word, write_word_images

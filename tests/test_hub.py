@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, subprocess_env
 from cnnctc.hub import HUB_CONF, hub_conf
-from cnnctc.registry import get_model, list_models
+from cnnctc.registry import get_model, hub_models
 
 def test_root_hub_conf_is_the_package_entry_point():
     assert (ROOT / "mindspore_hub_conf.py").read_text() == HUB_CONF
@@ -105,7 +105,7 @@ def test_every_uid_loads_through_the_hub_procedure(tmp_path, full_checkpoint):
     run = hub_install("--hub-dir", hub)
     assert run.returncode == 0, run.stderr
     args = []
-    for entry in list_models():
+    for entry in hub_models():
         version = entry.uid.split("/")[1]
         base = hub / "mindspore" / version
         assert (base / "cnnctc_mjstiiit.md").read_bytes() == entry.card.read_bytes(), version
@@ -118,7 +118,7 @@ def test_every_uid_loads_through_the_hub_procedure(tmp_path, full_checkpoint):
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     expected = hashlib.sha256(b"".join(written[n].tobytes() for n in written)).hexdigest()
-    assert sorted(results) == sorted(e.uid.split("/")[1] for e in list_models())
+    assert sorted(results) == sorted(e.uid.split("/")[1] for e in hub_models())
     assert all(r == {"not_loaded": [], "digest": expected} for r in results.values()), results
 
 

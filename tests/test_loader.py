@@ -10,7 +10,7 @@ import cnnctc
 from conftest import NARROW, subprocess_env, write_manifest
 from cnnctc.checkpoint import read_checkpoint, slim
 from cnnctc.errors import CheckpointError, IntegrityError
-from cnnctc.manifest import load_manifest
+from cnnctc.registry import load_manifest
 from cnnctc.network import CNNCTC
 
 

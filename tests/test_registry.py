@@ -1,4 +1,4 @@
-"""The model registry: every hub version of cnnctc_mjstiiit, one path for every entry point."""
+"""The model registry: every hub version of cnnctc_mjstiiit and the bundled model, one path for every entry point."""
 import hashlib
 import os
 import json
@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, subprocess_env, write_manifest
 from cnnctc.errors import CnnctcError, ManifestError
 from cnnctc.manifest import Manifest
-from cnnctc.registry import DEFAULT_MODEL, get_model, list_models
+from cnnctc.registry import BUNDLED_MODEL, DEFAULT_MODEL, get_model, hub_models, list_models
 
 SHARED_CARDS = ROOT.parent / "shared" / "cnnctc" / "hub-cards"
 VERSIONS = ["1.3", "1.5", "1.6", "1.7", "1.8", "1.9", "1.10"]
@@ -33,8 +33,10 @@ def cnnctc(*args, **env):
 
 
 def test_every_hub_version_is_registered_once():
-    assert [e.uid for e in list_models()] == [f"mindspore/{v}/cnnctc_mjstiiit" for v in VERSIONS]
-    assert get_model().uid == DEFAULT_MODEL == "mindspore/1.3/cnnctc_mjstiiit"
+    assert [e.uid for e in hub_models()] == [f"mindspore/{v}/cnnctc_mjstiiit" for v in VERSIONS]
+    assert [e.uid for e in list_models()] == [e.uid for e in hub_models()] + [BUNDLED_MODEL]
+    assert all(e.bundled is None for e in hub_models()) and get_model(BUNDLED_MODEL).bundled is not None
+    assert get_model().uid == DEFAULT_MODEL == "mindspore/1.3/cnnctc_mjstiiit"  # never the bundled one
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -60,10 +62,10 @@ def test_entry_card_and_manifest_match_the_published_card(version):
 
 def test_two_checkpoints_under_seven_names():
     by_hash = {}
-    for entry in list_models():
+    for entry in hub_models():
         by_hash.setdefault(entry.manifest.sha256, []).append(entry.uid.split("/")[1])
     assert sorted(by_hash.values()) == [["1.3", "1.5", "1.6", "1.7"], ["1.8", "1.9", "1.10"]]
-    assert len({e.manifest.file_name for e in list_models()}) == 7
+    assert len({e.manifest.file_name for e in hub_models()}) == 7
 
 
 def test_unknown_uid_is_one_line_listing_the_known_ones():

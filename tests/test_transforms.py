@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cnnctc.decoding import ctc_greedy_decode
-from cnnctc.manifest import load_manifest
+from cnnctc.registry import load_manifest
 from cnnctc.transforms import ImageError, load_image, preprocess
 
 MEAN = np.array([121.58949, 123.93914, 123.418655])

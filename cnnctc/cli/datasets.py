@@ -1,13 +1,18 @@
 """Commands that make data: render (synthetic word images) and make-lmdb."""
+import os
 import sys
 
-from ._args import Command, positive_int, progress_bar, seed_arg
+from ._args import Command, int_at_least, progress_bar, seed_arg
 
 
 def render_arguments(p):
+    from ..render import MAX_COUNT
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--count", type=positive_int, default=100, help="random words to draw (default 100)")
+    p.add_argument("--count", type=int_at_least(1, MAX_COUNT, "images per set; render several sets instead"),
+                   default=100, help=f"random words to draw (default 100, at most {MAX_COUNT})")
     p.add_argument("--words", nargs="+", help="draw these words instead of random ones")
+    p.add_argument("--font", nargs="+", metavar="FILE", help="font files to draw with, in turn (default: the "
+                   "installed DejaVu, Liberation and FreeFont files, else Pillow's own font)")
     p.add_argument("--alphabet", default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
     p.add_argument("--noise", action="store_true", help="slant and blur the words")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random words, fonts and colours (default 0)")
@@ -16,10 +21,17 @@ def render_arguments(p):
 
 
 def render(args):
-    from ..render import write_word_images
+    from ..render import MARKER, resolve_fonts, write_word_images
+    fonts = resolve_fonts(args.font)
     labels = write_word_images(args.out, args.count, alphabet=args.alphabet, seed=args.seed, noise=args.noise,
-                               words=args.words, overwrite=args.overwrite)
+                               words=args.words, fonts=fonts, overwrite=args.overwrite)
     print(f"{args.out}: {args.count if not args.words else len(args.words)} images, labels in {labels}")
+    if fonts == [None]:
+        print("fonts: Pillow's built-in font only (no --font given and none of fonts-dejavu-core, "
+              "fonts-liberation, fonts-freefont-ttf is installed)")
+    else:
+        print(f"fonts: {', '.join(os.path.basename(f) for f in fonts)} (paths and SHA-256 in "
+              f"{os.path.join(args.out, MARKER)})")
     return 0
 
 

@@ -51,7 +51,7 @@ def quantize(args):
 
 
 COMMANDS = [
-    Command("export", "export the model to ONNX (for onnxruntime), MindIR (MindSpore, MindSpore Lite) or AIR "
+    Command("export", "export the model to ONNX (for onnxruntime), MindIR (MindSpore 2.7-2.8) or AIR "
             "(Ascend); the file carries its alphabet and preprocessing, so predict and eval take it as --checkpoint",
             export_arguments, export,
             ("cnnctc export --checkpoint run/best.ckpt --format onnx --out model.onnx",

@@ -29,7 +29,7 @@ def info(args):
         return 0
     from ..loader import select_device  # validates --device-target before anything is printed
     device = select_device(args.device_target)
-    path = manifest.cache_path(args.cache_dir)
+    path = model.bundled or manifest.cache_path(args.cache_dir)  # a bundled model is never in the cache
     print(f"model:        {manifest.uid}")
     print(f"card:         {model.card or '(a user manifest: ' + manifest.source + ')'}")
     if manifest.accuracy is not None:
@@ -38,7 +38,7 @@ def info(args):
     print(f"asset:        {manifest.url}")
     print(f"sha256:       {manifest.sha256}")
     print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")
-    print(f"cache path:   {path}")
+    print(f"{'file:       ' if model.bundled else 'cache path: '}  {path}")
     print(f"cache state:  {check_cached(manifest, args.cache_dir)}")
     from .._mindspore import mindspore as ms
     print(f"mindspore:    {ms.__version__}")
@@ -63,16 +63,17 @@ def _info_of_file(args):
 
 def list_models(args):
     from ..download import check_cached
-    from ..registry import get_model, list_models as registered
+    from ..registry import bundled_asset, get_model, list_models as registered
     rows = [("uid", "accuracy", "size", "cached")]
     entries = registered()
     if getattr(args, "manifest", None):  # a user's manifest is listed (and checked) too
         entries.append(get_model(manifest=args.manifest))
     for model in entries:
         manifest = model.manifest
-        state = check_cached(manifest, args.cache_dir)
-        path = manifest.cache_path(args.cache_dir)
-        size = f"{path.stat().st_size / 2**20:.0f} MiB" if state != "missing" else "-"
+        state = check_cached(manifest, args.cache_dir)  # 'bundled' for a model shipped in the package
+        bundled = bundled_asset(manifest)
+        path = bundled or manifest.cache_path(args.cache_dir)
+        size = "-" if state == "missing" else f"{path.stat().st_size / 2**20:.{1 if bundled else 0}f} MiB"
         rows.append((manifest.uid, f"{manifest.accuracy}" if manifest.accuracy is not None else "-", size, state))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -111,8 +112,9 @@ def verify_arguments(p):
 
 def verify(args):
     from ..download import sha256_file
-    manifest = manifest_of(args)
-    path = args.path or manifest.cache_path(args.cache_dir)
+    model = entry(args)
+    manifest = model.manifest
+    path = args.path or model.bundled or manifest.cache_path(args.cache_dir)  # a bundled model: its packaged file
     if not args.path and not os.path.exists(path):
         raise CnnctcError(f"{path}: no such file; `cnnctc download --model {manifest.uid}` fetches it")
     actual = sha256_file(path)  # an explicit check reads every byte, whatever the stamp says
@@ -156,8 +158,8 @@ COMMANDS = [
     Command("info", "show the model's card, asset, cache path and state, MindSpore version and device; or, with "
             "--checkpoint, where a file came from", info_arguments, info,
             ("cnnctc info --model mindspore/1.8/cnnctc_mjstiiit", "cnnctc info --checkpoint run/best.ckpt --json")),
-    Command("list", "list every registered hub uid with its accuracy, cached size and state "
-            "(missing, verified or corrupt)", cache_arg, list_models, ("cnnctc list",)),
+    Command("list", "list every registered model with its accuracy, size and state: the hub uids (missing, "
+            "verified or corrupt in the cache) and cnnctc/mini-synth (bundled in the package)", cache_arg, list_models, ("cnnctc list",)),
     Command("download", "download and verify the checkpoint; prints its local path", download_arguments, download,
             ("cnnctc download", "cnnctc download --model mindspore/1.8/cnnctc_mjstiiit --url https://mirror.example/"
              "cnnctc.ckpt")),

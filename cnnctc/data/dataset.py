@@ -290,7 +290,7 @@ class LmdbDataset:
     """
 
     def __init__(self, paths, label_filter, *, preprocess_config=None):
-        from ..manifest import load_manifest
+        from ..registry import load_manifest
         self.filter = label_filter
         self.config = preprocess_config or load_manifest().preprocess
         self.paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]

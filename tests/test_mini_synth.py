@@ -1,0 +1,143 @@
+"""The bundled model cnnctc/mini-synth: shipped in the package, honest about itself, read offline."""
+import hashlib
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, subprocess_env
+from cnnctc.checkpoint import ALPHABET_KEY, read_checkpoint
+from cnnctc.download import check_cached, fetch
+from cnnctc.errors import DownloadError, IntegrityError, OfflineError
+from cnnctc.registry import BUNDLED_MODEL, DEFAULT_MODEL, get_model
+from cnnctc.render import FONT_CANDIDATES, find_fonts, write_word_images
+
+ENTRY = get_model(BUNDLED_MODEL)
+ALL_FONTS = find_fonts() == list(FONT_CANDIDATES)
+needs_fonts = pytest.mark.skipif(not ALL_FONTS, reason="the Debian fonts it was trained on are not all installed "
+                                 "(fonts-dejavu-core fonts-liberation fonts-freefont-ttf)")
+
+
+def cnnctc(*args, **env):
+    return subprocess.run([sys.executable, "-m", "cnnctc", *map(str, args)], env=subprocess_env(**env),
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_the_file_is_shipped_small_weights_only_and_matches_its_manifest():
+    path = ENTRY.bundled
+    assert path.is_file() and path.parent.parent == ENTRY.card.parent.parent.parent  # assets/models, assets/cards
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ENTRY.manifest.sha256
+    assert path.stat().st_size < 5 * 2**20
+    state = read_checkpoint(path)
+    assert not [n for n in state if n.split(".")[0] in ("moment", "mean_square", "mean_grad", "global_step")]
+    assert state[ALPHABET_KEY] == ENTRY.manifest.alphabet == "0123456789abcdefghijklmnopqrstuvwxyz"
+    assert tuple(state["Prediction.weight"].shape) == (37, 64) == (ENTRY.manifest.num_class,
+                                                                 ENTRY.manifest.network["output_channel"])
+    # setuptools ships it: the package data of cnnctc.assets (the assets folder) names it.
+    [patterns] = re.findall(r'^"cnnctc.assets" = \[(.*)\]$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert any(path.relative_to(ROOT / "assets").match(p) for p in re.findall(r'"([^"]+)"', patterns))
+
+
+def test_the_card_says_what_it_is_and_holds_the_measured_numbers():
+    card = " ".join(ENTRY.card.read_text(encoding="utf-8").split())
+    assert ENTRY.manifest.sha256 in card
+    for claim in ("not the MindSpore Hub model", "not trained on photographs", "rendered words",
+                  "benchmarks/train_mini_synth.py"):
+        assert claim in card, claim
+    measured = ENTRY.manifest.extra["rendered_word_accuracy"]
+    assert measured["clean"] >= 95
+    assert f"clean {measured['clean']:.2f}%" in card and f"blurred {measured['noise']:.2f}%" in card
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"{measured['clean']:.2f}" in readme and f"{measured['noise']:.2f}" in readme
+    # Its accuracy is on rendered words, not the hub's benchmark: the manifest does not claim one.
+    assert ENTRY.manifest.accuracy is None and ENTRY.manifest.url.startswith("bundled:")
+
+
+def test_it_is_served_offline_from_the_package_and_never_chosen_silently(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+    cache = tmp_path / "cache"
+    assert fetch(ENTRY.manifest, cache) == ENTRY.bundled
+    assert check_cached(ENTRY.manifest, cache) == "bundled"
+    assert not cache.exists()  # nothing copied, nothing downloaded
+    assert get_model().uid == DEFAULT_MODEL != BUNDLED_MODEL
+    with pytest.raises(OfflineError, match="--model cnnctc/mini-synth"):  # offers it, does not use it
+        fetch(get_model().manifest, cache)
+
+
+def test_a_failed_download_names_the_bundled_model_as_the_way_to_try_offline(tmp_path):
+    with socket_closed_port() as port:
+        manifest = get_model().manifest.replace(url=f"http://127.0.0.1:{port}/x.ckpt")
+        with pytest.raises(DownloadError) as caught:
+            fetch(manifest, tmp_path / "cache", allow_http=True, quiet=True, retries=0)
+    message = str(caught.value)
+    assert "\n" not in message and "--model cnnctc/mini-synth" in message
+
+
+def socket_closed_port():
+    """A context manager yielding a 127.0.0.1 port that refuses connections (bound, not listening)."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def closed():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            yield sock.getsockname()[1]
+    return closed()
+
+
+def test_a_damaged_bundled_file_is_refused(tmp_path, monkeypatch):
+    import cnnctc.registry as registry
+    damaged = tmp_path / ENTRY.bundled.name
+    data = bytearray(ENTRY.bundled.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    monkeypatch.setitem(registry._REGISTRY, BUNDLED_MODEL, registry.ModelEntry(ENTRY.manifest, ENTRY.card, damaged))
+    with pytest.raises(IntegrityError, match="damaged .*reinstall"):
+        fetch(ENTRY.manifest)
+
+
+def test_list_shows_it_as_bundled():
+    run = cnnctc("list")
+    assert run.returncode == 0, run.stderr
+    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines()[1:]}
+    assert rows[BUNDLED_MODEL][-1] == "bundled"
+    assert rows[BUNDLED_MODEL][-3:-1] == [f"{ENTRY.bundled.stat().st_size / 2**20:.1f}", "MiB"]
+    assert rows[DEFAULT_MODEL][-1] == "missing"
+
+
+@needs_fonts
+def test_it_reads_held_out_rendered_words(tmp_path):
+    """Words on a seed it was not trained or measured on, in the API and from the command line, offline."""
+    from cnnctc.recognizer import Recognizer
+    labels = write_word_images(tmp_path / "words", 40, seed=4242)
+    truth = dict(line.split("\t") for line in labels.read_text().splitlines())
+    reader = Recognizer(model=BUNDLED_MODEL, batch_size=20, device_target="CPU")
+    assert reader.alphabet == ENTRY.manifest.alphabet
+    texts = [p.text for p in reader.recognize([tmp_path / "words" / name for name in sorted(truth)])]
+    correct = sum(text == truth[name] for text, name in zip(texts, sorted(truth)))
+    assert correct >= 36, list(zip(texts, sorted(truth.values())))
+
+    word = tmp_path / "words" / "00000.png"
+    run = cnnctc("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv", CNNCTC_OFFLINE=1,
+                 CNNCTC_CACHE_DIR=tmp_path / "empty-cache")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\t")[:2] == [str(word), texts[0]]
+    assert not (tmp_path / "empty-cache").exists()
+
+
+@needs_fonts
+def test_finetune_starts_from_it_offline(tmp_path, monkeypatch):
+    from cnnctc.data import make_lmdb
+    from cnnctc.train import TRAIN_STATE_KEY, TrainConfig, finetune
+    monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+    write_word_images(tmp_path / "images", 16, seed=99)
+    make_lmdb(tmp_path / "images", tmp_path / "images" / "labels.tsv", tmp_path / "train")
+    result = finetune(tmp_path / "train", tmp_path / "train", tmp_path / "run", pretrained=BUNDLED_MODEL,
+                      config=TrainConfig(steps=1, batch_size=8, lr=1e-6, log_every=1000, output_channel=64))
+    state = json.loads(read_checkpoint(result.last_checkpoint)[TRAIN_STATE_KEY])
+    assert re.search("mini-synth", json.dumps(state["pretrained"]))
+    # One step at a tiny rate from the bundled weights: it still reads what the bundled model reads.
+    assert result.best_accuracy >= 80
