@@ -80,6 +80,9 @@ def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name, li
     and its ``lineage`` (the checkpoint's, default unknown) says where the weights came from.
     """
     from .lineage import LINEAGE_KEY, UNKNOWN, cnnctc_version, export_lineage, model_lineage, own_manifest
+    from .registry import list_models
+    if source_sha256 != manifest.sha256:  # a copy of a registered model's own file is that model
+        manifest = next((e.manifest for e in list_models() if e.manifest.sha256 == source_sha256), manifest)
     is_asset = source_sha256 == manifest.sha256
     if lineage is None or lineage.get("origin") == "unknown":
         lineage = model_lineage(manifest) if is_asset else dict(UNKNOWN)
