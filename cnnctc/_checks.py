@@ -7,6 +7,13 @@ __all__ = ["positive_int", "device_name", "DEVICES"]
 
 DEVICES = ("Ascend", "GPU", "CPU")  # the device targets MindSpore takes
 
+# Sizes a caller can ask for, bounded to what can run (and said so when refused). Here, with no
+# numpy or Pillow import, so that the command line states them without loading either.
+MAX_BEAM_WIDTH = 4096    # prefixes a beam keeps; each column scores width x classes extensions per image
+MAX_TOP_K = 4096         # readings reported per image
+MAX_WORD_LENGTH = 256    # symbols in a lexicon word: a CTC word needs a column per symbol (cnnctc has 26)
+MAX_RENDER_COUNT = 1_000_000  # images one render may draw (about 2 GB of PNGs)
+
 
 def positive_int(value, name, *, upper=None):
     """``value`` as an int >= 1 (and <= ``upper``), or a CnnctcError naming the argument."""

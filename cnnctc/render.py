@@ -20,12 +20,13 @@ from pathlib import Path
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from ._checks import MAX_RENDER_COUNT
 from .errors import CnnctcError
 
 __all__ = ["render_word", "find_fonts", "resolve_fonts", "random_words", "write_word_images", "FONT_CANDIDATES",
            "MAX_COUNT", "MARKER"]
 
-MAX_COUNT = 1_000_000  # images one render may draw (about 2 GB of PNGs); more is a usage error
+MAX_COUNT = MAX_RENDER_COUNT  # images one render may draw; more is a usage error
 _MAX_FONT_BYTES = 64 * 2**20  # no font is this large; a bigger "font" is refused before it is read
 
 # Debian's fonts-dejavu-core, fonts-liberation and fonts-freefont-ttf.

@@ -136,13 +136,13 @@ def _usable(path, sha256):
     """An OnnxRunner for a cached export from ``sha256``, or None when it is missing or unusable."""
     if not path.is_file():
         return None
-    from .onnx_runtime import OnnxRunner
+    from .onnx_runtime import OnnxRunner, metadata_values
     try:
         runner = OnnxRunner(path)
     except CnnctcError as exc:
         log.info("the cached export %s cannot be used (%s); exporting again", path, exc)
         return None
-    if runner.metadata.get("source_sha256") != sha256:
+    if metadata_values(runner.metadata).get("source_sha256") != sha256:
         log.info("the cached export %s comes from other weights; exporting again", path)
         return None
     return runner

@@ -180,15 +180,16 @@ def test_preprocess_takes_one_image_in_any_byte_form_and_names_wrong_types(tmp_p
 # --- out of memory --------------------------------------------------------------------------------
 
 def test_out_of_memory_says_what_happened_and_what_to_do(tmp_path):
-    def limit_memory():  # 64 MB of address space: enough for a small render, far from what 10^8 words take
-        resource.setrlimit(resource.RLIMIT_AS, (64 * 2 ** 20, 64 * 2 ** 20))
+    def limit_memory():  # 128 MB of address space: enough for a small render, far from what 10^6 words take
+        resource.setrlimit(resource.RLIMIT_AS, (128 * 2 ** 20, 128 * 2 ** 20))
 
     def render(out, count):
         return subprocess.run([sys.executable, "-m", "cnnctc", "-q", "render", str(out), "--count", str(count)],
                               env=subprocess_env(), capture_output=True, text=True, timeout=300,
                               preexec_fn=limit_memory)
     assert render(tmp_path / "few", 3).returncode == 0  # the limit leaves room for the program itself
-    run = render(tmp_path / "words", 100000000)
+    from cnnctc._checks import MAX_RENDER_COUNT
+    run = render(tmp_path / "words", MAX_RENDER_COUNT)  # the most a user may ask for: far beyond 64 MB
     err = run.stderr.splitlines()
     assert run.returncode == 1 and len(err) == 1 and "Traceback" not in run.stderr, run.stderr
     assert err[0] == ("cnnctc: error: out of memory in `cnnctc render`; free memory (or raise the memory limit), "
@@ -197,11 +198,13 @@ def test_out_of_memory_says_what_happened_and_what_to_do(tmp_path):
 
 
 def test_an_error_without_a_message_still_says_what_to_do(capsys, monkeypatch):
+    import dataclasses
     import cnnctc.cli as cli
 
     def fail(args):
         raise CnnctcError()
-    monkeypatch.setattr(cli, "cmd_list", fail)
+    monkeypatch.setattr(cli, "COMMANDS", [dataclasses.replace(c, run=fail) if c.name == "list" else c
+                                          for c in cli.COMMANDS])
     status, out, err = run_cli(capsys, "list")
     assert status == 1 and not out
     assert_error_lines(err)
@@ -217,7 +220,7 @@ BAD_SYMBOLS = ["\n", "\t", "\0", "\x1b", "\x7f", "\u2028"]
 @pytest.mark.parametrize("symbol", BAD_SYMBOLS)
 def test_every_reader_of_an_alphabet_refuses_control_characters(tmp_path, capsys, symbol):
     from cnnctc.alphabet import check_alphabet
-    from cnnctc.manifest import load_manifest
+    from cnnctc.registry import load_manifest
     alphabet = "abc" + symbol
     with pytest.raises(ValueError, match="holds control or line-break characters"):
         check_alphabet(alphabet)
@@ -333,7 +336,7 @@ def test_a_tilde_of_an_unknown_user_names_the_variable(capsys, monkeypatch):
 def test_a_partial_download_that_is_a_symlink_is_replaced_not_written_through(tmp_path, serve):
     from cnnctc.download import fetch
     from cnnctc.errors import DownloadError
-    from cnnctc.manifest import load_manifest
+    from cnnctc.registry import load_manifest
     content = os.urandom(2 * 2 ** 20 + 7)
     server = serve(content)
     server.plan = ["drop:1000000"]

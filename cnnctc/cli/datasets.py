@@ -6,7 +6,7 @@ from ._args import Command, int_at_least, progress_bar, seed_arg
 
 
 def render_arguments(p):
-    from ..render import MAX_COUNT
+    from .._checks import MAX_RENDER_COUNT as MAX_COUNT
     p.add_argument("out", metavar="OUT")
     p.add_argument("--count", type=int_at_least(1, MAX_COUNT, "images per set; render several sets instead"),
                    default=100, help=f"random words to draw (default 100, at most {MAX_COUNT})")

@@ -10,7 +10,7 @@ from ._stdout import finite, json_line, printable, write_line
 
 
 def decoder_arguments(p, top_k=True):
-    from ..decoding import MAX_BEAM_WIDTH, MAX_TOP_K, MAX_WORD_LENGTH
+    from .._checks import MAX_BEAM_WIDTH, MAX_TOP_K, MAX_WORD_LENGTH
     p.add_argument("--decoder", choices=("greedy", "beam"), default="greedy",
                    help="greedy: best class per column (default, fastest); beam: CTC prefix beam search, "
                    "summing over alignments")

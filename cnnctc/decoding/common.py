@@ -6,10 +6,7 @@ import numpy as np
 
 from ..errors import CnnctcError
 
-# Sizes a caller can ask for, bounded to what can run (and say so when refused).
-MAX_BEAM_WIDTH = 4096    # prefixes a beam keeps; each column scores width x classes extensions per image
-MAX_TOP_K = 4096         # readings reported per image
-MAX_WORD_LENGTH = 256    # symbols in a lexicon word: a CTC word needs a column per symbol (cnnctc has 26)
+from .._checks import MAX_BEAM_WIDTH, MAX_TOP_K, MAX_WORD_LENGTH  # noqa: F401 (the decoders' bounds)
 
 
 class DecoderError(CnnctcError, ValueError):
