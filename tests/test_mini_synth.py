@@ -141,3 +141,38 @@ def test_finetune_starts_from_it_offline(tmp_path, monkeypatch):
     assert re.search("mini-synth", json.dumps(state["pretrained"]))
     # One step at a tiny rate from the bundled weights: it still reads what the bundled model reads.
     assert result.best_accuracy >= 80
+
+
+@needs_fonts
+def test_export_quantize_and_eval_offline(tmp_path, monkeypatch):
+    """`export --model cnnctc/mini-synth`, then quantize and eval the files: no network, no cache."""
+    from cnnctc.data import make_lmdb
+    from cnnctc.evaluation import evaluate
+    from cnnctc.export import export_model
+    from cnnctc.quantize import quantize_model
+    from cnnctc.recognizer import Recognizer
+    monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+    write_word_images(tmp_path / "words", 30, seed=777)
+    make_lmdb(tmp_path / "words", tmp_path / "words" / "labels.tsv", tmp_path / "words.lmdb")
+    onnx_file = export_model(tmp_path / "mini.onnx", model=BUNDLED_MODEL, device_target="CPU")
+    int8_file = tmp_path / "mini.int8.onnx"
+    quantize_model(onnx_file, [tmp_path / "words.lmdb"], int8_file)
+    _, bundled = evaluate(Recognizer(model=BUNDLED_MODEL, device_target="CPU"), [tmp_path / "words.lmdb"])
+    _, exported = evaluate(Recognizer(onnx_file), [tmp_path / "words.lmdb"])
+    _, quantized = evaluate(Recognizer(int8_file), [tmp_path / "words.lmdb"])
+    assert exported.as_dict() == bundled.as_dict() and bundled.kept == 30 and bundled.accuracy >= 80
+    assert quantized.accuracy >= bundled.accuracy - 10
+
+
+def test_verify_and_hub_install_know_it_is_bundled(tmp_path):
+    run = cnnctc("verify", "--model", BUNDLED_MODEL)
+    assert run.returncode == 0 and run.stdout.startswith(f"OK  {ENTRY.bundled}  sha256 {ENTRY.manifest.sha256}")
+    run = cnnctc("hub-install", "--model", BUNDLED_MODEL, "--hub-dir", tmp_path / "hub")
+    assert run.returncode == 1 and "not published on MindSpore Hub" in one_line(run)
+    assert not list((tmp_path / "hub").rglob("*.md"))
+
+
+def one_line(run):
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    return lines[0]
