@@ -1,6 +1,6 @@
 """`cnnctc eval --protocol`: each protocol scores what its reference's own rule gives.
 
-A narrow network trained on rendered digits reads real LMDBs whose labels hold capitals,
+The bundled trained model (cnnctc/mini-synth), its head cut down to the digits, reads real LMDBs whose labels hold capitals,
 punctuation, spaces, empty labels, 14-25 and over 25 symbols, and one image that does not
 decode. For every protocol the test takes the model's readings from ``--predictions`` and
 recomputes kept samples, accuracy and 1-N.E.D. with the few lines of the reference's rule, written
@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 from cnnctc.cli import main
-from cnnctc.data import make_lmdb, write_lmdb
+from cnnctc.data import write_lmdb
 from cnnctc.errors import CnnctcError
 from cnnctc.evaluation import evaluate
 from cnnctc.protocols import dtrb_similarity, get_protocol, icdar2019_similarity
 from cnnctc.recognizer import Recognizer
-from cnnctc.render import find_fonts, render_word, write_word_images
+from cnnctc.render import find_fonts, render_word
 
 DIGITS = "0123456789"
 BENCHMARK = "0123456789abcdefghijklmnopqrstuvwxyz"
-# A model wider than the benchmark: the trained digits model with '1' read as 'A' and '0' as '-'.
+# A model wider than the benchmark: the digits model with '1' read as 'A' and '0' as '-'.
 WIDE = BENCHMARK + "A-"
 ONE_FONT = (find_fonts() or [None])[:1]
 
@@ -105,35 +105,39 @@ def dtrb_score(truths, read, sensitive=False):
 # ---------------------------------------------------------------------------------------------
 # Models and datasets
 
+def restricted(weights, alphabet, rows):
+    """``weights`` (a model over BENCHMARK) behind a head over ``alphabet``: row k of the new head is
+    the old head's row for the symbol ``rows`` gives (None: never read); the blank, last, stays."""
+    head, bias = weights["Prediction.weight"], weights["Prediction.bias"]
+    new_head = np.zeros((len(alphabet) + 1, head.shape[1]), head.dtype)
+    new_bias = np.full(len(alphabet) + 1, -1000.0, bias.dtype)  # symbols the model never saw: never read
+    for k, symbol in enumerate(alphabet):
+        if rows.get(symbol) is not None:
+            new_head[k], new_bias[k] = head[BENCHMARK.index(rows[symbol])], bias[BENCHMARK.index(rows[symbol])]
+    new_head[-1], new_bias[-1] = head[-1], bias[-1]
+    return {**weights, "Prediction.weight": new_head, "Prediction.bias": new_bias}
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """(digits.onnx, wide.onnx): a narrow network trained on rendered digits, and the same weights
-    behind a 38-symbol head that reads '1' as 'A' and '0' as '-'."""
+    """(digits.onnx, wide.onnx): the bundled trained model (cnnctc/mini-synth) behind a digits-only
+    head, and the same weights behind a 38-symbol head that reads '1' as 'A' and '0' as '-'."""
     import mindspore as ms
     from cnnctc.checkpoint import read_checkpoint, save_checkpoint
     from cnnctc.export import export_model
-    from cnnctc.train import TrainConfig, finetune
+    from cnnctc.registry import get_model
     root = tmp_path_factory.mktemp("eval_models")
-    write_word_images(root / "train_images", 800, alphabet=DIGITS, fonts=ONE_FONT, seed=1)
-    make_lmdb(root / "train_images", root / "train_images" / "labels.tsv", root / "train.lmdb")
-    config = TrainConfig(alphabet=DIGITS, steps=150, batch_size=16, lr=1e-3, output_channel=32, save_every=1000,
-                         log_every=1000)
-    run = finetune(root / "train.lmdb", None, root / "run", pretrained=None, config=config)
-    digits = export_model(root / "digits.onnx", format="onnx", checkpoint=run.last_checkpoint)
-
-    weights = {name: value.asnumpy() for name, value in read_checkpoint(run.last_checkpoint, weights_only=True).items()
+    weights = {name: value.asnumpy() for name, value in
+               read_checkpoint(get_model("cnnctc/mini-synth").bundled, weights_only=True).items()
                if not isinstance(value, str)}
-    head, bias = weights.pop("Prediction.weight"), weights.pop("Prediction.bias")
-    wide_head = np.zeros((len(WIDE) + 1, head.shape[1]), head.dtype)
-    wide_bias = np.full(len(WIDE) + 1, -1000.0, bias.dtype)  # symbols the digits model never saw: never read
-    for k, symbol in enumerate(DIGITS + "\0"):  # "\0": the blank, last in both
-        row = len(WIDE) if symbol == "\0" else WIDE.index({"1": "A", "0": "-"}.get(symbol, symbol))
-        wide_head[row], wide_bias[row] = head[k], bias[k]
-    weights.update({"Prediction.weight": wide_head, "Prediction.bias": wide_bias})
-    entries = [{"name": name, "data": ms.Tensor(value)} for name, value in weights.items()]
-    wide_ckpt = save_checkpoint(entries, root / "wide.ckpt", metadata={"alphabet": WIDE})
-    wide = export_model(root / "wide.onnx", format="onnx", checkpoint=wide_ckpt)
-    return digits, wide
+    assert weights["Prediction.weight"].shape[0] == len(BENCHMARK) + 1
+    built = []
+    for name, alphabet, rows in (("digits", DIGITS, {d: d for d in DIGITS}),
+                                 ("wide", WIDE, {**{d: d for d in DIGITS if d not in "10"}, "A": "1", "-": "0"})):
+        entries = [{"name": n, "data": ms.Tensor(v)} for n, v in restricted(weights, alphabet, rows).items()]
+        ckpt = save_checkpoint(entries, root / f"{name}.ckpt", metadata={"alphabet": alphabet})
+        built.append(export_model(root / f"{name}.onnx", format="onnx", checkpoint=ckpt))
+    return tuple(built)
 
 
 def png(text):
