@@ -170,13 +170,17 @@ def check_ways_out(message, manifest):
     assert "Pool" not in message and "Max retries" not in message and "Errno" not in message
 
 
-def test_unresolvable_host_fails_at_once_and_names_the_ways_out(tmp_path):
+def test_unresolvable_host_fails_at_once_and_names_the_ways_out(tmp_path, caplog):
     manifest = manifest_for(tmp_path, url="https://nonexistent.invalid/x.ckpt", sha256="ab" * 32)
     started = time.monotonic()
-    with pytest.raises(DownloadError) as info:
-        fetch(manifest, quiet=True)  # the default retries and backoff: a retry would cost seconds
-    assert time.monotonic() - started < 10
+    with caplog.at_level(logging.WARNING, logger="cnnctc.download"), pytest.raises(DownloadError) as info:
+        fetch(manifest, quiet=True)  # the default retries and backoff
+    # "At once" is checked as "no retry was made" (a busy machine cannot fail that); the bound only
+    # catches a hang.
+    assert not [r for r in caplog.records if "retry" in r.getMessage()], caplog.text
+    assert time.monotonic() - started < 60
     message = one_line(info.value)
+    assert "giving up after" not in message
     assert "nonexistent.invalid does not resolve" in message
     check_ways_out(message, manifest)
     assert not manifest.cache_path().exists()
@@ -185,10 +189,9 @@ def test_unresolvable_host_fails_at_once_and_names_the_ways_out(tmp_path):
 def test_unresolvable_host_from_the_cli(tmp_path):
     manifest = manifest_for(tmp_path, sha256="cd" * 32)
     env = subprocess_env(CNNCTC_MANIFEST=manifest.source, CNNCTC_ASSET_URL="https://nonexistent.invalid/x.ckpt")
-    started = time.monotonic()
-    proc = cli("download", env=env, timeout=60)
-    assert time.monotonic() - started < 10 + 5  # plus the interpreter's start
+    proc = cli("download", env=env, timeout=120)  # the timeout only catches a hang
     message = cli_error(proc)
+    assert "giving up after" not in message  # failed at once: no retry was made (also checked below)
     assert "does not resolve" in message
     check_ways_out(message, manifest)
     assert "; retry " not in proc.stderr
