@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ._files import umask_mode
 from .errors import CnnctcError
 
 __all__ = ["output_lock", "work_folder", "put_in_place", "refuse_inputs", "refuse_existing", "full_disk_named",
@@ -34,9 +35,7 @@ _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 def file_mode():
     """The mode a new file gets under the user's umask (0644 under umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return umask_mode()
 
 
 def _lock_path(out):

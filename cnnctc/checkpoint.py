@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import NotRegularFile, open_regular, rename_no_replace
+from ._files import NotRegularFile, open_regular, rename_no_replace, umask_mode
 from ._mindspore import mindspore as ms
 from .alphabet import check_alphabet as shared_check_alphabet
 from ._signals import interrupt_deferred
@@ -235,9 +235,7 @@ def _without_mindspore_record(prefix):
 
 
 def _file_mode():
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return umask_mode()
 
 
 def _put_in_place(tmp, path, overwrite):

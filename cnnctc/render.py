@@ -21,6 +21,7 @@ import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ._checks import MAX_RENDER_COUNT
+from ._files import umask_mode
 from .errors import CnnctcError
 
 __all__ = ["render_word", "find_fonts", "resolve_fonts", "random_words", "write_word_images", "FONT_CANDIDATES",
@@ -194,16 +195,6 @@ def _check_out(out, overwrite):
     return "replace"
 
 
-def _umask():
-    """The process's umask, read without changing it where Linux tells it (/proc), else by a swap."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _busy(out):
@@ -366,7 +357,7 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
         state = _check_out(out, overwrite)  # again, now that no other render can change it
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; the set gets the usual modes
+            os.chmod(staging, umask_mode(folder=True))  # mkdtemp makes it 0700; the set gets the usual modes
         except OSError as exc:
             raise CnnctcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
         old = None
