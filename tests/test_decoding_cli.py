@@ -1,4 +1,9 @@
-"""The decoder as a parameter of predict and eval, as a user runs them (real network, real files)."""
+"""The decoder as a parameter of predict and eval, as a user runs them (real network, real files).
+
+The network is exported once to ONNX: the CLI runs it on onnxruntime without importing MindSpore (as
+``--runtime auto`` does for a .ckpt on a CPU, after exporting it again in every run). One test keeps
+the .ckpt as the user gives it.
+"""
 import hashlib
 import json
 import os
@@ -34,6 +39,8 @@ def setup(tmp_path_factory):
     with_lexicons = [f"{line}\t{line.split(chr(9))[1].upper()}" for line in labels]
     (root / "with_lexicons.tsv").write_text("\n".join(with_lexicons) + "\n")
     make_lmdb(root / "images", root / "with_lexicons.tsv", root / "data.lmdb")
+    from cnnctc.export import export_model
+    export_model(root / "net.onnx", format="onnx", checkpoint=root / "net.ckpt")
     return root
 
 
@@ -52,7 +59,7 @@ def test_predict_with_a_lexicon_prints_only_lexicon_words(setup):
 
 
 def test_beam_reports_runner_ups_best_first(setup):
-    run = cnnctc("predict", setup / "images" / "00000.png", "--checkpoint", setup / "net.ckpt", "--decoder", "beam",
+    run = cnnctc("predict", setup / "images" / "00000.png", "--checkpoint", setup / "net.onnx", "--decoder", "beam",
                  "--top-k", "3", "--format", "json", "-q")
     assert run.returncode == 0, run.stderr
     record = json.loads(run.stdout)
@@ -61,8 +68,8 @@ def test_beam_reports_runner_ups_best_first(setup):
 
 
 def test_per_image_lexicons_are_read_from_the_lmdb(setup):
-    greedy = cnnctc("eval", "--checkpoint", setup / "net.ckpt", "--data", setup / "data.lmdb", "--json")
-    lexicon = cnnctc("eval", "--checkpoint", setup / "net.ckpt", "--data", setup / "data.lmdb", "--json",
+    greedy = cnnctc("eval", "--checkpoint", setup / "net.onnx", "--data", setup / "data.lmdb", "--json")
+    lexicon = cnnctc("eval", "--checkpoint", setup / "net.onnx", "--data", setup / "data.lmdb", "--json",
                      "--per-image-lexicon")
     assert greedy.returncode == lexicon.returncode == 0, greedy.stderr + lexicon.stderr
     # Each sample's lexicon holds only its truth, so the lexicon protocol reads every word right,
@@ -81,7 +88,7 @@ def test_bad_lexicon_files_are_one_line_and_change_nothing(setup, content, messa
     lexicon = setup / "bad.txt"
     lexicon.write_bytes(content)
     before = hashlib.sha256(lexicon.read_bytes()).hexdigest()
-    run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.ckpt", "--lexicon", lexicon, "-q")
+    run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.onnx", "--lexicon", lexicon, "-q")
     assert run.returncode == 1 and message in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and run.stdout == ""
     assert hashlib.sha256(lexicon.read_bytes()).hexdigest() == before
@@ -89,11 +96,11 @@ def test_bad_lexicon_files_are_one_line_and_change_nothing(setup, content, messa
 
 def test_unreadable_lexicons(setup):
     for path in (setup / "missing.txt", setup / "images"):
-        run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.ckpt", "--lexicon", path, "-q")
+        run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.onnx", "--lexicon", path, "-q")
         assert run.returncode == 1 and str(path) in run.stderr and len(run.stderr.strip().splitlines()) == 1
     fifo = setup / "fifo.txt"
     os.mkfifo(fifo)
-    run = cnnctc("eval", "--checkpoint", setup / "net.ckpt", "--data", setup / "data.lmdb", "--lexicon", fifo,
+    run = cnnctc("eval", "--checkpoint", setup / "net.onnx", "--data", setup / "data.lmdb", "--lexicon", fifo,
                  timeout=60)
     assert run.returncode == 1 and "regular file" in run.stderr
 
@@ -101,7 +108,7 @@ def test_unreadable_lexicons(setup):
 def test_words_outside_the_alphabet_are_reported_and_skipped(setup):
     lexicon = setup / "mixed.txt"
     lexicon.write_text("cat\nnaïve\nrock-n-roll\n", encoding="utf-8")
-    run = cnnctc("predict", setup / "images" / "00001.png", "--checkpoint", setup / "net.ckpt", "--lexicon", lexicon,
+    run = cnnctc("predict", setup / "images" / "00001.png", "--checkpoint", setup / "net.onnx", "--lexicon", lexicon,
                  "--format", "tsv")
     assert run.returncode == 0 and run.stdout.split("\t")[1] == "cat"
     assert "2" in run.stderr and "alphabet" in run.stderr  # one warning naming how many were skipped
@@ -110,7 +117,7 @@ def test_words_outside_the_alphabet_are_reported_and_skipped(setup):
 @pytest.mark.parametrize("args", [["--decoder", "nope"], ["--top-k", "0"], ["--beam-width", "x"],
                                   ["--max-distance", "-1"]])
 def test_bad_decoder_settings_are_usage_errors(setup, args):
-    run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.ckpt", *args)
+    run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.onnx", *args)
     assert run.returncode == 2 and "usage:" in run.stderr
 
 
@@ -118,7 +125,7 @@ def test_bad_decoder_settings_are_usage_errors(setup, args):
                                            (["--decoder", "beam", "--beam-width", "2", "--top-k", "3"], "top_k"),
                                            (["--max-distance", "1"], "lexicon")])
 def test_impossible_combinations_are_one_line(setup, args, message):
-    run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.ckpt", *args)
+    run = cnnctc("predict", setup / "images", "--checkpoint", setup / "net.onnx", *args)
     assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
 
 
@@ -137,7 +144,7 @@ def test_a_huge_lexicon_line_is_skipped_with_one_warning(setup):
     lexicon = setup / "huge-line.txt"
     with open(lexicon, "w", encoding="utf-8") as f:
         f.write("cat\n" + "x" * 20_000_000 + "\nriver\n")
-    run = cnnctc("predict", setup / "images" / "00000.png", "--checkpoint", setup / "net.ckpt", "--lexicon", lexicon,
+    run = cnnctc("predict", setup / "images" / "00000.png", "--checkpoint", setup / "net.onnx", "--lexicon", lexicon,
                  "--format", "tsv")
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\t")[1] in {"cat", "river"}
