@@ -10,7 +10,7 @@ changes with fewer fonts).
 
     python benchmarks/readme_demo.py [--work DIR] [--quick] [--msrun] [--fonts-of dejavu|liberation|freefont]
 
---quick runs the same pipeline at a reduced size (a few hundred images, 20 steps): the CI test,
+--quick runs the same pipeline at a reduced size (a few dozen images, 6 steps): the CI test,
 so the pipeline cannot rot; its accuracies mean nothing.
 """
 import argparse
@@ -34,7 +34,7 @@ from cnnctc.render import FONT_CANDIDATES  # noqa: E402
 
 PACKAGES = {"dejavu": "fonts-dejavu-core", "liberation": "fonts-liberation", "freefont": "fonts-freefont-ttf"}
 FULL = {"train": 2000, "valid": 200, "hard": 200, "steps": 300, "batch": 32, "words": 10000, "msrun_steps": 100}
-QUICK = {"train": 160, "valid": 24, "hard": 24, "steps": 20, "batch": 16, "words": 300, "msrun_steps": 4}
+QUICK = {"train": 48, "valid": 8, "hard": 8, "steps": 6, "batch": 8, "words": 300, "msrun_steps": 4}
 
 # The README's lines, with the sizes as fields (FULL fills them as the README has them).
 TRAIN = [
