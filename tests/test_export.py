@@ -40,9 +40,29 @@ def user_env(**extra):
     return env
 
 
-def cnnctc(*args, **env):
-    return subprocess.run([sys.executable, "-m", "cnnctc", *map(str, args)], env=user_env(**env),
-                          capture_output=True, text=True, timeout=600)
+def cnnctc(*args):
+    """`cnnctc ARGS` in this process (what the command does is the point here, not a new process's start):
+    its exit code and what it wrote, log lines included, as a subprocess.run result would hold them."""
+    import contextlib
+    import io
+    import logging
+    import types
+    from cnnctc.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()  # so that main's logging.basicConfig writes to this call's stderr, as in a new process
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([*map(str, args)])
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def python(code, **env):
