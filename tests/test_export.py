@@ -16,7 +16,7 @@ import pytest
 
 import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9); onnx is imported lazily
 
-from conftest import subprocess_env
+from conftest import run_in_process, subprocess_env
 from cnnctc.data import make_lmdb
 from cnnctc.decoding import ctc_greedy_decode
 from cnnctc.errors import CnnctcError
@@ -41,28 +41,7 @@ def user_env(**extra):
 
 
 def cnnctc(*args):
-    """`cnnctc ARGS` in this process (what the command does is the point here, not a new process's start):
-    its exit code and what it wrote, log lines included, as a subprocess.run result would hold them."""
-    import contextlib
-    import io
-    import logging
-    import types
-    from cnnctc.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.handlers.clear()  # so that main's logging.basicConfig writes to this call's stderr, as in a new process
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([*map(str, args)])
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = handlers, level
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    return run_in_process(*args)   # the command's behaviour is the point here, not a new process's start
 
 
 def python(code, **env):

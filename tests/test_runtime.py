@@ -15,7 +15,7 @@ import pytest
 
 import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9)
 
-from conftest import subprocess_env, write_manifest
+from conftest import run_in_process, subprocess_env, write_manifest
 from cnnctc.checkpoint import save_checkpoint
 from cnnctc.errors import CnnctcError
 from cnnctc.loader import configure_context
@@ -173,6 +173,7 @@ def test_two_first_runs_at_once_export_once(checkpoint, words):
 
 
 def test_runtime_mindspore_and_onnxruntime_on_the_command_line(checkpoint, words):
+    cnnctc = run_in_process   # what --runtime chooses is the point, not a fresh process (those are above)
     run = cnnctc("predict", "--runtime", "mindspore", "--format", "tsv", "--checkpoint", checkpoint, *words)
     assert run.returncode == 0, run.stderr
     assert "MindSpore 2" in run.stderr and not cached_exports()
@@ -189,8 +190,8 @@ def test_eval_reads_the_same_both_ways(checkpoint, tmp_path):
     from cnnctc.data import make_lmdb
     write_word_images(tmp_path / "w", 8, alphabet=DIGITS, seed=4)
     make_lmdb(tmp_path / "w", tmp_path / "w" / "labels.tsv", tmp_path / "w.lmdb")
-    results = [cnnctc("eval", "--json", "--runtime", runtime, "--checkpoint", checkpoint, "--data", tmp_path / "w.lmdb")
-               for runtime in ("mindspore", "auto")]
+    results = [run_in_process("eval", "--json", "--runtime", runtime, "--checkpoint", checkpoint,
+                              "--data", tmp_path / "w.lmdb") for runtime in ("mindspore", "auto")]
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     assert json.loads(results[0].stdout) == json.loads(results[1].stdout)
     assert "onnxruntime" in results[1].stderr and len(cached_exports()) == 1
