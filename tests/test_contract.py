@@ -3,6 +3,10 @@ no traceback, no signal death, no hang, and the user's files hash the same befor
 
 The deeper cases of each class live beside their code (test_contract_inputs, _assets, _training,
 test_decoding_cli); this table makes sure no command is left out.
+
+Cases that reach MindSpore run as real subprocesses (where a signal death or a hang would show);
+the others, whose point is the command line's own checks, call ``cnnctc.cli.main`` in this process,
+with the same arguments, environment and folder, and check that they indeed never import MindSpore.
 """
 import hashlib
 import os
@@ -36,14 +40,14 @@ def snapshot(root):
 @pytest.fixture(scope="module")
 def user(tmp_path_factory):
     """A user's folder: images with labels, an LMDB, a checkpoint, junk, a FIFO, a file, a folder."""
-    from cnnctc.checkpoint import save_checkpoint
+    import shutil
     from cnnctc.data import make_lmdb
-    from cnnctc.network import CNNCTC
+    from cnnctc.registry import get_model
     from cnnctc.render import write_word_images
     root = tmp_path_factory.mktemp("user")
     write_word_images(root / "images", 6, alphabet="0123456789", seed=1)
     make_lmdb(root / "images", root / "images" / "labels.tsv", root / "data.lmdb")
-    save_checkpoint(CNNCTC(output_channel=32), root / "net.ckpt")
+    shutil.copyfile(get_model("cnnctc/mini-synth").bundled, root / "net.ckpt")  # a real checkpoint, no MindSpore
     (root / "empty.png").write_bytes(b"")
     (root / "text.png").write_text("not an image")
     (root / "notes.txt").write_text("my notes")
@@ -53,51 +57,53 @@ def user(tmp_path_factory):
     return root
 
 
-# (command line with {u} for the user's folder, expected exit status, text the error must hold)
+SUBPROCESS, IN_PROCESS = "subprocess", "in-process"
+
+# (command line with {u} for the user's folder, expected exit status, text the error must hold, how it runs)
 CASES = [
-    ("info --device-target TPU", 2, "unknown device target"),
-    ("info --model mindspore/0.1/nothing", 1, "known: mindspore/1.3/cnnctc_mjstiiit"),
-    ("list --cache-dir {u}/notes.txt", 0, ""),
-    ("download --cache-dir {u}/notes.txt", 1, "cache"),
-    ("download --url https://[bad --sha256 " + "a" * 64, 1, "cannot be parsed"),
-    ("download --url https://example.invalid/x.ckpt --sha256 xyz", 1, "64 hexadecimal digits"),
-    ("download --url https://example.invalid/x.ckpt --sha256 " + "a" * 64 + " --cache-dir {u}/c", 1, "CNNCTC_OFFLINE"),
-    ("verify {u}/dir.ckpt", 1, "dir.ckpt"),
-    ("verify {u}/nothing-here.ckpt", 1, "no such file"),
-    ("verify {u}/fifo", 1, "fifo"),
-    ("verify --model mindspore/1.8/cnnctc_mjstiiit {u}/net.ckpt", 1, "93bf15cb"),
-    ("hub-install --hub-dir {u}/notes.txt", 1, "is a file"),
-    ("hub-install --hub-dir /proc/cnnctc-hub", 1, "cannot write"),
-    ("slim {u}/empty.png {u}/out.ckpt", 1, "empty.png"),
-    ("slim {u}/net.ckpt {u}/dir.ckpt", 1, "dir.ckpt"),
-    ("slim {u}/net.ckpt {u}/notes.txt", 1, "--overwrite"),
-    ("slim {u}/net.ckpt {u}/net.ckpt", 1, "net.ckpt"),
-    ("predict --checkpoint {u}/empty.png {u}/text.png", 1, "empty.png"),
-    ("predict --checkpoint {u}/dir.ckpt {u}/images", 1, "dir.ckpt"),
-    ("predict --checkpoint {u}/net.ckpt --lexicon {u}/fifo {u}/images", 1, "regular file"),
-    ("predict --checkpoint {u}/net.ckpt --batch-size 0 {u}/images", 2, "usage:"),
-    ("predict --checkpoint {u}/net.ckpt --device-target TPU {u}/images", 2, "unknown device target"),
-    ("render {u}/images --count 2", 1, "images"),
-    ("render {u}/notes.txt --count 2", 1, "notes.txt"),
-    ("render {u}/new --alphabet=", 1, "alphabet"),
-    ("render {u}/new --words two\nlines", 1, "newline"),
-    ("make-lmdb {u}/nothing {u}/notes.txt {u}/out.lmdb", 1, "nothing"),
-    ("make-lmdb {u}/images {u}/images/labels.tsv {u}/images --overwrite", 1, "images"),
-    ("make-lmdb {u}/images {u}/images/labels.tsv {u} --overwrite", 1, ""),
-    ("make-lmdb {u}/images {u}/fifo {u}/out.lmdb", 1, "fifo"),
-    ("finetune --train {u}/data.lmdb --out {u}/run --output-channel 1", 2, "multiple of 16"),
-    ("finetune --train {u}/data.lmdb --out {u}/run --lr nan", 2, "finite"),
-    ("finetune --train {u}/data.lmdb --valid {u}/typo.lmdb --out {u}/run --pretrained none", 1, "typo.lmdb"),
-    ("finetune --train {u}/data.lmdb --out {u}/notes.txt --pretrained none", 1, "notes.txt"),
-    ("eval --checkpoint {u}/dir.ckpt --data {u}/notes.txt", 1, ""),
-    ("eval --checkpoint {u}/net.ckpt --data {u}/notes.txt", 1, "notes.txt"),
-    ("eval --checkpoint {u}/net.ckpt --data {u}/data.lmdb --max-distance 2", 1, "lexicon"),
-    ("export --checkpoint {u}/net.ckpt --format air --out {u}/m.air", 1, "Ascend"),
-    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/old.onnx", 1, "--overwrite"),
-    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/notes.txt", 1, ".onnx"),
-    ("export --checkpoint {u}/dir.ckpt --format onnx --out {u}/m.onnx", 1, "dir.ckpt"),
-    ("quantize {u}/net.ckpt --calib {u}/images --out {u}/m.int8.onnx", 1, "net.ckpt"),
-    ("quantize {u}/text.png --calib {u}/images --out {u}/m.int8.onnx", 1, "text.png"),
+    ("info --device-target TPU", 2, "unknown device target", IN_PROCESS),
+    ("info --model mindspore/0.1/nothing", 1, "known: mindspore/1.3/cnnctc_mjstiiit", IN_PROCESS),
+    ("list --cache-dir {u}/notes.txt", 0, "", IN_PROCESS),
+    ("download --cache-dir {u}/notes.txt", 1, "cache", IN_PROCESS),
+    ("download --url https://[bad --sha256 " + "a" * 64, 1, "cannot be parsed", IN_PROCESS),
+    ("download --url https://example.invalid/x.ckpt --sha256 xyz", 1, "64 hexadecimal digits", IN_PROCESS),
+    ("download --url https://example.invalid/x.ckpt --sha256 " + "a" * 64 + " --cache-dir {u}/c", 1, "CNNCTC_OFFLINE", IN_PROCESS),
+    ("verify {u}/dir.ckpt", 1, "dir.ckpt", IN_PROCESS),
+    ("verify {u}/nothing-here.ckpt", 1, "no such file", IN_PROCESS),
+    ("verify {u}/fifo", 1, "fifo", IN_PROCESS),
+    ("verify --model mindspore/1.8/cnnctc_mjstiiit {u}/net.ckpt", 1, "93bf15cb", IN_PROCESS),
+    ("hub-install --hub-dir {u}/notes.txt", 1, "is a file", IN_PROCESS),
+    ("hub-install --hub-dir /proc/cnnctc-hub", 1, "cannot write", IN_PROCESS),
+    ("slim {u}/empty.png {u}/out.ckpt", 1, "empty.png", SUBPROCESS),
+    ("slim {u}/net.ckpt {u}/dir.ckpt", 1, "dir.ckpt", SUBPROCESS),
+    ("slim {u}/net.ckpt {u}/notes.txt", 1, "--overwrite", SUBPROCESS),
+    ("slim {u}/net.ckpt {u}/net.ckpt", 1, "net.ckpt", SUBPROCESS),
+    ("predict --checkpoint {u}/empty.png {u}/text.png", 1, "empty.png", SUBPROCESS),
+    ("predict --checkpoint {u}/dir.ckpt {u}/images", 1, "dir.ckpt", SUBPROCESS),
+    ("predict --checkpoint {u}/net.ckpt --lexicon {u}/fifo {u}/images", 1, "regular file", IN_PROCESS),
+    ("predict --checkpoint {u}/net.ckpt --batch-size 0 {u}/images", 2, "usage:", IN_PROCESS),
+    ("predict --checkpoint {u}/net.ckpt --device-target TPU {u}/images", 2, "unknown device target", IN_PROCESS),
+    ("render {u}/images --count 2", 1, "images", IN_PROCESS),
+    ("render {u}/notes.txt --count 2", 1, "notes.txt", IN_PROCESS),
+    ("render {u}/new --alphabet=", 1, "alphabet", IN_PROCESS),
+    ("render {u}/new --words two\nlines", 1, "newline", IN_PROCESS),
+    ("make-lmdb {u}/nothing {u}/notes.txt {u}/out.lmdb", 1, "nothing", IN_PROCESS),
+    ("make-lmdb {u}/images {u}/images/labels.tsv {u}/images --overwrite", 1, "images", IN_PROCESS),
+    ("make-lmdb {u}/images {u}/images/labels.tsv {u} --overwrite", 1, "", IN_PROCESS),
+    ("make-lmdb {u}/images {u}/fifo {u}/out.lmdb", 1, "fifo", IN_PROCESS),
+    ("finetune --train {u}/data.lmdb --out {u}/run --output-channel 1", 2, "multiple of 16", SUBPROCESS),
+    ("finetune --train {u}/data.lmdb --out {u}/run --lr nan", 2, "finite", IN_PROCESS),
+    ("finetune --train {u}/data.lmdb --valid {u}/typo.lmdb --out {u}/run --pretrained none", 1, "typo.lmdb", SUBPROCESS),
+    ("finetune --train {u}/data.lmdb --out {u}/notes.txt --pretrained none", 1, "notes.txt", SUBPROCESS),
+    ("eval --checkpoint {u}/dir.ckpt --data {u}/notes.txt", 1, "", SUBPROCESS),
+    ("eval --checkpoint {u}/net.ckpt --data {u}/notes.txt", 1, "notes.txt", SUBPROCESS),
+    ("eval --checkpoint {u}/net.ckpt --data {u}/data.lmdb --max-distance 2", 1, "lexicon", IN_PROCESS),
+    ("export --checkpoint {u}/net.ckpt --format air --out {u}/m.air", 1, "Ascend", SUBPROCESS),
+    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/old.onnx", 1, "--overwrite", IN_PROCESS),
+    ("export --checkpoint {u}/net.ckpt --format onnx --out {u}/notes.txt", 1, ".onnx", IN_PROCESS),
+    ("export --checkpoint {u}/dir.ckpt --format onnx --out {u}/m.onnx", 1, "dir.ckpt", SUBPROCESS),
+    ("quantize {u}/net.ckpt --calib {u}/images --out {u}/m.int8.onnx", 1, "net.ckpt", IN_PROCESS),
+    ("quantize {u}/text.png --calib {u}/images --out {u}/m.int8.onnx", 1, "text.png", IN_PROCESS),
 ]
 
 
@@ -109,14 +115,35 @@ def test_the_table_covers_every_command():
     assert {case[0].split()[0] for case in CASES} == set(COMMANDS)
 
 
-@pytest.mark.parametrize("line, status, text", CASES, ids=[c[0].split(" {u}")[0][:60] for c in CASES])
-def test_careless_input_gets_one_clear_line(user, tmp_path, line, status, text):
+class InProcessRun:
+    """``cnnctc.cli.main(argv)`` in this process, shaped like a finished subprocess."""
+
+    def __init__(self, argv, capsys, monkeypatch, cwd, cache):
+        from cnnctc.cli import main
+        monkeypatch.setenv("CNNCTC_CACHE_DIR", str(cache))
+        monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        try:
+            self.returncode = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            self.returncode = exc.code
+        self.stdout, self.stderr = capsys.readouterr()
+
+
+@pytest.mark.parametrize("line, status, text, how", CASES, ids=[c[0].split(" {u}")[0][:60] for c in CASES])
+def test_careless_input_gets_one_clear_line(user, tmp_path, capsys, monkeypatch, line, status, text, how):
     argv = [part.replace("{u}", str(user)) for part in line.split(" ")]
     argv = [a.replace("\\n", "\n") for a in argv]
     before = snapshot(user)
-    run = subprocess.run([sys.executable, "-m", "cnnctc", *argv], env=subprocess_env(CNNCTC_CACHE_DIR=tmp_path,
-                         CNNCTC_OFFLINE=1), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
-                         cwd=tmp_path)
+    if how == SUBPROCESS:
+        run = subprocess.run([sys.executable, "-m", "cnnctc", *argv], env=subprocess_env(CNNCTC_CACHE_DIR=tmp_path,
+                             CNNCTC_OFFLINE=1), capture_output=True, text=True, timeout=180,
+                             stdin=subprocess.DEVNULL, cwd=tmp_path)
+    else:
+        had_mindspore = "mindspore" in sys.modules  # another test in this process may have imported it
+        run = InProcessRun(argv, capsys, monkeypatch, cwd=tmp_path, cache=tmp_path)
+        assert had_mindspore or "mindspore" not in sys.modules, "this case reaches MindSpore: run it as a subprocess"
     assert run.returncode == status, (run.returncode, run.stderr[-2000:])
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     if status:
