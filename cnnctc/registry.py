@@ -70,7 +70,7 @@ _CNNCTC_MJSTIIIT = {
 _SHA_8597 = "3468204da46492286ed466c9bab9572443b4e7d359396a5e38b42ceb3d0a6c6f"
 _SHA_840 = "93bf15cb0429aa70c57e313f285f90e2bd08c874bac9a517cdce50a849ce1d56"
 # Written by benchmarks/train_mini_synth.py (it prints both after rebuilding the file).
-_MINI_SYNTH_SHA256 = "9dc103c04683b6e7de619d139833f5c2d34b123857f41c2343fd6c2f0575689f"
+_MINI_SYNTH_SHA256 = "60cb2cb0a79dcbfad37f054b51ced4c26349bf778823b4154c5239ae85633308"
 _MINI_SYNTH_ACCURACY = {"clean": 95.4, "noise": 91.0}
 
 
