@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import NARROW, subprocess_env
 from cnnctc.checkpoint import read_checkpoint
+from cnnctc.cli import main
 from cnnctc.data import make_lmdb, write_lmdb
 from cnnctc.evaluation import edit_distance, evaluate
 from cnnctc.registry import load_manifest
@@ -25,7 +26,8 @@ from cnnctc.training import TRAIN_STATE_KEY, TrainConfig, finetune, init_from_pr
 DIGITS = "0123456789"
 CASED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ONE_FONT = (find_fonts() or [None])[:1]
-TOTAL_STEPS, SAVE_EVERY, INTERRUPT_AT = 240, 60, 130
+TOTAL_STEPS, SAVE_EVERY, INTERRUPT_AT = 160, 40, 90
+LAST_SAVED = INTERRUPT_AT // SAVE_EVERY * SAVE_EVERY  # the newest checkpoint the interrupted run left
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +43,7 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(digits):
-    """A narrow network trained from scratch, interrupted at step 130 and resumed to 240."""
+    """A narrow network trained from scratch, interrupted at step INTERRUPT_AT and resumed to TOTAL_STEPS."""
     out = digits / "run"
     config = TrainConfig(alphabet=DIGITS, steps=TOTAL_STEPS, batch_size=16, lr=1e-3, output_channel=32,
                          save_every=SAVE_EVERY, log_every=1000)
@@ -55,13 +57,13 @@ def trained(digits):
     with pytest.raises(KeyboardInterrupt):
         finetune(digits / "train", digits / "valid", out, pretrained=None, config=config, on_step=interrupt)
     left_behind = sorted(p.name for p in out.glob("cnnctc-*.ckpt"))
-    state_at_120 = json.loads(read_checkpoint(out / "cnnctc-0000120.ckpt")[TRAIN_STATE_KEY])
+    state_at_last_save = json.loads(read_checkpoint(out / f"cnnctc-{LAST_SAVED:07d}.ckpt")[TRAIN_STATE_KEY])
     resumed = []
     result = finetune(digits / "train", digits / "valid", out, resume=out,
                       config=TrainConfig(log_every=1000, save_every=SAVE_EVERY),
                       on_step=lambda step, loss: resumed.append(step))
     return types.SimpleNamespace(result=result, first_run=first_run, resumed=resumed, left_behind=left_behind,
-                                 state_at_120=state_at_120, out=out, root=digits)
+                                 state_at_last_save=state_at_last_save, out=out, root=digits)
 
 
 def labels_of(folder):
@@ -83,21 +85,22 @@ def test_validation_accuracy_goes_from_chance_to_high(trained):
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(trained):
     assert trained.first_run == list(range(1, INTERRUPT_AT + 1))
-    assert trained.left_behind == ["cnnctc-0000060.ckpt", "cnnctc-0000120.ckpt"]
-    assert trained.resumed == list(range(121, TOTAL_STEPS + 1))  # the same step, not from 0
+    assert trained.left_behind == [f"cnnctc-{LAST_SAVED - SAVE_EVERY:07d}.ckpt", f"cnnctc-{LAST_SAVED:07d}.ckpt"]
+    assert trained.resumed == list(range(LAST_SAVED + 1, TOTAL_STEPS + 1))  # the same step, not from 0
     assert trained.result.steps == TOTAL_STEPS
     final = read_checkpoint(trained.result.last_checkpoint)
-    assert trained.result.last_checkpoint.name == "cnnctc-0000240.ckpt"
-    # Optimizer state came back too: its step counter went on from 120, and the hub's layout holds.
+    assert trained.result.last_checkpoint.name == f"cnnctc-{TOTAL_STEPS:07d}.ckpt"
+    # Optimizer state came back too: its step counter went on from LAST_SAVED, and the hub's layout holds.
     assert int(final["global_step"].asnumpy().reshape(-1)[0]) == TOTAL_STEPS
     assert {"moment.Prediction.weight", "mean_square.Prediction.weight", "mean_grad.Prediction.weight"} <= set(final)
     state = json.loads(final[TRAIN_STATE_KEY])
     assert state["step"] == TOTAL_STEPS and state["config"]["alphabet"] == DIGITS
     steps_per_epoch = 1500 // 16
-    assert (trained.state_at_120["epoch"], trained.state_at_120["epoch_step"]) == divmod(120, steps_per_epoch)
+    saved = trained.state_at_last_save
+    assert (saved["epoch"], saved["epoch_step"]) == divmod(LAST_SAVED, steps_per_epoch)
     kept = sorted(p.name for p in trained.out.glob("cnnctc-*.ckpt"))
-    assert kept == ["cnnctc-0000180.ckpt", "cnnctc-0000240.ckpt"]
-    # The resumed run's lineage goes on from the run's own: still from random weights, now at step 240.
+    assert kept == [f"cnnctc-{TOTAL_STEPS - SAVE_EVERY:07d}.ckpt", f"cnnctc-{TOTAL_STEPS:07d}.ckpt"]
+    # The resumed run's lineage goes on from the run's own: still from random weights, now at step TOTAL_STEPS.
     lineage = json.loads(final["cnnctc_lineage"])
     assert lineage["started_from"] == {"kind": "none"} and lineage["trained_on"]["steps"] == TOTAL_STEPS
     assert lineage["trained_on"]["planned_steps"] == TOTAL_STEPS and lineage["trained_on"]["seed"] == 1
@@ -208,7 +211,7 @@ def test_eval_on_an_lmdb_whose_accuracy_is_known(trained, tmp_path):
     assert f"{100 * expected_correct / 41:.2f}" in table.stdout
 
 
-def test_new_cased_alphabet_keeps_the_hub_backbone(tmp_path, narrow_checkpoint):
+def test_new_cased_alphabet_keeps_the_hub_backbone(tmp_path, narrow_checkpoint, capsys):
     source, written = narrow_checkpoint  # official names, 37 classes, optimizer state
     net = CNNCTC(num_class=len(CASED) + 1, output_channel=NARROW)
     init_from_pretrained(net, source, load_manifest(), CASED)
@@ -220,16 +223,20 @@ def test_new_cased_alphabet_keeps_the_hub_backbone(tmp_path, narrow_checkpoint):
     words = ["Hello", "WORLD", "MindSpore", "cnnCTC", "Zebra42"] * 4
     labels = write_word_images(tmp_path / "images", words=words, fonts=ONE_FONT)
     make_lmdb(tmp_path / "images", labels, tmp_path / "cased")
-    run = run_cli("finetune", "--train", tmp_path / "cased", "--out", tmp_path / "out", "--pretrained", source,
-                  "--alphabet", CASED, "--steps", 2, "--batch-size", 4, "--output-channel", NARROW)
-    assert run.returncode == 0, run.stderr[-3000:]
+    capsys.readouterr()   # in-process: the command's behaviour is the point, not a new process's
+    code = main([*map(str, ("finetune", "--train", tmp_path / "cased", "--out", tmp_path / "out", "--pretrained",
+                            source, "--alphabet", CASED, "--steps", 2, "--batch-size", 4, "--output-channel", NARROW))])
+    assert code == 0, capsys.readouterr().err[-3000:]
     checkpoint = tmp_path / "out" / "cnnctc-0000002.ckpt"
     assert read_checkpoint(checkpoint)["alphabet"] == CASED
     reader = Recognizer(checkpoint, runtime="mindspore")   # the Cell itself is asked for
     assert reader.alphabet == CASED and reader.network.num_class == 63
-    predict = run_cli("predict", tmp_path / "images" / "00000.png", "--checkpoint", checkpoint, "--format", "json")
-    assert predict.returncode == 0, predict.stderr
-    assert set(json.loads(predict.stdout)["text"]) <= set(CASED)
+    capsys.readouterr()
+    code = main(["predict", str(tmp_path / "images" / "00000.png"), "--checkpoint", str(checkpoint),
+                 "--format", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert set(json.loads(out)["text"]) <= set(CASED)
 
 
 def free_port():
