@@ -369,12 +369,32 @@ def check_predictions_path(path, overwrite=False, inputs=()):
         if not overwrite:
             raise CnnctcError(f"{path} already exists (choose another predictions file, or replace it with "
                               "--overwrite)")
+        if not _written_by_eval(path):
+            raise CnnctcError(f"{path} is not a predictions file written by eval; --overwrite replaces only "
+                              "those (choose another predictions file)")
     parent = path.parent
     if not parent.is_dir():
         raise CnnctcError(f"{path}: the folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CnnctcError(f"{path}: permission denied (cannot write in {parent})")
     return path
+
+
+def _written_by_eval(path):
+    """Whether ``path`` is empty or starts like a predictions file (a JSON line naming a dataset and an index)."""
+    import json
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 16)
+    except OSError:
+        return False
+    if not first.strip():
+        return os.path.getsize(path) == 0
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and {"dataset", "index", "label"} <= row.keys()
 
 
 def _alive(pid):

@@ -118,13 +118,15 @@ def _settings_key(manifest, network_kwargs):
 def _locate(checkpoint, model, manifest, cache_dir, network_kwargs):
     """(where the export goes, the source's SHA-256, the source path) for a checkpoint or a hub uid."""
     from .registry import get_model
-    entry_manifest = get_model(model, manifest=manifest).manifest
+    entry = get_model(model, manifest=manifest)
+    entry_manifest = entry.manifest
     key = _settings_key(entry_manifest, network_kwargs)
     if checkpoint is None:
         from .download import fetch
         source = fetch(entry_manifest, cache_dir)   # verified (by its stamp when unchanged)
         sha256 = entry_manifest.sha256
-        folder = source.parent
+        # Beside a cached asset; a bundled model's export goes to the cache, never into the package.
+        folder = export_cache_dir(cache_dir) if entry.bundled is not None else source.parent
     else:
         source = Path(checkpoint)
         sha256 = checkpoint_sha256(source, cache_dir)

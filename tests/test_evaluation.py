@@ -339,10 +339,17 @@ def test_predictions_never_replace_a_file_unasked(capsys, models, field, tmp_pat
     code, out, err = run_eval(capsys, "--checkpoint", models[0], "--data", path, "--predictions", target)
     assert code == 1 and err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
     assert target.read_text() == "my notes\n"
+    # --overwrite replaces only a predictions file eval wrote, never the user's own notes.
     code, out, err = run_eval(capsys, "--checkpoint", models[0], "--data", path, "--predictions", target,
                               "--overwrite")
-    assert code == 0, err
-    assert len(target.read_text().splitlines()) == len(labels)
+    assert code == 1 and err.count("\n") == 1 and "not a predictions file" in err
+    assert target.read_text() == "my notes\n"
+    target.unlink()
+    for _ in range(2):  # written, then replaced
+        code, out, err = run_eval(capsys, "--checkpoint", models[0], "--data", path, "--predictions", target,
+                                  "--overwrite")
+        assert code == 0, err
+        assert len(target.read_text().splitlines()) == len(labels)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.jsonl"]  # no temporary file left
 
 
