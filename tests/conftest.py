@@ -79,13 +79,15 @@ def run_in_process(*args):
 
 
 def as_foreground_job():
-    """``preexec_fn`` for a child that a test interrupts with SIGINT, as Ctrl-C in a terminal would.
+    """``preexec_fn`` for a child that a test signals as a terminal would (Ctrl-C, Ctrl-\\, hang-up).
 
-    A process inherits an ignored SIGINT: a job started with ``&`` by a shell without job control
-    (as CI runners and ``nohup``-like launchers do) ignores it, and Python then installs no
-    KeyboardInterrupt handler, so the child would run on as if never interrupted.
+    A process inherits ignored signals: a job started with ``&`` by a shell without job control
+    (as CI runners do) ignores SIGINT and SIGQUIT, and ``nohup`` ignores SIGHUP. cnnctc rightly
+    leaves an ignored signal ignored, so such a child would run on as if never signalled; a
+    terminal's foreground job has all three at their defaults.
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
 
 
 OPTIMIZER_SLOTS = ("moment", "mean_square", "mean_grad")

@@ -263,10 +263,10 @@ print(make_lmdb(*sys.argv[1:4]))
 """
 
 
-def start_blocked(images, labels, out, how="api"):
+def start_blocked(images, labels, out, how="api", preexec_fn=as_foreground_job):
     proc = subprocess.Popen([sys.executable, "-c", BLOCKED, str(images), str(labels), str(out), how],
                             env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground_job)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
     assert proc.stdout.readline() == "reading\n"  # it holds its work folder now
     return proc
 
@@ -349,6 +349,20 @@ def test_hangup_and_quit_stop_make_lmdb_like_terminate(tmp_path, images, signum)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "cnnctc: interrupted" and "Traceback" not in stderr
     assert not os.path.lexists(out) and work_folders(tmp_path, "data.lmdb") == []
+
+
+def test_a_hangup_that_nohup_ignores_stays_ignored(tmp_path, images):
+    def like_nohup():
+        as_foreground_job()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    out = tmp_path / "data.lmdb"
+    proc = start_blocked(*images, out, how="cli", preexec_fn=like_nohup)
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = proc.communicate("go\n", timeout=QUICK)
+    assert proc.returncode == 0, stderr
+    assert "3 samples written" in stdout
+    with LmdbDataset(out, LabelFilter(DIGITS)) as dataset:
+        assert [label for _, _, label in dataset.samples] == ["123", "4567", "89"]
 
 
 # make-lmdb: what it makes, and what it refuses -----------------------------------------------------
