@@ -119,15 +119,16 @@ def main():
           + (f"; MindSpore {network[1]}" if network else "") + f"; load average {load:.1f} at the start")
     print(f"{args.samples:,} samples, {steps} batches of {args.batch_size}; fastest of {args.repeats} runs each")
     print()
-    print("| pipeline | images/s | × 1 worker | CPU ms per image (workers) | first batch after |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| pipeline | images/s | × 1 worker | × no workers | CPU ms per image (workers) | first batch after |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     one = next((row[1] for row in rows if row[0].endswith("--workers 1")), None)
+    alone = rows[0][1]
     for name, rate, startup, cpu in rows:
         ratio = f"{rate / one:.2f}×" if one else "-"
-        print(f"| {name} | {rate:.0f} | {ratio} | {'-' if cpu is None else f'{cpu:.2f}'} | "
+        print(f"| {name} | {rate:.0f} | {ratio} | {rate / alone:.2f}× | {'-' if cpu is None else f'{cpu:.2f}'} | "
               f"{'-' if startup is None else f'{startup:.2f} s'} |")
     if network:
-        print(f"| network training step, full size, batch {args.net_batch} | {network[0]:.1f} | - | - | - |")
+        print(f"| network training step, full size, batch {args.net_batch} | {network[0]:.1f} | - | - | - | - |")
 
 
 if __name__ == "__main__":
