@@ -13,6 +13,12 @@ MAX_BEAM_WIDTH = 4096    # prefixes a beam keeps; each column scores width x cla
 MAX_TOP_K = 4096         # readings reported per image
 MAX_WORD_LENGTH = 256    # symbols in a lexicon word: a CTC word needs a column per symbol (cnnctc has 26)
 MAX_RENDER_COUNT = 1_000_000  # images one render may draw (about 2 GB of PNGs)
+MAX_CALIBRATION_IMAGES = 100_000  # quantize holds them all, preprocessed (1.3 GB of float32 at the bound)
+# Fine-tuning: bounds that keep a typo from allocating the learning-rate table or a batch beyond memory.
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 4096
+MAX_LR = 1e30  # the schedule is float32: a larger rate would overflow it
 
 
 def positive_int(value, name, *, upper=None):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import positive_int
+from ._checks import MAX_CALIBRATION_IMAGES, positive_int
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
                       work_folder)
 from .errors import CnnctcError
@@ -205,7 +205,7 @@ def quantize_model(model_onnx, calib, out, *, max_images=256, per_channel=True, 
     activations uint8. Returns a :class:`QuantizeReport` with the per-column argmax agreement
     with the float model on the calibration images.
     """
-    max_images = positive_int(max_images, "max_images", upper=100_000)
+    max_images = positive_int(max_images, "max_images", upper=MAX_CALIBRATION_IMAGES)
     batch_size = positive_int(batch_size, "batch_size", upper=4096)
     model_onnx = Path(model_onnx)
     calib = [calib] if isinstance(calib, (str, os.PathLike)) else list(calib)

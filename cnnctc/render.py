@@ -21,6 +21,7 @@ import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ._checks import MAX_RENDER_COUNT
+from .alphabet import alphabet_problem
 from ._files import umask_mode
 from .errors import CnnctcError
 
@@ -138,7 +139,9 @@ def _check_request(count, alphabet, words):
                               "several sets and give make-lmdb or finetune each of them")
         if not isinstance(alphabet, str) or not alphabet.strip():
             raise CnnctcError(f"the alphabet {alphabet!r} has no symbols; give the symbols to draw words from")
-        _check_text(alphabet, "the alphabet")
+        problem = alphabet_problem(alphabet)
+        if problem:
+            raise CnnctcError(f"the alphabet {alphabet!r} {problem}")
         return None
     if isinstance(words, str):
         raise CnnctcError("words must be a list of words, not one string")

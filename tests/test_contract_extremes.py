@@ -145,6 +145,16 @@ def test_make_lmdb_and_quantize_skip_a_huge_file_and_use_the_good_ones(tmp_path,
     assert {p: digest(p) for p in before} == before
 
 
+def test_quantize_bounds_the_calibration_set_while_parsing(tmp_path, capsys, tiny_onnx):
+    before = digest(tiny_onnx)
+    status, out, err = run_cli(capsys, "quantize", tiny_onnx, "--calib", tmp_path, "--out", tmp_path / "q.onnx",
+                               "--max-images", "99999999999999")
+    errors = [line for line in err if "error:" in line]
+    assert status == 2 and out == [] and len(errors) == 1, err
+    assert "--max-images: must be at most 100000 (all are held in memory)" in errors[0]
+    assert not (tmp_path / "q.onnx").exists() and digest(tiny_onnx) == before
+
+
 def test_a_large_file_that_is_no_image_is_refused_by_its_header_without_being_read(tmp_path):
     from cnnctc.transforms import ImageError, load_image, read_image_file
     junk = tmp_path / "junk.png"

@@ -116,6 +116,11 @@ USAGE_ERRORS = [
     (["--batch-size", "0"], "--batch-size"),
     (["--steps", "0"], "--steps"),
     (["--seed", "-1"], "--seed"),
+    # Sizes bounded to what can run, refused as usage errors (they exited 1 from the run's checks before).
+    (["--batch-size", "9999999999"], "--batch-size: must be at most 4096"),
+    (["--steps", "99999999999"], "--steps: must be at most 10000000"),
+    (["--epochs", "100000"], "--epochs: must be at most 10000"),
+    (["--lr", "1e308"], "--lr: must be at most 1e+30"),
 ]
 
 

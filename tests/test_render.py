@@ -144,6 +144,18 @@ def test_count_is_bounded_and_says_the_bound(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("alphabet, why, api_why", [("aa", "repeats 'a'", "repeats 'a'"),
+                                                    ("ab\tc", "control or line-break", "control or line-break"),
+                                                    ("", "is empty", "has no symbols")])
+def test_the_alphabet_passes_the_one_alphabet_check(tmp_path, alphabet, why, api_why):
+    run = cli("render", tmp_path / "out", "--count", 3, "--alphabet", alphabet)
+    assert run.returncode == 2 and "argument --alphabet: " in run.stderr, run.stderr
+    assert why in run.stderr and "Traceback" not in run.stderr
+    with pytest.raises(CnnctcError, match=api_why):
+        write_word_images(tmp_path / "out", 3, alphabet=alphabet)
+    assert os.listdir(tmp_path) == []
+
+
 def test_out_of_memory_is_one_line_that_says_so(tmp_path):
     # The address space capped just above what the process uses: a million words do not fit.
     code = ("import resource, sys\nfrom cnnctc.cli import main\nimport cnnctc.render\n"

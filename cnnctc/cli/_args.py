@@ -6,7 +6,7 @@ import math
 import sys
 import textwrap
 
-__all__ = ["Command", "Parser", "positive_int", "non_negative_int", "int_at_least", "finite_positive_float",
+__all__ = ["Command", "Parser", "alphabet_arg", "positive_int", "non_negative_int", "int_at_least", "finite_positive_float",
            "seed_arg", "model_arg", "cache_arg", "device_arg", "runtime_arg", "entry", "manifest_of", "progress_bar"]
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,17 @@ def int_at_least(low, high=None, why=None):
             reason = f" ({why})" if why else ""
             raise argparse.ArgumentTypeError(f"must be at most {high}{reason}, got {value}")
         return value
+    return parse
+
+
+def alphabet_arg(when_empty=""):
+    """An argparse type: an alphabet that passes the one alphabet check; ``when_empty`` ends the hint for ''."""
+    def parse(text):
+        from ..alphabet import alphabet_problem
+        problem = alphabet_problem(text)
+        if problem:
+            raise argparse.ArgumentTypeError(problem + (f"; give the symbols{when_empty}" if not text else ""))
+        return text
     return parse
 
 

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from ._args import Command, int_at_least, progress_bar, seed_arg
+from ._args import Command, alphabet_arg, int_at_least, progress_bar, seed_arg
 
 
 def render_arguments(p):
@@ -13,7 +13,8 @@ def render_arguments(p):
     p.add_argument("--words", nargs="+", help="draw these words instead of random ones")
     p.add_argument("--font", nargs="+", metavar="FILE", help="font files to draw with, in turn (default: the "
                    "installed DejaVu, Liberation and FreeFont files, else Pillow's own font)")
-    p.add_argument("--alphabet", default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
+    p.add_argument("--alphabet", type=alphabet_arg(" to draw random words from"),
+                   default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
     p.add_argument("--noise", action="store_true", help="slant and blur the words")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random words, fonts and colours (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a set this command rendered into OUT before "

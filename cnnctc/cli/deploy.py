@@ -1,4 +1,5 @@
 """Commands that deploy a model outside MindSpore: export (ONNX, MindIR, AIR) and quantize (int8)."""
+from .._checks import MAX_CALIBRATION_IMAGES
 from ._args import Command, device_arg, int_at_least, positive_int
 
 
@@ -35,7 +36,8 @@ def quantize_arguments(p):
                    help="calibration images: files, folders (recursively), globs or LMDBs, like those the model "
                    "will read; unreadable ones are skipped")
     p.add_argument("--out", required=True, metavar="MODEL.int8.onnx", help="int8 file to write")
-    p.add_argument("--max-images", type=positive_int, default=256, metavar="N",
+    p.add_argument("--max-images", type=int_at_least(1, MAX_CALIBRATION_IMAGES, "all are held in memory"),
+                   default=256, metavar="N",
                    help="calibration images to use, spread over all given (default 256)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per output "
                    "channel (less accurate; for runtimes without per-channel support)")

@@ -2,8 +2,9 @@
 import argparse
 import os
 
+from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS
 from ..errors import CnnctcError
-from ._args import Command, device_arg, finite_positive_float, positive_int, seed_arg
+from ._args import Command, alphabet_arg, device_arg, finite_positive_float, int_at_least, positive_int, seed_arg
 
 
 def _channel_width(text):
@@ -18,13 +19,11 @@ def _channel_width(text):
     return value
 
 
-def _alphabet_arg(text):
-    from ..alphabet import alphabet_problem
-    problem = alphabet_problem(text)
-    if problem:
-        raise argparse.ArgumentTypeError(problem + ("; give the symbols to read, or leave it out for the pretrained "
-                                                    "model's alphabet" if not text else ""))
-    return text
+def _learning_rate(text):
+    value = finite_positive_float(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:g} (the schedule is float32), got {text}")
+    return value
 
 
 def _workers_arg(text):
@@ -44,13 +43,15 @@ def finetune_arguments(p):
     p.add_argument("--pretrained", default="hub", metavar="hub|UID|PATH|none",
                    help="start from the selected model's hub checkpoint (default), another registered model's "
                    "(e.g. mindspore/1.8/cnnctc_mjstiiit), a checkpoint file, or random weights")
-    p.add_argument("--alphabet", type=_alphabet_arg, help="symbols to read (default: the pretrained checkpoint's); a "
+    p.add_argument("--alphabet", type=alphabet_arg(" to read, or leave it out for the pretrained model's alphabet"),
+                   help="symbols to read (default: the pretrained checkpoint's); a "
                    "new alphabet gets a new head, the backbone still comes from the pretrained weights")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--epochs", type=positive_int, default=3, help="passes over the data (default 3)")
-    group.add_argument("--steps", type=positive_int, help="optimizer steps (instead of --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=192, help="images per step and worker (default 192)")
-    p.add_argument("--lr", type=finite_positive_float, default=5e-4, help="peak learning rate (default 5e-4)")
+    group.add_argument("--epochs", type=int_at_least(1, MAX_EPOCHS), default=3, help="passes over the data (default 3)")
+    group.add_argument("--steps", type=int_at_least(1, MAX_STEPS), help="optimizer steps (instead of --epochs)")
+    p.add_argument("--batch-size", type=int_at_least(1, MAX_BATCH_SIZE, "a larger batch does not fit in memory"),
+                   default=192, help="images per step and worker (default 192)")
+    p.add_argument("--lr", type=_learning_rate, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--save-every", type=positive_int, default=1000, help="steps between checkpoints (default 1000)")
     p.add_argument("--resume", metavar="DIR", help="continue the unfinished run whose checkpoints are in DIR, with "
                    "its own settings (--steps, --lr, ... may be repeated but not changed; to train a finished run "

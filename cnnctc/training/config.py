@@ -3,15 +3,12 @@ import dataclasses
 import math
 import numbers
 
+from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS
 from ..errors import CnnctcError
 
 __all__ = ["TrainConfig", "DivergenceError", "check_alphabet", "MAX_STEPS", "MAX_EPOCHS", "MAX_BATCH_SIZE",
            "MAX_OUTPUT_CHANNEL", "MAX_SKIPPED_STEPS", "RUN_FIELDS"]
 
-# Bounds that keep a typo from allocating the learning-rate table or a batch beyond memory.
-MAX_STEPS = 10_000_000
-MAX_EPOCHS = 10_000
-MAX_BATCH_SIZE = 4096
 # Twice the published width: four times its weights (about 700 MB in float32, 3.5 GB with the
 # gradients and optimizer state). 16384 made MindSpore abort the interpreter ("Fatal Python error").
 MAX_OUTPUT_CHANNEL = 1024
@@ -102,7 +99,7 @@ class TrainConfig:
         if self.steps is not None:
             integer("steps", 1, MAX_STEPS)
         integer("batch_size", 1, MAX_BATCH_SIZE)
-        real("lr", 0, 1e30)  # the schedule is float32: a larger rate would overflow it
+        real("lr", 0, MAX_LR)
         integer("warmup_steps", 0)
         real("warmup_start", 0, 1)
         real("momentum", 0, 1, low_open=False, high_open=True)
