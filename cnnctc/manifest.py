@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 from .alphabet import check_alphabet
 from .errors import ManifestError
 
-__all__ = ["Manifest", "Preprocess", "read_manifest_file", "cache_root", "inside", "is_inside"]
+__all__ = ["Manifest", "Preprocess", "read_manifest_file", "description_problem", "cache_root", "inside",
+           "is_inside"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A path part of a uid or a file name: letters, digits, '.', '_', '-', not starting with a dot.
@@ -243,16 +244,33 @@ class Manifest:
         shape = data.get("input_shape", [-1, 3, 32, 100])
         if not isinstance(shape, (list, tuple)) or len(shape) != 4 or not all(type(v) is int for v in shape):
             raise ManifestError(f"{where}: input_shape must be 4 integers, got {shape!r}")
+        preprocess = Preprocess.from_dict(data.get("preprocess", {}), where)
+        if list(shape[1:]) != [3, preprocess.height, preprocess.max_width]:
+            raise ManifestError(f"{where}: input_shape {list(shape)} contradicts the preprocessing, which makes "
+                                f"3 x {preprocess.height} x {preprocess.max_width} images")
 
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "source", "preprocess"}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs.update(sha256=sha, input_shape=tuple(shape), network={k: v for k, v in network.items()
                                                                       if k != "num_class"},
-                      preprocess=Preprocess.from_dict(data.get("preprocess", {}), where))
+                      preprocess=preprocess)
         if accuracy is not None:
             kwargs["accuracy"] = float(accuracy)
         extra = {k: v for k, v in data.items() if k not in known | {"preprocess"}}
         return cls(**kwargs, extra=extra, source=str(source))
+
+
+def description_problem(values, manifest):
+    """Where an export's top-level description (alphabet, num_class, height, ...) contradicts the
+    manifest it carries, as a phrase, or None. Keys it does not hold are not checked."""
+    pre = manifest.preprocess
+    expected = {"alphabet": manifest.alphabet, "blank_index": manifest.blank_index, "num_class": manifest.num_class,
+                "height": pre.height, "max_width": pre.max_width, "mean": list(pre.mean), "std": list(pre.std),
+                "resample": pre.resample, "pad": pre.pad, "color": pre.color}
+    for key, want in expected.items():
+        if key in values and values[key] != want:
+            return f"its {key} says {values[key]!r} but its manifest {want!r}"
+    return None
 
 
 def read_manifest_file(path):

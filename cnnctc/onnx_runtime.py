@@ -82,7 +82,7 @@ def metadata_values(metadata):
 
 def read_manifest(metadata, where):
     """The Manifest in an exported file's metadata (a str -> str mapping)."""
-    from .manifest import Manifest
+    from .manifest import Manifest, description_problem
     text = metadata.get(MANIFEST_KEY)
     if text is None:
         raise CnnctcError(f"{where}: an ONNX model without cnnctc metadata (no alphabet or preprocessing); "
@@ -91,7 +91,12 @@ def read_manifest(metadata, where):
         data = json.loads(text)
     except ValueError as exc:
         raise CnnctcError(f"{where}: its cnnctc metadata is not valid JSON ({exc})") from None
-    return Manifest.from_dict(data, source=where)
+    manifest = Manifest.from_dict(data, source=where)
+    problem = description_problem(metadata_values(metadata), manifest)
+    if problem:
+        raise CnnctcError(f"{where}: its metadata contradicts itself ({problem}); it is not the model it claims to "
+                          "be, export it again")
+    return manifest
 
 
 # Non-finite weights -------------------------------------------------------------------------

@@ -85,7 +85,7 @@ CASES = [
     ("predict --checkpoint {u}/net.ckpt --device-target TPU {u}/images", 2, "unknown device target", IN_PROCESS),
     ("render {u}/images --count 2", 1, "images", IN_PROCESS),
     ("render {u}/notes.txt --count 2", 1, "notes.txt", IN_PROCESS),
-    ("render {u}/new --alphabet=", 1, "alphabet", IN_PROCESS),
+    ("render {u}/new --alphabet=", 2, "alphabet", IN_PROCESS),
     ("render {u}/new --words two\nlines", 1, "newline", IN_PROCESS),
     ("make-lmdb {u}/nothing {u}/notes.txt {u}/out.lmdb", 1, "nothing", IN_PROCESS),
     ("make-lmdb {u}/images {u}/images/labels.tsv {u}/images --overwrite", 1, "images", IN_PROCESS),

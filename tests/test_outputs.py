@@ -270,14 +270,24 @@ def test_onnx_files_whose_graph_contradicts_their_metadata_are_refused_when_open
     manifest = json.loads(OnnxRunner(onnx_file).metadata["cnnctc_manifest"])
 
     def with_manifest(**changes):
+        """The manifest and its top-level copies changed alike: the file agrees with itself, not with its graph."""
         data = json.loads(json.dumps(manifest))
         for key, value in changes.items():
             if key == "height":
                 data["preprocess"]["height"] = value
+                data["input_shape"][2] = value
             else:
                 data[key] = value
         data["network"].pop("num_class", None)
-        return lambda model, _: _set_meta(model, "cnnctc_manifest", json.dumps(data))
+
+        def change(model, _):
+            _set_meta(model, "cnnctc_manifest", json.dumps(data))
+            for key, value in changes.items():
+                _set_meta(model, key, json.dumps(value))
+            if "alphabet" in changes:
+                _set_meta(model, "num_class", json.dumps(len(changes["alphabet"]) + 1))
+                _set_meta(model, "blank_index", json.dumps(len(changes["alphabet"])))
+        return change
 
     four = _rewritten(onnx_file, tmp_path / "four.onnx", with_manifest(alphabet="0123"))
     with pytest.raises(CnnctcError, match=r"four.onnx: .*alphabet of 4 symbols and a blank\) needs \(batch, columns, "
@@ -313,17 +323,44 @@ def test_onnx_files_whose_graph_contradicts_their_metadata_are_refused_when_open
     assert "it is not the model it claims to be" in line
 
 
+def test_an_onnx_file_whose_metadata_contradicts_itself_is_refused_when_opened(models, tmp_path):
+    root, _, onnx_file, _ = models
+    manifest = json.loads(OnnxRunner(onnx_file).metadata["cnnctc_manifest"])
+    assert manifest["alphabet"] == DIGITS
+    twelve = _rewritten(onnx_file, tmp_path / "twelve.onnx", lambda model, _: _set_meta(model, "num_class", "12"))
+    with pytest.raises(CnnctcError, match=r"twelve.onnx: its metadata contradicts itself \(its num_class says 12 but "
+                                          r"its manifest 11\); it is not the model it claims to be"):
+        Recognizer(twelve)
+    manifest["input_shape"] = [-1, 3, 64, 100]
+    shape = _rewritten(onnx_file, tmp_path / "shape.onnx",
+                       lambda model, _: _set_meta(model, "cnnctc_manifest", json.dumps(manifest)))
+    with pytest.raises(CnnctcError, match=r"shape.onnx: input_shape \[-1, 3, 64, 100\] contradicts the "
+                                          r"preprocessing, which makes 3 x 32 x 100 images"):
+        Recognizer(shape)
+    line = one_error_line(cnnctc("predict", "--checkpoint", twelve, next((root / "calib").glob("*.png"))))
+    assert "its metadata contradicts itself" in line and "export it again" in line
+
+
 def test_a_mindir_whose_description_contradicts_it_is_refused_when_opened(models, tmp_path):
     _, _, _, mindir = models
     shutil.copyfile(mindir, tmp_path / "m.mindir")
-    info = json.loads(sidecar_path(mindir).read_text())
+    original = json.loads(sidecar_path(mindir).read_text())
+    info = json.loads(json.dumps(original))
+    info["alphabet"] = "0123"
+    (tmp_path / "m.mindir.json").write_text(json.dumps(info))
+    with pytest.raises(CnnctcError, match=r"m.mindir.json: it contradicts itself \(its alphabet says '0123' but its "
+                                          r"manifest '0123456789'\); it does not describe m.mindir as exported"):
+        MindIRRunner(tmp_path / "m.mindir")
+    info["num_class"], info["blank_index"] = 5, 4
     info["cnnctc_manifest"]["alphabet"] = "0123"
     info["cnnctc_manifest"]["network"].pop("num_class", None)
     (tmp_path / "m.mindir.json").write_text(json.dumps(info))
     with pytest.raises(CnnctcError, match=r"m.mindir: .*needs \(batch, columns, 5\); it is not the model"):
         MindIRRunner(tmp_path / "m.mindir")
-    info["cnnctc_manifest"]["alphabet"] = DIGITS
+    info = json.loads(json.dumps(original))
+    info["height"] = 64
     info["cnnctc_manifest"]["preprocess"]["height"] = 64
+    info["cnnctc_manifest"]["input_shape"][2] = 64
     (tmp_path / "m.mindir.json").write_text(json.dumps(info))
     with pytest.raises(CnnctcError, match=r"m.mindir: does not take the \(batch, 3, 64, 100\) images m.mindir.json "
                                           "describes"):
