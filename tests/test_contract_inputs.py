@@ -577,7 +577,6 @@ def test_an_interrupted_render_leaves_the_old_set(tmp_path):
 
 
 @pytest.mark.parametrize("args, why", [
-    (["--alphabet", ""], "has no symbols"),
     (["--words", "ab\ncd"], "contains a newline"),
     (["--words", "ab\tcd"], "contains a tab"),
     (["--words", "ok", ""], "word 2 is empty"),

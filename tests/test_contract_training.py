@@ -125,11 +125,13 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize("extra,pattern", USAGE_ERRORS, ids=[" ".join(e) or "empty" for e, _ in USAGE_ERRORS])
-def test_a_bad_setting_is_a_usage_error(data, tmp_path, extra, pattern):
+def test_a_bad_setting_is_a_usage_error(data, tmp_path, capsys, extra, pattern):
     out = tmp_path / "out"
     before = digest(data / "train.lmdb", data / "valid.lmdb")
-    # The later option wins in argparse: the bad value replaces the good one given before it.
-    run = run_cli(*finetune_args(data, out, *extra))
+    # The later option wins in argparse: the bad value replaces the good one given before it. In-process
+    # (argparse refuses before anything is imported), but for the width that once aborted Python.
+    args = finetune_args(data, out, *extra)
+    run = run_cli(*args) if "16384" in extra else InProcessRun(capsys, args)
     assert_refused(run, 2, pattern)
     assert not out.exists()
     assert digest(data / "train.lmdb", data / "valid.lmdb") == before
@@ -141,30 +143,27 @@ def test_epochs_out_of_range_is_a_usage_error(data, tmp_path):
 
 
 # (case, its arguments given the data folder, a phrase of the error line, run as a real subprocess?): each
-# exits 1 before training. The in-process ones go through the same parser and command (cnnctc.cli.main),
-# without paying MindSpore's import again.
+# exits 1 before training. The in-process ones go through the same parser and command (cnnctc.cli.main)
+# without a new interpreter; two cases stay real processes, so that the process boundary is covered.
 REFUSALS = [
-    ("valid typo", lambda d: finetune_args(d, d / "new_out", valid=d / "vaild.lmdb"), "vaild.lmdb", True),
+    ("valid typo", lambda d: finetune_args(d, d / "new_out", valid=d / "vaild.lmdb"), "vaild.lmdb", False),
     ("valid is a folder of images", lambda d: finetune_args(d, d / "new_out", valid=d / "valid_images"),
-     "valid_images", True),
+     "valid_images", False),
     ("train missing", lambda d: finetune_args(d, d / "new_out", train=d / "nope.lmdb"), "nope.lmdb", False),
     ("train is a text file", lambda d: finetune_args(d, d / "new_out", train=d / "a_file.txt"), "a_file.txt", True),
-    ("out is a file", lambda d: finetune_args(d, d / "a_file.txt"), "is a file", True),
+    ("out is a file", lambda d: finetune_args(d, d / "a_file.txt"), "is a file", False),
     ("out under a file", lambda d: finetune_args(d, d / "a_file.txt" / "run"), "is a file", False),
-    ("out is an LMDB", lambda d: finetune_args(d, d / "train.lmdb"), "LMDB dataset", True),
+    ("out is an LMDB", lambda d: finetune_args(d, d / "train.lmdb"), "LMDB dataset", False),
     ("batch larger than the data", lambda d: finetune_args(d, d / "new_out", "--batch-size", "64"),
-     "fewer than one batch", True),
-    ("batch beyond the limit", lambda d: finetune_args(d, d / "new_out", "--batch-size", "100000"), "--batch-size",
-     False),
-    ("steps beyond the limit", lambda d: finetune_args(d, d / "new_out", "--steps", str(10 ** 9)), "--steps", True),
+     "fewer than one batch", False),
     ("alphabet that fits no label", lambda d: finetune_args(d, d / "new_out", "--alphabet", "abc"),
-     "none of its samples", True),
+     "none of its samples", False),
     ("resume without checkpoints", lambda d: finetune_args(d, d / "mine", "--resume", d / "mine"),
-     "no cnnctc-<step>.ckpt", True),
+     "no cnnctc-<step>.ckpt", False),
     ("resume a missing folder", lambda d: finetune_args(d, d / "new_out", "--resume", d / "gone"), "no such folder",
      False),
     ("pretrained missing", lambda d: finetune_args(d, d / "new_out", "--pretrained", d / "missing.ckpt"),
-     "missing.ckpt", True),
+     "missing.ckpt", False),
     ("pretrained a folder", lambda d: finetune_args(d, d / "new_out", "--pretrained", d / "mine"), "is a folder",
      False),
     ("pretrained unknown uid", lambda d: finetune_args(d, d / "new_out", "--pretrained", "mindspore/9.9/cnnctc_x"),
