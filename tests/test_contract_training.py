@@ -373,7 +373,7 @@ def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data
     assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000002.ckpt"]
 
 
-def test_a_run_stopped_right_after_an_epoch_resumes(data, tmp_path):
+def test_a_run_stopped_right_after_an_epoch_resumes(data, tmp_path, capsys):
     """The newest checkpoint sits on an epoch's last step (saved before that epoch's validation):
     resuming starts with the validation, not with an empty epoch (which crashed MindSpore's iterator)."""
     from cnnctc.training import TrainConfig, finetune
@@ -390,9 +390,9 @@ def test_a_run_stopped_right_after_an_epoch_resumes(data, tmp_path):
         finetune(data / "train.lmdb", data / "valid.lmdb", out, pretrained=None, config=config,
                  on_step=stop_after_the_epoch)
     assert checkpoints(out)[-1] == f"cnnctc-{steps_per_epoch:07d}.ckpt"
-    run = run_cli("finetune", "--train", data / "train.lmdb", "--valid", data / "valid.lmdb", "--out", out,
-                  "--resume", out, "--pretrained", "none", "--alphabet", DIGITS, *SMALL,
-                  "--steps", str(2 * steps_per_epoch), "--save-every", str(steps_per_epoch))
+    run = InProcessRun(capsys, ["finetune", "--train", data / "train.lmdb", "--valid", data / "valid.lmdb",
+                                "--out", out, "--resume", out, "--pretrained", "none", "--alphabet", DIGITS, *SMALL,
+                                "--steps", str(2 * steps_per_epoch), "--save-every", str(steps_per_epoch)])
     assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
     assert checkpoints(out)[-1] == f"cnnctc-{2 * steps_per_epoch:07d}.ckpt"
     assert all_finite(out / checkpoints(out)[-1])
