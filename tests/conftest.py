@@ -14,6 +14,18 @@ os.environ.setdefault("GLOG_v", "3")
 from faultserver import FaultServer  # noqa: E402
 
 
+# The files that take longest (pytest --durations, summed per file), run first: with --dist loadfile
+# each file is one unit of work, and a long file handed out last would keep one worker busy while
+# the other waits. The rest keep their order.
+LONGEST_FIRST = ("test_contract_training.py", "test_finetune.py", "test_lineage.py", "test_readme_demo.py",
+                 "test_runtime.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # a stable sort
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """No test reads or writes the user's cache, or sees their cnnctc settings."""
