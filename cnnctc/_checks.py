@@ -3,7 +3,7 @@ import numbers
 
 from .errors import CnnctcError
 
-__all__ = ["positive_int", "device_name", "DEVICES"]
+__all__ = ["positive_int", "device_name", "output_channel_problem", "DEVICES"]
 
 DEVICES = ("Ascend", "GPU", "CPU")  # the device targets MindSpore takes
 
@@ -19,6 +19,19 @@ MAX_STEPS = 10_000_000
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 4096
 MAX_LR = 1e30  # the schedule is float32: a larger rate would overflow it
+# Twice the published width: four times its weights (about 700 MB in float32, 3.5 GB with the
+# gradients and optimizer state). 16384 made MindSpore abort the interpreter ("Fatal Python error").
+MAX_OUTPUT_CHANNEL = 1024
+
+
+def output_channel_problem(value):
+    """Why ``value`` cannot be a width to train (a multiple of 16 up to MAX_OUTPUT_CHANNEL), or None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 16 or value % 16:
+        return f"must be a positive multiple of 16 (512 is the published width), got {value!r}"
+    if value > MAX_OUTPUT_CHANNEL:
+        return (f"must be at most {MAX_OUTPUT_CHANNEL} (twice the published 512; a wider network does not fit "
+                f"a machine's memory), got {value}")
+    return None
 
 
 def positive_int(value, name, *, upper=None):

@@ -62,3 +62,25 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"cnnctc {__version__}"
+
+
+USAGE_WITHOUT_MINDSPORE = r"""
+import sys
+from cnnctc.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    print(exc.code, "mindspore" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("bad", [["--output-channel", "24"], ["--lr", "1e308"], ["--workers", "99999"],
+                                 ["--alphabet", "aa"]])
+def test_a_finetune_usage_error_comes_before_mindspore_is_imported(bad):
+    import subprocess
+    import sys
+    from conftest import subprocess_env
+    run = subprocess.run([sys.executable, "-c", USAGE_WITHOUT_MINDSPORE, "finetune", "--train", "x", "--out", "y",
+                          *bad], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["2", "False"], run.stderr
+    assert f"argument {bad[0]}:" in run.stderr

@@ -2,13 +2,12 @@
 import argparse
 import os
 
-from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS
+from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS, output_channel_problem
 from ..errors import CnnctcError
 from ._args import Command, alphabet_arg, device_arg, finite_positive_float, int_at_least, positive_int, seed_arg
 
 
 def _channel_width(text):
-    from ..training.config import output_channel_problem
     try:
         value = int(text)
     except ValueError:

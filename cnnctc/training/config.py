@@ -3,15 +3,12 @@ import dataclasses
 import math
 import numbers
 
-from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS
+from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_OUTPUT_CHANNEL, MAX_STEPS, output_channel_problem
 from ..errors import CnnctcError
 
 __all__ = ["TrainConfig", "DivergenceError", "check_alphabet", "MAX_STEPS", "MAX_EPOCHS", "MAX_BATCH_SIZE",
            "MAX_OUTPUT_CHANNEL", "MAX_SKIPPED_STEPS", "RUN_FIELDS"]
 
-# Twice the published width: four times its weights (about 700 MB in float32, 3.5 GB with the
-# gradients and optimizer state). 16384 made MindSpore abort the interpreter ("Fatal Python error").
-MAX_OUTPUT_CHANNEL = 1024
 # A run whose gradients overflow this many steps in a row learns nothing: every step is skipped.
 MAX_SKIPPED_STEPS = 20
 _AMP_LEVELS = (None, "O0", "O1", "O2", "O3")
@@ -42,16 +39,6 @@ def check_alphabet(alphabet, what="--alphabet"):
     """Raise CnnctcError unless ``alphabet`` is a non-empty string of distinct, printable-line symbols."""
     from ..alphabet import check_alphabet as shared_check_alphabet  # the one check every reader uses
     shared_check_alphabet(alphabet, what, CnnctcError)
-
-
-def output_channel_problem(value):
-    """Why ``value`` cannot be a network width (a multiple of 16 up to MAX_OUTPUT_CHANNEL), or None."""
-    if not is_int(value) or value < 16 or value % 16:
-        return f"must be a positive multiple of 16 (512 is the published width), got {value!r}"
-    if value > MAX_OUTPUT_CHANNEL:
-        return (f"must be at most {MAX_OUTPUT_CHANNEL} (twice the published 512; a wider network does not fit "
-                f"a machine's memory), got {value}")
-    return None
 
 
 @dataclasses.dataclass
