@@ -109,32 +109,73 @@ class Busy(Exception):
     """Another process holds the lock."""
 
 
+def _lock_now(fd, lock_path, wait):
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            if not wait:
+                raise Busy(lock_path) from None
+            if callable(wait):
+                wait()
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise Busy(lock_path) from None
+            if callable(wait):
+                wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 @contextlib.contextmanager
-def exclusive_lock(lock_path):
-    """Hold an exclusive lock on ``lock_path`` for the block, or raise :class:`Busy` at once when another
-    process holds it. ``lock_path`` is a folder (locked itself, nothing is left behind) or a lock file
-    (created if needed). The operating system drops the lock when a holder dies."""
+def exclusive_lock(lock_path, *, remove=False, wait=False):
+    """Hold an exclusive lock on ``lock_path`` for the block; yields the locked descriptor.
+
+    ``lock_path`` is a folder (locked itself, nothing is left behind) or a lock file (created if
+    needed; with ``remove``, deleted when the block ends). When another process holds it, raise
+    :class:`Busy` at once, or with ``wait`` block until it is free (a callable ``wait`` is called
+    first, e.g. to say so). The operating system drops the lock when a holder dies. Other OSErrors
+    (the path cannot be opened, a file system without locks) are raised as they are."""
     if os.path.isdir(lock_path):
         fd = os.open(lock_path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    else:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
-                     0o666)
-    try:
+        remove = False
         try:
-            import fcntl
-        except ImportError:  # Windows
-            import msvcrt
+            _lock_now(fd, lock_path, wait)
+        except BaseException:
+            os.close(fd)
+            raise
+    else:
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) |
+                         getattr(os, "O_NOFOLLOW", 0), 0o666)
             try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            except OSError:
-                raise Busy(lock_path) from None
-        else:
+                _lock_now(fd, lock_path, wait)
+            except BaseException:
+                os.close(fd)
+                raise
+            if not remove:
+                break
+            # A holder that removes its lock file at the end: whoever locked the removed file sees
+            # another inode (or none) at the path now, and tries again.
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Busy(lock_path) from None
-        yield
+                same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+    try:
+        yield fd
     finally:
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
         os.close(fd)
 
 

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ._files import umask_mode
+from ._files import Busy, exclusive_lock, umask_mode
 from .errors import CnnctcError
 
 __all__ = ["output_lock", "work_folder", "put_in_place", "refuse_inputs", "refuse_existing", "full_disk_named",
@@ -50,42 +50,19 @@ def output_lock(out, *, wait=False, what="writing"):
     done. The lock dies with its process (``flock``), so a killed run never blocks the next; the
     one that takes the lock removes the work folders such a run left.
     """
-    import fcntl
     out = Path(out)
     lock = _lock_path(out)
-    while True:
+    with contextlib.ExitStack() as held:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            held.enter_context(exclusive_lock(lock, remove=True, wait=wait and (
+                lambda: log.info("waiting for another process %s %s", what, out.name))))
+        except Busy:
+            raise CnnctcError(f"{out}: another cnnctc command is {what} it right now; wait for it to finish, "
+                              "or choose another output") from None
         except OSError as exc:
             raise _os_error(exc, lock, f"cannot create the lock file {lock}") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise CnnctcError(f"{out}: another cnnctc command is {what} it right now; wait for it to "
-                                      "finish, or choose another output") from None
-                log.info("waiting for another process %s %s", what, out.name)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            # The holder before us may have removed the lock file after we opened it: then our lock
-            # is on a file no one else will find, so take the lock again on the current one.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(lock))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
         _remove_dead_work(out)
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
 
 
 def _remove_dead_work(out):

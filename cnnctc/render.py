@@ -6,7 +6,6 @@ Pillow version.
 """
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ._checks import MAX_RENDER_COUNT
 from .alphabet import alphabet_problem
-from ._files import umask_mode
+from ._files import Busy, exclusive_lock, umask_mode
 from .errors import CnnctcError
 
 __all__ = ["render_word", "find_fonts", "resolve_fonts", "random_words", "write_word_images", "FONT_CANDIDATES",
@@ -207,51 +206,16 @@ def _busy(out):
 
 @contextlib.contextmanager
 def _claimed(out, lock_path):
-    """Hold ``lock_path`` (an flock) for the whole render of ``out``: a second writer is refused.
-
-    The file is removed at the end. Whoever locks a file that was removed meanwhile sees a
-    different inode at the path and tries again, so removing it is safe.
-    """
-    while True:
+    """Hold ``lock_path`` (a lock file, removed at the end; or the empty folder ``out`` itself) for the
+    whole render of ``out``: a second writer is refused."""
+    with contextlib.ExitStack() as stack:
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            stack.enter_context(exclusive_lock(lock_path, remove=True))
+        except Busy:
+            raise _busy(out) from None
         except OSError as exc:
             raise CnnctcError(f"{out}: cannot write there ({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _busy(out) from None
-        try:
-            same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _claimed_folder(out):
-    """Hold an flock on the (empty) folder ``out`` itself, when its parent takes no lock file."""
-    try:
-        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise CnnctcError(f"{out}: cannot open the folder ({exc.strerror or exc})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _busy(out) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_leftovers(out):
@@ -343,7 +307,7 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
     inputs = {"fonts": [_font_record(font) for font in fonts], "pillow": PIL.__version__, "seed": seed,
               "noise": bool(noise)}
     if state == "empty" and not os.access(out.parent, os.W_OK | os.X_OK):
-        with _claimed_folder(out):  # nothing there to keep: draw in place
+        with _claimed(out, out):  # nothing there to keep: draw in place
             if os.listdir(out) and _check_out(out, False) != "empty":  # filled meanwhile: says by what
                 raise _busy(out)
             try:

@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 
+from .._files import exclusive_lock
 from ..errors import CnnctcError
 from ._common import is_lmdb_file, is_lmdb_folder, reason
 
@@ -98,16 +99,10 @@ def check_out(out, overwrite, inputs=(), contains=()):
 @contextlib.contextmanager
 def _locked_folder(folder):
     """Hold an exclusive flock on ``folder`` (a short critical section between runs)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # an unreadable folder: no lock to take, the atomic renames still hold
+    with contextlib.ExitStack() as held:
+        with contextlib.suppress(OSError):  # an unreadable folder: no lock to take, the atomic renames still hold
+            held.enter_context(exclusive_lock(folder, wait=True))
         yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _try_lock(path):

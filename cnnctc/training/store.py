@@ -8,6 +8,7 @@ when the process ends, however it ends.
 """
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import Busy, exclusive_lock
 from .._signals import interrupt_deferred
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import CheckpointError, CnnctcError
@@ -104,42 +106,34 @@ def read_resume_point(directory):
                        parse_lineage(contents.get(LINEAGE_KEY)))
 
 
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)   # what flock says where locks are not kept
+
+
 class RunFolderLock:
     """An exclusive lock on a run folder for the whole run; a second writer is refused at once."""
 
     def __init__(self, directory):
         self.directory = Path(directory)
-        self._fd = None
+        self._held = contextlib.ExitStack()
 
     def acquire(self):
         try:
-            import fcntl
-        except ImportError:  # not a POSIX system: the re-checks at each save still hold
-            return self
-        try:
-            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError as exc:
-            raise CnnctcError(f"--out {self.directory}: cannot open the folder ({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            fd = self._held.enter_context(exclusive_lock(self.directory))
+        except Busy:
             raise CnnctcError(f"--out {self.directory} is in use by another finetune run that is still going; "
                               "wait for it to end, or choose another --out") from None
-        except OSError:  # a file system without flock: the re-checks at each save still hold
-            pass
-        current = os.stat(self.directory)
-        opened = os.fstat(fd)
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:
+                return self   # a file system without locks: the re-checks at each save still hold
+            raise CnnctcError(f"--out {self.directory}: cannot open the folder ({exc.strerror or exc})") from None
+        current, opened = os.stat(self.directory), os.fstat(fd)
         if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-            os.close(fd)
+            self.release()
             raise CnnctcError(f"--out {self.directory} was replaced while the run started; start it again")
-        self._fd = fd
         return self
 
     def release(self):
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
+        self._held.close()  # closing the descriptor releases the lock
 
 
 def _identity(path):
