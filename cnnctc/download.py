@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ._files import NotRegularFile, file_kind, open_regular
+from ._files import NotRegularFile, exclusive_lock, file_kind, open_regular
 from .errors import CnnctcError, DownloadError, IntegrityError, ManifestError, OfflineError
 from .errors import os_reason as _os_reason
 from .manifest import cache_root, is_inside
@@ -439,27 +439,9 @@ def _cache_error(root, exc):
 def _locked(lock_path):
     """An exclusive lock across processes; the OS drops it when a holder dies."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o644)
-    try:
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            import msvcrt
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-            unlock = lambda: msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # noqa: E731
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another process to finish downloading %s", lock_path.name[:-5])
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            unlock = lambda: fcntl.flock(fd, fcntl.LOCK_UN)  # noqa: E731
-        try:
-            yield
-        finally:
-            unlock()
-    finally:
-        os.close(fd)
+    with exclusive_lock(lock_path, wait=lambda: log.info("waiting for another process to finish downloading %s",
+                                                         lock_path.name[:-5])):
+        yield
 
 
 # --- downloading -----------------------------------------------------------------------------
