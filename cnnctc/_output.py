@@ -22,15 +22,14 @@ import tempfile
 from pathlib import Path
 
 from ._files import Busy, exclusive_lock, umask_mode
-from .errors import CnnctcError
+from .errors import CnnctcError, disk_full
 
 __all__ = ["output_lock", "work_folder", "put_in_place", "refuse_inputs", "refuse_existing", "full_disk_named",
-           "disk_full_error", "is_disk_full", "free_bytes", "file_mode"]
+           "disk_full_error", "free_bytes", "file_mode"]
 
 log = logging.getLogger(__name__)
 
 _WORK_TAG = ".cnnctc-tmp-"   # .OUT.cnnctc-tmp-XXXX: only this command's work folders match it
-_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def file_mode():
@@ -133,19 +132,6 @@ def put_in_place(tmp, out, overwrite):
         raise _os_error(exc, out, f"cannot write {out}") from None
 
 
-def is_disk_full(exc):
-    """True when ``exc`` or anything it was raised from is 'no space left' (or over quota)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _FULL:
-            return True
-        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 @contextlib.contextmanager
 def full_disk_named(out, folder):
     """Turn any failure in the block into ``disk_full_error(out)`` when the disk is what failed: an
@@ -156,7 +142,7 @@ def full_disk_named(out, folder):
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        if is_disk_full(exc) or free_bytes(folder) == 0:
+        if disk_full(exc) or free_bytes(folder) == 0:
             raise disk_full_error(out) from None
         raise
 
@@ -175,6 +161,6 @@ def free_bytes(folder):
 
 
 def _os_error(exc, out, doing):
-    if exc.errno in _FULL:
+    if disk_full(exc):
         return disk_full_error(out)
     return CnnctcError(f"{doing}: {exc.strerror or exc}")

@@ -36,8 +36,18 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def disk_full(exc):
-    """True for an OSError that means no space is left (ENOSPC, or a quota: EDQUOT)."""
-    return getattr(exc, "errno", None) in _DISK_FULL
+    """True when ``exc``, or anything it was raised from, means no space is left: ENOSPC or a quota
+    (EDQUOT), or a library's own words for them."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) in _DISK_FULL:
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def os_reason(exc):

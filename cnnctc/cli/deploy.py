@@ -1,6 +1,6 @@
 """Commands that deploy a model outside MindSpore: export (ONNX, MindIR, AIR) and quantize (int8)."""
 from .._checks import MAX_CALIBRATION_IMAGES
-from ._args import Command, device_arg, int_at_least, positive_int
+from ._args import Command, device_arg, int_at_least
 
 
 def export_arguments(p):

@@ -6,13 +6,12 @@ budget (plus one image), whatever the number or size of the images. The result a
 only when complete (see :mod:`._placing`).
 """
 import dataclasses
-import errno
 import logging
 import os
 import stat
 from pathlib import Path
 
-from ..errors import CnnctcError
+from ..errors import CnnctcError, disk_full
 from ..transforms import ImageError, load_image, read_image_file
 from ._common import reason
 from ._placing import OutputSlot
@@ -49,11 +48,7 @@ def _path_argument(value, name):
 
 def _disk_full(exc, folder):
     """Whether a failed write was the disk (or the user's quota) running out of space."""
-    code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return True
-    text = str(exc)
-    if "No space left" in text or "quota" in text.lower():
+    if disk_full(exc):
         return True
     try:  # LMDB reports some failed writes as EIO: look at the disk itself
         info = os.statvfs(folder)
