@@ -259,11 +259,19 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
     out = _check_out(out, fmt, overwrite)
     outputs = [out] if fmt == "onnx" else [out, sidecar_path(out)]
     for path in outputs:
-        refuse_inputs(path, [checkpoint])
+        refuse_inputs(path, [checkpoint, _manifest_file(manifest)])
     with output_lock(out, what="exporting to"):
         return export_locked(out, fmt=fmt, checkpoint=checkpoint, model=model, manifest=manifest,
                              batch_size=batch_size, device_target=device_target, overwrite=overwrite,
                              network_kwargs=network_kwargs)
+
+
+def _manifest_file(manifest):
+    """The file a manifest was read from (a path given, CNNCTC_MANIFEST, a Manifest's source), or None."""
+    if manifest is None:
+        manifest = os.environ.get("CNNCTC_MANIFEST") or None
+    source = manifest if isinstance(manifest, (str, os.PathLike)) else getattr(manifest, "source", None)
+    return source if source and os.path.isfile(source) else None
 
 
 def export_locked(out, *, fmt, checkpoint, model, manifest, batch_size, device_target, overwrite,
@@ -276,8 +284,8 @@ def export_locked(out, *, fmt, checkpoint, model, manifest, batch_size, device_t
     if loaded.checkpoint is None:
         raise CnnctcError("nothing to export: the network has no trained weights")
     outputs = [out] if fmt == "onnx" else [out, sidecar_path(out)]
-    for path in outputs:   # the registry's asset is known only now
-        refuse_inputs(path, [loaded.checkpoint])
+    for path in outputs:   # the registry's asset and the manifest file read are known only now
+        refuse_inputs(path, [loaded.checkpoint, _manifest_file(loaded.manifest)])
     if checkpoint is None:
         source_sha256 = loaded.manifest.sha256   # the registry's asset, verified when it was fetched
         lineage = None

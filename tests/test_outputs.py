@@ -94,6 +94,23 @@ def test_export_never_replaces_its_checkpoint(models, tmp_path):
     assert digest(ckpt) == before and not (tmp_path / "ckpt.mindir").exists()
 
 
+def test_export_never_replaces_the_manifest_it_read(models, tmp_path):
+    from cnnctc.registry import get_model
+    manifest = json.dumps(get_model("cnnctc/mini-synth").manifest.to_dict())
+    for name, fmt in (("man.onnx", "onnx"), ("m.mindir.json", "mindir")):
+        (tmp_path / name).write_text(manifest)
+    before = {name: digest(tmp_path / name) for name in ("man.onnx", "m.mindir.json")}
+    with pytest.raises(CnnctcError, match="man.onnx is the input .*man.onnx; a command never replaces its own input"):
+        export_model(tmp_path / "man.onnx", manifest=tmp_path / "man.onnx", overwrite=True)
+    run = cnnctc("export", "--manifest", tmp_path / "m.mindir.json", "--format", "mindir", "--out",
+                 tmp_path / "m.mindir", "--overwrite")
+    assert "m.mindir.json is the input" in one_error_line(run)
+    run = cnnctc("export", "--format", "onnx", "--out", tmp_path / "man.onnx", "--overwrite",
+                 CNNCTC_MANIFEST=str(tmp_path / "man.onnx"))
+    assert "man.onnx is the input" in one_error_line(run)
+    assert {name: digest(tmp_path / name) for name in before} == before and not (tmp_path / "m.mindir").exists()
+
+
 def test_the_mindir_description_obeys_overwrite(models, tmp_path):
     _, ckpt, _, _ = models
     out = tmp_path / "m.mindir"
