@@ -367,10 +367,14 @@ def read_sidecar(path):
         raise CnnctcError(f"{side}: not a cnnctc export description (no {MANIFEST_KEY!r} object)")
     from .manifest import Manifest, description_problem
     manifest = Manifest.from_dict(info[MANIFEST_KEY], source=side)
+    from .registry import registered_contradiction
     problem = description_problem(info, manifest)
     if problem:
         raise CnnctcError(f"{side}: it contradicts itself ({problem}); it does not describe {path.name} as "
                           "exported, export it again")
+    problem = registered_contradiction(manifest)
+    if problem:
+        raise CnnctcError(f"{side}: {problem}; it does not describe {path.name} as exported, export it again")
     batch = info.get("batch_size")
     if batch is not None and (type(batch) is not int or batch < 1 or batch > 4096):
         raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {batch!r}")

@@ -92,10 +92,14 @@ def read_manifest(metadata, where):
     except ValueError as exc:
         raise CnnctcError(f"{where}: its cnnctc metadata is not valid JSON ({exc})") from None
     manifest = Manifest.from_dict(data, source=where)
+    from .registry import registered_contradiction
     problem = description_problem(metadata_values(metadata), manifest)
     if problem:
         raise CnnctcError(f"{where}: its metadata contradicts itself ({problem}); it is not the model it claims to "
                           "be, export it again")
+    problem = registered_contradiction(manifest)
+    if problem:
+        raise CnnctcError(f"{where}: {problem}; it is not the model it claims to be, export it again")
     return manifest
 
 

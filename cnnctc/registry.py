@@ -145,6 +145,20 @@ def bundled_asset(manifest):
     return entry.bundled
 
 
+def registered_contradiction(manifest):
+    """Where ``manifest`` names a registered model's weights (their SHA-256) but reads them otherwise
+    (another alphabet or preprocessing), as a phrase; None when it does not contradict the registry."""
+    for entry in _REGISTRY.values():
+        known = entry.manifest
+        if known.sha256 != manifest.sha256:
+            continue
+        for field, label in (("alphabet", "alphabet"), ("preprocess", "preprocessing"), ("input_shape", "input shape")):
+            if getattr(manifest, field) != getattr(known, field):
+                return (f"it names the weights of {known.uid} (sha256 {known.sha256[:12]}...) but gives them "
+                        f"another {label} than that model's")
+    return None
+
+
 def get_model(model=None, *, manifest=None):
     """The entry for ``model`` (a uid), or for ``manifest`` (a JSON path or a Manifest: a user entry).
 

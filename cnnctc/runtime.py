@@ -131,21 +131,31 @@ def _locate(checkpoint, model, manifest, cache_dir, network_kwargs):
         source = Path(checkpoint)
         sha256 = checkpoint_sha256(source, cache_dir)
         folder = export_cache_dir(cache_dir)
-    return folder / f"{sha256}.{key}.onnx", sha256, source
+    # A checkpoint of the user's may carry its own alphabet, read only when it is exported.
+    expected = (entry_manifest.preprocess, entry_manifest.input_shape,
+                entry_manifest.alphabet if checkpoint is None else None)
+    return folder / f"{sha256}.{key}.onnx", sha256, source, expected
 
 
-def _usable(path, sha256):
-    """An OnnxRunner for a cached export from ``sha256``, or None when it is missing or unusable."""
+def _usable(path, sha256, expected, *, say=True):
+    """An OnnxRunner for a cached export from ``sha256`` that reads as ``expected`` (preprocessing,
+    input shape, alphabet or None), or None when it is missing or unusable."""
     if not path.is_file():
         return None
     from .onnx_runtime import OnnxRunner, metadata_values
+    tell = log.info if say else log.debug
     try:
         runner = OnnxRunner(path)
     except CnnctcError as exc:
-        log.info("the cached export %s cannot be used (%s); exporting again", path, exc)
+        tell("the cached export %s cannot be used (%s); exporting again", path, exc)
         return None
     if metadata_values(runner.metadata).get("source_sha256") != sha256:
-        log.info("the cached export %s comes from other weights; exporting again", path)
+        tell("the cached export %s comes from other weights; exporting again", path)
+        return None
+    got, (preprocess, input_shape, alphabet) = runner.manifest, expected
+    if (got.preprocess, got.input_shape) != (preprocess, input_shape) or (
+            alphabet is not None and got.alphabet != alphabet):
+        tell("the cached export %s reads its weights otherwise than they are described; exporting again", path)
         return None
     return runner
 
@@ -158,8 +168,8 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
     ``onnx`` extra. Raises CnnctcError when it cannot be had.
     """
     network_kwargs = dict(network_kwargs or {})
-    out, sha256, source = _locate(checkpoint, model, manifest, cache_dir, network_kwargs)
-    runner = _usable(out, sha256)
+    out, sha256, source, expected = _locate(checkpoint, model, manifest, cache_dir, network_kwargs)
+    runner = _usable(out, sha256, expected)
     if runner is not None:
         return runner
     if not onnx_extra_installed():
@@ -171,7 +181,7 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
     except OSError as exc:
         raise CnnctcError(f"cannot write the ONNX export to {out.parent}: {exc.strerror or exc}") from None
     with output_lock(out, wait=True, what="exporting"):
-        runner = _usable(out, sha256)   # another process exported it while this one waited
+        runner = _usable(out, sha256, expected, say=False)   # another process exported it while this one waited
         if runner is not None:
             return runner
         from ._mindspore import require_mindspore
@@ -179,7 +189,7 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
         log.info("exporting %s to ONNX once, for onnxruntime: %s", source.name, out)
         export_locked(out, fmt="onnx", checkpoint=checkpoint, model=model, manifest=manifest, batch_size=None,
                       device_target=device_target, overwrite=True, network_kwargs=network_kwargs)
-        runner = _usable(out, sha256)
+        runner = _usable(out, sha256, expected)
     if runner is None:
         raise CnnctcError(f"{out}: the export just written cannot be used")
     return runner

@@ -165,6 +165,45 @@ def test_export_quantize_and_eval_offline(tmp_path, monkeypatch):
     assert quantized.accuracy >= bundled.accuracy - 10
 
 
+# Rewrites an export's alphabet, in its top-level copy and in its manifest alike (a file that agrees
+# with itself): reversed, so every class reads as another symbol. Its own process: onnx's protobuf.
+LYING_ALPHABET = r"""
+import json, sys
+import onnx
+model = onnx.load(sys.argv[1])
+for entry in model.metadata_props:
+    if entry.key == "alphabet":
+        entry.value = json.dumps(json.loads(entry.value)[::-1])
+    elif entry.key == "cnnctc_manifest":
+        manifest = json.loads(entry.value)
+        manifest["alphabet"] = manifest["alphabet"][::-1]
+        entry.value = json.dumps(manifest)
+onnx.save(model, sys.argv[2])
+"""
+
+
+def test_an_export_that_gives_its_weights_another_alphabet_is_refused_and_never_read_from_the_cache(tmp_path):
+    word = tmp_path / "words" / "00000.png"
+    write_word_images(tmp_path / "words", 1, words=["4g7"])
+    cache = tmp_path / "cache"
+    first = cnnctc("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv", CNNCTC_CACHE_DIR=cache)
+    assert first.returncode == 0, first.stderr
+    [cached] = (cache / "cnnctc-onnx").glob("*.onnx")
+    lie = tmp_path / "lie.onnx"
+    run = subprocess.run([sys.executable, "-c", LYING_ALPHABET, str(cached), str(lie)], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    refused = cnnctc("predict", "--checkpoint", lie, word)
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    assert (f"{lie}: it names the weights of {BUNDLED_MODEL} (sha256 {ENTRY.manifest.sha256[:12]}...) but gives "
+            "them another alphabet than that model's") in refused.stderr
+    cached.write_bytes(lie.read_bytes())   # a cache someone else wrote into
+    again = cnnctc("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv", CNNCTC_CACHE_DIR=cache)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout and "exporting again" in again.stderr
+    assert again.stderr.count("exporting again") == 1
+
+
 def test_verify_and_hub_install_know_it_is_bundled(tmp_path):
     run = cnnctc("verify", "--model", BUNDLED_MODEL)
     assert run.returncode == 0 and run.stdout.startswith(f"OK  {ENTRY.bundled}  sha256 {ENTRY.manifest.sha256}")

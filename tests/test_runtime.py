@@ -149,7 +149,7 @@ def test_a_checkpoint_touched_but_not_changed_is_hashed_again_and_its_export_reu
 
 def test_two_first_runs_at_once_export_once(checkpoint, words):
     from cnnctc._output import output_lock
-    out, _, _ = _locate(checkpoint, None, None, None, {})
+    out, _, _, _ = _locate(checkpoint, None, None, None, {})
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = []
     with output_lock(out, what="exporting"):   # both runs reach the lock while this test holds it
