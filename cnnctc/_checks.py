@@ -13,6 +13,8 @@ MAX_BEAM_WIDTH = 4096    # prefixes a beam keeps; each column scores width x cla
 MAX_TOP_K = 4096         # readings reported per image
 MAX_WORD_LENGTH = 256    # symbols in a lexicon word: a CTC word needs a column per symbol (cnnctc has 26)
 MAX_RENDER_COUNT = 1_000_000  # images one render may draw (about 2 GB of PNGs)
+MAX_LABEL_LENGTH = MAX_WORD_LENGTH  # eval --max-length: a label that long could never be read anyway
+MAX_EVAL_BATCH = 4096  # eval --drop-last: the largest batch an evaluation script could have used
 MAX_CALIBRATION_IMAGES = 100_000  # quantize holds them all, preprocessed (1.3 GB of float32 at the bound)
 # Fine-tuning: bounds that keep a typo from allocating the learning-rate table or a batch beyond memory.
 MAX_STEPS = 10_000_000
@@ -26,11 +28,11 @@ MAX_OUTPUT_CHANNEL = 1024
 
 def output_channel_problem(value):
     """Why ``value`` cannot be a width to train (a multiple of 16 up to MAX_OUTPUT_CHANNEL), or None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 16 or value % 16:
-        return f"must be a positive multiple of 16 (512 is the published width), got {value!r}"
-    if value > MAX_OUTPUT_CHANNEL:
+    if not isinstance(value, bool) and isinstance(value, numbers.Integral) and value > MAX_OUTPUT_CHANNEL:
         return (f"must be at most {MAX_OUTPUT_CHANNEL} (twice the published 512; a wider network does not fit "
                 f"a machine's memory), got {value}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 16 or value % 16:
+        return f"must be a positive multiple of 16 (512 is the published width), got {value!r}"
     return None
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import MAX_EVAL_BATCH
 from .data import LabelFilter, LmdbDataset
 from .decoding import ctc_lexicon_decode
 from .errors import CnnctcError
@@ -117,13 +118,14 @@ def _per_image_lexicon(words, alphabet):
     return kept, len(words) - len(kept)
 
 
-def _whole_number(name, value, smallest):
+def _whole_number(name, value, smallest, largest=None):
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be a whole number, not {type(value).__name__}")
-    if value < smallest:
-        raise ValueError(f"{name} must be at least {smallest}, got {value}")
+    if value < smallest or (largest is not None and value > largest):
+        bound = f"from {smallest} to {largest}" if largest is not None else f"at least {smallest}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
 
 
 def _number(value):
@@ -257,7 +259,7 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     unless ``overwrite``, as is a path that is one of ``paths`` or ``inputs`` or lies inside one.
     """
     rules = get_protocol(protocol, max_length)
-    _whole_number("drop_last", drop_last, 1)
+    _whole_number("drop_last", drop_last, 1, MAX_EVAL_BATCH)
     if max_distance is not None:
         if not per_image_lexicon:
             raise ValueError("max_distance applies to per_image_lexicon; for one lexicon for all images give "

@@ -16,6 +16,7 @@ Pure Python: no MindSpore, no numpy.
 """
 import dataclasses
 
+from ._checks import MAX_LABEL_LENGTH
 from .errors import CnnctcError
 
 __all__ = ["BENCHMARK_ALPHABET", "UNREADABLE_LABEL", "PROTOCOLS", "DEFAULT_PROTOCOL", "Protocol", "Scoring", "get_protocol",
@@ -72,8 +73,8 @@ class Protocol:
         """This protocol with another longest label (``--max-length``); None keeps the protocol's."""
         if max_length is None:
             return self
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
-            raise ValueError(f"max_length must be a whole number of at least 0, got {max_length!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 0 <= max_length <= MAX_LABEL_LENGTH:
+            raise ValueError(f"max_length must be a whole number from 0 to {MAX_LABEL_LENGTH}, got {max_length!r}")
         return dataclasses.replace(self, max_length=max_length)
 
     def for_alphabet(self, alphabet):

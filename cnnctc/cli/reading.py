@@ -3,9 +3,9 @@ import argparse
 import os
 import sys
 
+from .._checks import MAX_EVAL_BATCH, MAX_LABEL_LENGTH
 from ..errors import CnnctcError
-from ._args import (Command, device_arg, int_at_least, model_arg, non_negative_int, positive_int, progress_bar,
-                    runtime_arg)
+from ._args import Command, device_arg, int_at_least, model_arg, progress_bar, runtime_arg
 from ._stdout import finite, json_line, printable, write_line
 
 
@@ -107,9 +107,10 @@ def eval_arguments(p):
                    "zoo's eval.py, how the card's accuracy was measured: labels of at most 13 symbols of the "
                    "alphabet), dtrb (DTRB's test.py: at most 25), dtrb-unfiltered (DTRB's --data_filtering_off: "
                    "every label, the symbols outside the alphabet removed from the truth)")
-    p.add_argument("--max-length", type=non_negative_int, metavar="N", help="longest label kept, in symbols "
+    p.add_argument("--max-length", type=int_at_least(0, MAX_LABEL_LENGTH, "a longer label could never be read"),
+                   metavar="N", help="longest label kept, in symbols "
                    "(default: the protocol's: 13, 25, or every length for dtrb-unfiltered)")
-    p.add_argument("--drop-last", type=positive_int, metavar="N", help="score only full batches of N samples "
+    p.add_argument("--drop-last", type=int_at_least(1, MAX_EVAL_BATCH), metavar="N", help="score only full batches of N samples "
                    "per dataset, the rest skipped: --drop-last 256 gives the count of the zoo's eval.py")
     p.add_argument("--predictions", metavar="FILE", help="write one JSON line per sample, kept or not: dataset, "
                    "index, label, truth as compared, prediction, confidence, correct, edit distance, why skipped")

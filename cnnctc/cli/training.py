@@ -51,14 +51,14 @@ def finetune_arguments(p):
     p.add_argument("--batch-size", type=int_at_least(1, MAX_BATCH_SIZE, "a larger batch does not fit in memory"),
                    default=192, help="images per step and worker (default 192)")
     p.add_argument("--lr", type=_learning_rate, default=5e-4, help="peak learning rate (default 5e-4)")
-    p.add_argument("--save-every", type=positive_int, default=1000, help="steps between checkpoints (default 1000)")
+    p.add_argument("--save-every", type=int_at_least(1, MAX_STEPS), default=1000, help="steps between checkpoints (default 1000)")
     p.add_argument("--resume", metavar="DIR", help="continue the unfinished run whose checkpoints are in DIR, with "
                    "its own settings (--steps, --lr, ... may be repeated but not changed; to train a finished run "
                    "further, start a new run with --pretrained DIR/cnnctc-<step>.ckpt)")
     p.add_argument("--output-channel", type=_channel_width, default=512,
                    help="network width, a multiple of 16 (default 512, the published one)")
     p.add_argument("--seed", type=seed_arg, default=1, help="seed of the initial weights and data order (default 1)")
-    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines (default 50)")
+    p.add_argument("--log-every", type=int_at_least(1, MAX_STEPS), default=50, help="steps between log lines (default 50)")
     p.add_argument("--workers", type=_workers_arg, metavar="N", help="processes that read, decode and batch the "
                    "training images (default: the cores, divided by the number of msrun workers; at most 64)")
     device_arg(p)
