@@ -111,9 +111,26 @@ def render_word(text, *, font=None, size=32, rng=None, noise=False):
 
 
 def random_words(count, alphabet, *, min_length=2, max_length=8, rng=None):
-    """``count`` random strings over ``alphabet``."""
+    """``count`` random strings over ``alphabet``; a space or other white space is never first or
+    last (a label with a space at its edge cannot match its image)."""
     rng = rng or random.Random(0)
-    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(min_length, max_length))) for _ in range(count)]
+    edges = "".join(c for c in alphabet if not c.isspace()) or alphabet
+
+    def word(length):
+        return "".join(rng.choice(edges if i in (0, length - 1) else alphabet) for i in range(length))
+    return [word(rng.randint(min_length, max_length)) for _ in range(count)]
+
+
+def missing_glyphs(font, symbols):
+    """The symbols ``font`` (a file, or None for Pillow's own) has no glyph for: it would draw its
+    "missing" box for them (compared with what it draws for a code point no font has)."""
+    face = _font(font, 32)
+
+    def drawn(text):
+        mask = face.getmask(text)
+        return mask.size, bytes(mask)
+    nothing = drawn("\U0010fffd")
+    return [s for s in symbols if not s.isspace() and drawn(s) == nothing]
 
 
 MARKER = ".cnnctc-render"  # written into every set write_word_images makes; lists its files and inputs
@@ -304,6 +321,14 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
     state = _check_out(out, overwrite)
     rng = random.Random(seed)
     words = words if words is not None else random_words(count, alphabet, rng=rng)
+    symbols = sorted(set(alphabet if words is None else "".join(words)))
+    for font in fonts:
+        missing = missing_glyphs(font, symbols)
+        if missing:
+            shown = " ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            name = os.path.basename(font) if font else "Pillow's own font"
+            raise CnnctcError(f"{name} has no glyph for {len(missing)} of the symbols ({shown}): it would draw boxes "
+                              "that the labels do not say; give --font files that have them, or leave them out")
     inputs = {"fonts": [_font_record(font) for font in fonts], "pillow": PIL.__version__, "seed": seed,
               "noise": bool(noise)}
     if state == "empty" and not os.access(out.parent, os.W_OK | os.X_OK):

@@ -146,7 +146,8 @@ def test_count_is_bounded_and_says_the_bound(tmp_path):
 
 @pytest.mark.parametrize("alphabet, why, api_why", [("aa", "repeats 'a'", "repeats 'a'"),
                                                     ("ab\tc", "control or line-break", "control or line-break"),
-                                                    ("", "is empty", "has no symbols")])
+                                                    ("", "is empty", "has no symbols"),
+                                                    (" ", "holds only white space", "has no symbols")])
 def test_the_alphabet_passes_the_one_alphabet_check(tmp_path, alphabet, why, api_why):
     run = cli("render", tmp_path / "out", "--count", 3, "--alphabet", alphabet)
     assert run.returncode == 2 and "argument --alphabet: " in run.stderr, run.stderr
@@ -154,6 +155,24 @@ def test_the_alphabet_passes_the_one_alphabet_check(tmp_path, alphabet, why, api
     with pytest.raises(CnnctcError, match=api_why):
         write_word_images(tmp_path / "out", 3, alphabet=alphabet)
     assert os.listdir(tmp_path) == []
+
+
+def test_symbols_the_fonts_cannot_draw_are_refused_before_anything_is_drawn(tmp_path):
+    run = cli("render", tmp_path / "cjk", "--count", 3, "--alphabet", "ab婓孵")
+    line = one_error_line(run)
+    assert run.returncode == 1 and "has no glyph for 2 of the symbols (婓 孵)" in line and "--font" in line
+    with pytest.raises(CnnctcError, match=r"has no glyph for 1 of the symbols \(👍\)"):
+        write_word_images(tmp_path / "emoji", words=["ok", "👍x"])
+    assert os.listdir(tmp_path) == []
+    # What the fonts do have (accented Latin, a space inside a word) is drawn as asked.
+    labels = write_word_images(tmp_path / "latin", words=["Straße", "naïve café"])
+    assert labels.read_text().splitlines() == ["00000.png\tStraße", "00001.png\tnaïve café"]
+
+
+def test_random_words_never_start_or_end_with_a_space(tmp_path):
+    labels = write_word_images(tmp_path / "spaced", 60, alphabet=" a")
+    words = [line.split("\t")[1] for line in labels.read_text().splitlines()]
+    assert len(words) == 60 and all(w == w.strip() and w for w in words) and any(" " in w for w in words)
 
 
 def test_out_of_memory_is_one_line_that_says_so(tmp_path):

@@ -61,13 +61,16 @@ def int_at_least(low, high=None, why=None):
     return parse
 
 
-def alphabet_arg(when_empty=""):
-    """An argparse type: an alphabet that passes the one alphabet check; ``when_empty`` ends the hint for ''."""
+def alphabet_arg(when_empty="", *, visible=False):
+    """An argparse type: an alphabet that passes the one alphabet check; ``when_empty`` ends the hint for
+    ''. With ``visible``, white space alone is refused too (nothing to draw)."""
     def parse(text):
         from ..alphabet import alphabet_problem
         problem = alphabet_problem(text)
         if problem:
             raise argparse.ArgumentTypeError(problem + (f"; give the symbols{when_empty}" if not text else ""))
+        if visible and not text.strip():
+            raise argparse.ArgumentTypeError(f"holds only white space; give the symbols{when_empty}")
         return text
     return parse
 

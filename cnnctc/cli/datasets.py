@@ -13,7 +13,7 @@ def render_arguments(p):
     p.add_argument("--words", nargs="+", help="draw these words instead of random ones")
     p.add_argument("--font", nargs="+", metavar="FILE", help="font files to draw with, in turn (default: the "
                    "installed DejaVu, Liberation and FreeFont files, else Pillow's own font)")
-    p.add_argument("--alphabet", type=alphabet_arg(" to draw random words from"),
+    p.add_argument("--alphabet", type=alphabet_arg(" to draw random words from", visible=True),
                    default="0123456789abcdefghijklmnopqrstuvwxyz", help="symbols of random words")
     p.add_argument("--noise", action="store_true", help="slant and blur the words")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random words, fonts and colours (default 0)")
