@@ -300,6 +300,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     newest = checkpoints(out)[-1]
     interrupted_at = int(newest[len("cnnctc-"):-len(".ckpt")])
     assert interrupted_at == 2 and all_finite(out / newest)
+    assert f"the newest checkpoint is {out / newest}; run the same command with --resume {out}" in stderr
 
     # Resuming may repeat the run's settings but not change them.
     before = digest(out)

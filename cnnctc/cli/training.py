@@ -1,5 +1,7 @@
 """The finetune command, alone under msrun or data-parallel under it."""
 import argparse
+import contextlib
+import logging
 import os
 
 from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS, output_channel_problem
@@ -88,6 +90,18 @@ def _join_cluster():
     return get_rank(), get_group_size()
 
 
+def _say_how_to_resume(args, trainer):
+    """After Ctrl-C (or SIGTERM): where the run stopped and the option that continues it."""
+    from ..training.store import step_checkpoints
+    if trainer.rank not in (None, 0):
+        return
+    with contextlib.suppress(OSError):
+        saved = step_checkpoints(args.out)
+        if saved:
+            logging.getLogger("cnnctc").info("the newest checkpoint is %s; run the same command with --resume %s "
+                                             "to continue from it", saved[-1], args.out)
+
+
 def finetune(args):
     from ..training import TrainConfig, Trainer
     config = TrainConfig(alphabet=args.alphabet, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
@@ -108,7 +122,11 @@ def finetune(args):
         if cluster is None:  # the scheduler: the workers did the training
             return 0
         trainer.set_rank(*cluster)
-    result = trainer.run()
+    try:
+        result = trainer.run()
+    except KeyboardInterrupt:
+        _say_how_to_resume(args, trainer)
+        raise
     print(f"last checkpoint: {result.last_checkpoint} (step {result.steps})")
     if result.best_accuracy >= 0:
         print(f"best checkpoint: {result.best_checkpoint} (validation accuracy {result.best_accuracy:.2f}%)")
