@@ -70,6 +70,9 @@ def _open_model(checkpoint, *, model, manifest, batch_size, device_target, netwo
         if network_kwargs:
             raise TypeError(f"Recognizer() got network options {', '.join(sorted(network_kwargs))}, but an exported "
                             f"{suffix} file has its network built in")
+        if model is not None or manifest is not None:
+            raise CnnctcError(f"{checkpoint}: an exported file carries its own description (alphabet, "
+                              "preprocessing); leave out --model and --manifest")
     if suffix == ".onnx":
         _refuse(runtime, "onnxruntime", "an .onnx file")
         from .onnx_runtime import OnnxRunner

@@ -235,5 +235,11 @@ def test_runtime_and_file_kinds_that_do_not_go_together(checkpoint, tmp_path):
     onnx_file = export_model(tmp_path / "m.onnx", checkpoint=checkpoint)
     with pytest.raises(CnnctcError, match=r"an \.onnx file runs on onnxruntime, not mindspore"):
         Recognizer(onnx_file, runtime="mindspore")
+    # An exported file describes itself: a model or manifest beside it would be silently ignored.
+    with pytest.raises(CnnctcError, match=r"m.onnx: an exported file carries its own description"):
+        Recognizer(onnx_file, model="cnnctc/mini-synth")
+    from cnnctc.registry import get_model
+    with pytest.raises(CnnctcError, match=r"leave out --model and --manifest"):
+        Recognizer(onnx_file, manifest=get_model("cnnctc/mini-synth").manifest)
     with pytest.raises(CnnctcError, match="a given network runs on mindspore"):
         Recognizer(network=CNNCTC(num_class=11, output_channel=WIDTH), runtime="onnxruntime")
