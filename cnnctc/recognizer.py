@@ -153,6 +153,8 @@ class Recognizer:
         if getattr(self.decode, "lexicon", None) is not None:  # refuse a lexicon with no readable word now
             self.decode.prepared_lexicon(self.alphabet)
         self._config = self.manifest.preprocess
+        self._source = (str(checkpoint) if checkpoint is not None else "the given network" if network is not None
+                        else self.manifest.uid)
 
     @property
     def alphabet(self):
@@ -169,7 +171,11 @@ class Recognizer:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if not len(batch):
             return np.zeros((0, 26, len(self.alphabet) + 1), np.float32)
-        return self.runner(batch)
+        logits = self.runner(batch)
+        if not np.isfinite(logits).all():
+            raise CnnctcError(f"{self._source}: the network's outputs hold NaN or infinity: its weights overflow "
+                              "(a broken or diverged model); retrain or export it again")
+        return logits
 
     def read_batch(self, batch, *, with_chars=False):
         """Preprocessed images -> one Prediction each, with this reader's decoder."""

@@ -267,6 +267,21 @@ def test_an_onnx_file_with_a_nan_weight_is_refused_when_opened(models, tmp_path,
     assert "holds NaN or infinite values" in line
 
 
+def test_finite_weights_that_overflow_the_outputs_are_refused_naming_the_model(models, tmp_path):
+    from cnnctc.checkpoint import read_checkpoint, save_checkpoint
+    from cnnctc.loader import load_model
+    root, ckpt, _, _ = models
+    net = load_model(ckpt, device_target="CPU").network
+    for parameter in net.get_parameters():   # every weight finite, and far too large
+        parameter.set_data(ms.Tensor(np.full(parameter.shape, 3e38, np.float32)))
+    huge = tmp_path / "huge.ckpt"
+    save_checkpoint(net, huge, metadata={"alphabet": read_checkpoint(ckpt)["alphabet"]})
+    image = next((root / "calib").glob("*.png"))
+    run = cnnctc("predict", "--checkpoint", huge, image, "--runtime", "mindspore", "--format", "json")
+    line = one_error_line(run)
+    assert line.startswith(f"cnnctc: error: {huge}: the network's outputs hold NaN or infinity") and run.stdout == ""
+
+
 def test_a_mindir_with_a_nan_weight_is_refused_when_opened(models, tmp_path):
     from cnnctc.loader import load_model
     _, ckpt, _, mindir = models
