@@ -155,6 +155,10 @@ def exclusive_lock(lock_path, *, remove=False, wait=False):
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) |
                          getattr(os, "O_NOFOLLOW", 0), 0o666)
             try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_size:   # a lock file is empty: this one is not ours
+                    raise FileExistsError(errno.EEXIST, "it exists and is not a lock file (a file of yours? "
+                                          "move it)", os.fspath(lock_path))
                 _lock_now(fd, lock_path, wait)
             except BaseException:
                 os.close(fd)

@@ -111,6 +111,22 @@ def test_export_never_replaces_the_manifest_it_read(models, tmp_path):
     assert {name: digest(tmp_path / name) for name in before} == before and not (tmp_path / "m.mindir").exists()
 
 
+def test_a_file_of_the_users_where_the_lock_would_go_is_kept(models, tmp_path):
+    _, ckpt, onnx_file, _ = models
+    for name in (".e.onnx.lock", ".q.onnx.lock", ".cnnctc-render.r.lock"):
+        (tmp_path / name).write_text("the user's own notes\n")
+    with pytest.raises(CnnctcError, match=r"cannot create the lock file .*\.e\.onnx\.lock: it exists and is not "
+                                          r"a lock file"):
+        export_model(tmp_path / "e.onnx", checkpoint=ckpt)
+    with pytest.raises(CnnctcError, match=r"\.q\.onnx\.lock: it exists and is not a lock file"):
+        quantize_model(onnx_file, [models[0] / "calib"], tmp_path / "q.onnx")
+    with pytest.raises(CnnctcError, match=r"it exists and is not a lock file"):
+        write_word_images(tmp_path / "r", 2)
+    for name in (".e.onnx.lock", ".q.onnx.lock", ".cnnctc-render.r.lock"):
+        assert (tmp_path / name).read_text() == "the user's own notes\n", name
+    assert sorted(os.listdir(tmp_path)) == [".cnnctc-render.r.lock", ".e.onnx.lock", ".q.onnx.lock"]
+
+
 def test_the_mindir_description_obeys_overwrite(models, tmp_path):
     _, ckpt, _, _ = models
     out = tmp_path / "m.mindir"
