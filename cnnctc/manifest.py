@@ -270,6 +270,18 @@ def description_problem(values, manifest):
     for key, want in expected.items():
         if key in values and values[key] != want:
             return f"its {key} says {values[key]!r} but its manifest {want!r}"
+    # The weights it says it was exported from: the same file everywhere it names one.
+    lineage = values.get("cnnctc_lineage")
+    named = {"source_sha256": values.get("source_sha256")}
+    if isinstance(lineage, dict):
+        exported = lineage.get("exported")
+        named["the lineage's exported checkpoint"] = exported.get("checkpoint_sha256") if isinstance(
+            exported, dict) else None
+        if lineage.get("origin") == "model":   # exported from a model's own asset
+            named["the lineage's model asset"] = lineage.get("sha256")
+    for what, sha256 in named.items():
+        if sha256 is not None and str(sha256).lower() != manifest.sha256:
+            return f"{what} is {str(sha256)[:12]}... but its manifest's weights {manifest.sha256[:12]}..."
     return None
 
 

@@ -146,8 +146,12 @@ def bundled_asset(manifest):
 
 
 def registered_contradiction(manifest):
-    """Where ``manifest`` names a registered model's weights (their SHA-256) but reads them otherwise
-    (another alphabet or preprocessing), as a phrase; None when it does not contradict the registry."""
+    """Where ``manifest`` names a registered model (its uid, or its weights by their SHA-256) but is
+    not it (other weights, or another alphabet or preprocessing), as a phrase; else None."""
+    named = _REGISTRY.get(manifest.uid)
+    if named is not None and named.manifest.sha256 != manifest.sha256:
+        return (f"it names the model {manifest.uid} but other weights (sha256 {manifest.sha256[:12]}..., not "
+                f"{named.manifest.sha256[:12]}...)")
     for entry in _REGISTRY.values():
         known = entry.manifest
         if known.sha256 != manifest.sha256:

@@ -216,3 +216,39 @@ def one_line(run):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     return lines[0]
+
+
+# The same export told it comes from other weights (its manifest, and its uid or not), while its lineage
+# still says it was exported from the bundled model's asset.
+OTHER_WEIGHTS = r"""
+import json, sys
+import onnx
+model = onnx.load(sys.argv[1])
+keep_uid = sys.argv[3] == "keep-uid"
+for entry in model.metadata_props:
+    if entry.key == "alphabet":
+        entry.value = json.dumps(json.loads(entry.value)[::-1])
+    elif entry.key == "source_sha256":
+        entry.value = json.dumps("ab" * 32)
+    elif entry.key == "cnnctc_manifest":
+        manifest = json.loads(entry.value)
+        manifest.update(alphabet=manifest["alphabet"][::-1], sha256="ab" * 32)
+        if not keep_uid:
+            manifest["uid"] = "my/own"
+        entry.value = json.dumps(manifest)
+onnx.save(model, sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("uid", ["keep-uid", "own-uid"])
+def test_an_export_that_says_it_holds_other_weights_than_its_lineage_is_refused(tmp_path, uid):
+    from cnnctc.export import export_model
+    from cnnctc.recognizer import Recognizer
+    good = export_model(tmp_path / "good.onnx", model=BUNDLED_MODEL, device_target="CPU")
+    lie = tmp_path / "lie.onnx"
+    run = subprocess.run([sys.executable, "-c", OTHER_WEIGHTS, str(good), str(lie), uid], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    with pytest.raises(Exception, match=r"lie.onnx: its metadata contradicts itself \(the lineage's exported "
+                                        r"checkpoint is 60cb2cb0a79d\.\.\. but its manifest's weights abab"):
+        Recognizer(lie)

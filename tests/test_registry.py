@@ -1,4 +1,5 @@
 """The model registry: every hub version of cnnctc_mjstiiit and the bundled model, one path for every entry point."""
+import dataclasses
 import hashlib
 import os
 import json
@@ -167,3 +168,16 @@ def test_a_copy_with_other_bytes_is_never_used(tmp_path, serve):
                                                url=server.url, sha256=server.sha256, file_name="b.ckpt")).manifest
     assert fetch(second, allow_http=True, quiet=True).read_bytes() == b"the real bytes" * 1000
     assert len(server.log) == 2  # downloaded, not made from the changed file
+
+
+def test_a_manifest_that_names_a_registered_model_must_be_it():
+    from cnnctc.registry import registered_contradiction
+    mini = get_model("cnnctc/mini-synth").manifest
+    assert registered_contradiction(mini) is None
+    assert "names the model cnnctc/mini-synth but other weights" in registered_contradiction(
+        mini.replace(sha256="ab" * 32))
+    assert "another alphabet than that model's" in registered_contradiction(mini.replace(alphabet=mini.alphabet[::-1]))
+    assert "another preprocessing" in registered_contradiction(
+        mini.replace(uid="my/own", preprocess=dataclasses.replace(mini.preprocess, mean=(127.5, 127.5, 127.5))))
+    # A model of the user's (its own uid and weights) is not the registry's business.
+    assert registered_contradiction(mini.replace(uid="my/own", sha256="ab" * 32, alphabet="0123")) is None
