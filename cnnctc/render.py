@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import PIL
@@ -146,7 +147,22 @@ def _check_text(text, what):
             raise CnnctcError(f"{what} {text!r} contains {name}, which labels.tsv cannot hold")
 
 
+def invisible_symbols(text):
+    """The format characters in ``text`` (zero-width space, soft hyphen, direction marks: Unicode's
+    Cf): a label holding one says a symbol the image does not show."""
+    return sorted({c for c in text if unicodedata.category(c) == "Cf"})
+
+
+def _refuse_invisible(text, what):
+    found = invisible_symbols(text)
+    if found:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in found[:5])
+        raise CnnctcError(f"{what} holds invisible format characters ({shown}) that the image would not show; "
+                          "leave them out")
+
+
 def _check_request(count, alphabet, words):
+    """(alphabet, words) as they will be drawn, in Unicode's composed form (NFC), or a CnnctcError."""
     if words is None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise CnnctcError(f"count must be a whole number of at least 1, got {count!r}")
@@ -155,10 +171,12 @@ def _check_request(count, alphabet, words):
                               "several sets and give make-lmdb or finetune each of them")
         if not isinstance(alphabet, str) or not alphabet.strip():
             raise CnnctcError(f"the alphabet {alphabet!r} has no symbols; give the symbols to draw words from")
+        alphabet = unicodedata.normalize("NFC", alphabet)
         problem = alphabet_problem(alphabet)
         if problem:
             raise CnnctcError(f"the alphabet {alphabet!r} {problem}")
-        return None
+        _refuse_invisible(alphabet, "the alphabet")
+        return alphabet, None
     if isinstance(words, str):
         raise CnnctcError("words must be a list of words, not one string")
     words = list(words)
@@ -170,7 +188,8 @@ def _check_request(count, alphabet, words):
         _check_text(word, f"word {number}")
         if not word.strip():
             raise CnnctcError(f"word {number} is empty; every word needs at least one visible symbol")
-    return words
+        _refuse_invisible(word, f"word {number}")
+    return alphabet, [unicodedata.normalize("NFC", word) for word in words]
 
 
 def _rendered_set(folder):
@@ -315,7 +334,7 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
     killed render left are removed. Raises :class:`CnnctcError` (one line) for bad arguments, a
     busy or unwritable ``out``.
     """
-    words = _check_request(count, alphabet, words)
+    alphabet, words = _check_request(count, alphabet, words)
     out = Path(out)
     fonts = resolve_fonts(fonts)
     state = _check_out(out, overwrite)

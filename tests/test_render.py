@@ -169,6 +169,20 @@ def test_symbols_the_fonts_cannot_draw_are_refused_before_anything_is_drawn(tmp_
     assert labels.read_text().splitlines() == ["00000.png\tStraße", "00001.png\tnaïve café"]
 
 
+@pytest.mark.parametrize("invisible", ["\u200b", "\u00ad", "\u202e"])
+def test_invisible_format_characters_are_refused(tmp_path, invisible):
+    with pytest.raises(CnnctcError, match=f"word 1 holds invisible format characters \\(U\\+{ord(invisible):04X}\\)"):
+        write_word_images(tmp_path / "w", words=[f"a{invisible}b"])
+    run = cli("render", tmp_path / "a", "--count", 2, "--alphabet", f"ab{invisible}")
+    assert run.returncode == 2 and "argument --alphabet: holds invisible format characters" in run.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_decomposed_accent_is_drawn_and_labelled_composed(tmp_path):
+    labels = write_word_images(tmp_path / "w", words=["cafe\u0301"])   # e + combining acute, as some keyboards type it
+    assert labels.read_text(encoding="utf-8") == "00000.png\tcaf\u00e9\n"
+
+
 def test_random_words_never_start_or_end_with_a_space(tmp_path):
     labels = write_word_images(tmp_path / "spaced", 60, alphabet=" a")
     words = [line.split("\t")[1] for line in labels.read_text().splitlines()]

@@ -5,6 +5,7 @@ import dataclasses
 import math
 import sys
 import textwrap
+import unicodedata
 
 __all__ = ["Command", "Parser", "alphabet_arg", "positive_int", "non_negative_int", "int_at_least", "finite_positive_float",
            "seed_arg", "model_arg", "cache_arg", "device_arg", "runtime_arg", "entry", "manifest_of", "progress_bar"]
@@ -71,6 +72,9 @@ def alphabet_arg(when_empty="", *, visible=False):
             raise argparse.ArgumentTypeError(problem + (f"; give the symbols{when_empty}" if not text else ""))
         if visible and not text.strip():
             raise argparse.ArgumentTypeError(f"holds only white space; give the symbols{when_empty}")
+        if visible and any(unicodedata.category(c) == "Cf" for c in text):
+            raise argparse.ArgumentTypeError("holds invisible format characters (zero-width, soft hyphen, "
+                                             "direction marks) that an image would not show; leave them out")
         return text
     return parse
 
