@@ -21,6 +21,7 @@ MAX_STEPS = 10_000_000
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 4096
 MAX_LR = 1e30  # the schedule is float32: a larger rate would overflow it
+MIN_LR = 1.2e-38  # and a smaller one would be 0 there (float32's smallest normal number)
 # Twice the published width: four times its weights (about 700 MB in float32, 3.5 GB with the
 # gradients and optimizer state). 16384 made MindSpore abort the interpreter ("Fatal Python error").
 MAX_OUTPUT_CHANNEL = 1024

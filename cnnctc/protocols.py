@@ -73,8 +73,8 @@ class Protocol:
         """This protocol with another longest label (``--max-length``); None keeps the protocol's."""
         if max_length is None:
             return self
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 0 <= max_length <= MAX_LABEL_LENGTH:
-            raise ValueError(f"max_length must be a whole number from 0 to {MAX_LABEL_LENGTH}, got {max_length!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_LABEL_LENGTH:
+            raise ValueError(f"max_length must be a whole number from 1 to {MAX_LABEL_LENGTH}, got {max_length!r}")
         return dataclasses.replace(self, max_length=max_length)
 
     def for_alphabet(self, alphabet):

@@ -120,7 +120,8 @@ USAGE_ERRORS = [
     (["--batch-size", "9999999999"], "--batch-size: must be at most 4096"),
     (["--steps", "99999999999"], "--steps: must be at most 10000000"),
     (["--epochs", "100000"], "--epochs: must be at most 10000"),
-    (["--lr", "1e308"], "--lr: must be at most 1e+30"),
+    (["--lr", "1e308"], "--lr: must be from 1.2e-38 to 1e+30"),
+    (["--lr", "1e-300"], "--lr: must be from 1.2e-38 to 1e+30"),   # 0 in the float32 schedule
 ]
 
 

@@ -107,7 +107,7 @@ def eval_arguments(p):
                    "zoo's eval.py, how the card's accuracy was measured: labels of at most 13 symbols of the "
                    "alphabet), dtrb (DTRB's test.py: at most 25), dtrb-unfiltered (DTRB's --data_filtering_off: "
                    "every label, the symbols outside the alphabet removed from the truth)")
-    p.add_argument("--max-length", type=int_at_least(0, MAX_LABEL_LENGTH, "a longer label could never be read"),
+    p.add_argument("--max-length", type=int_at_least(1, MAX_LABEL_LENGTH, "a longer label could never be read"),
                    metavar="N", help="longest label kept, in symbols "
                    "(default: the protocol's: 13, 25, or every length for dtrb-unfiltered)")
     p.add_argument("--drop-last", type=int_at_least(1, MAX_EVAL_BATCH), metavar="N", help="score only full batches of N samples "

@@ -4,7 +4,7 @@ import contextlib
 import logging
 import os
 
-from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS, output_channel_problem
+from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS, MIN_LR, output_channel_problem
 from ..errors import CnnctcError
 from ._args import Command, alphabet_arg, device_arg, finite_positive_float, int_at_least, positive_int, seed_arg
 
@@ -22,8 +22,8 @@ def _channel_width(text):
 
 def _learning_rate(text):
     value = finite_positive_float(text)
-    if value > MAX_LR:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:g} (the schedule is float32), got {text}")
+    if not MIN_LR <= value <= MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_LR:g} to {MAX_LR:g} (the schedule is float32), got {text}")
     return value
 
 

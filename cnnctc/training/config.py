@@ -3,7 +3,7 @@ import dataclasses
 import math
 import numbers
 
-from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_OUTPUT_CHANNEL, MAX_STEPS, output_channel_problem
+from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MIN_LR, MAX_OUTPUT_CHANNEL, MAX_STEPS, output_channel_problem
 from ..errors import CnnctcError
 
 __all__ = ["TrainConfig", "DivergenceError", "check_alphabet", "MAX_STEPS", "MAX_EPOCHS", "MAX_BATCH_SIZE",
@@ -86,7 +86,7 @@ class TrainConfig:
         if self.steps is not None:
             integer("steps", 1, MAX_STEPS)
         integer("batch_size", 1, MAX_BATCH_SIZE)
-        real("lr", 0, MAX_LR)
+        real("lr", MIN_LR, MAX_LR, low_open=False)
         integer("warmup_steps", 0)
         real("warmup_start", 0, 1)
         real("momentum", 0, 1, low_open=False, high_open=True)
