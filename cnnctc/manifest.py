@@ -288,10 +288,16 @@ def description_problem(values, manifest):
 def read_manifest_file(path):
     """A manifest from a JSON file."""
     path = expand_user(path, "the manifest")
+    if path.suffix.lower() in (".onnx", ".mindir", ".air", ".ckpt"):
+        raise ManifestError(f"{path} is a model file, not a manifest: give it as --checkpoint (an export carries "
+                            "its own manifest)")
     try:
         if not path.is_file():
             raise ManifestError(f"manifest not found: {path}" if not path.exists() else f"{path}: not a file")
         data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "cnnctc_manifest" in data and "uid" not in data:
+            raise ManifestError(f"{path} describes an exported model (a .mindir's sidecar), not a manifest: give "
+                                "the model file as --checkpoint")
     except ManifestError:
         raise
     except (OSError, ValueError) as exc:

@@ -127,6 +127,15 @@ def test_a_file_of_the_users_where_the_lock_would_go_is_kept(models, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".cnnctc-render.r.lock", ".e.onnx.lock", ".q.onnx.lock"]
 
 
+def test_an_export_given_as_a_manifest_says_to_give_it_as_checkpoint(models):
+    root, _, onnx_file, mindir = models
+    image = next((root / "calib").glob("*.png"))
+    line = one_error_line(cnnctc("predict", "--manifest", onnx_file, image))
+    assert f"{onnx_file} is a model file, not a manifest: give it as --checkpoint" in line
+    line = one_error_line(cnnctc("predict", "--manifest", sidecar_path(mindir), image))
+    assert "describes an exported model (a .mindir's sidecar), not a manifest" in line
+
+
 def test_the_mindir_description_obeys_overwrite(models, tmp_path):
     _, ckpt, _, _ = models
     out = tmp_path / "m.mindir"
