@@ -8,6 +8,7 @@ non-finite checkpoint; Ctrl-C leaves a checkpoint that --resume continues.
 import hashlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -259,6 +260,30 @@ def test_a_diverging_run_stops_at_its_step_and_keeps_finite_checkpoints(data, tm
     left = sorted(out.glob("*.ckpt"))
     assert left and all(all_finite(p) for p in left)
     assert f"cnnctc-{step:07d}.ckpt" not in checkpoints(out) and no_temporary_files(out)
+
+
+def test_ctrl_c_while_the_graph_compiles_is_one_line_and_leaves_nothing(data, tmp_path):
+    """Ctrl-C a second into the first step, while MindSpore compiles the training graph (it takes
+    several seconds): MindSpore's own trace of the interruption stays off stderr, and no IR dump
+    appears in the working folder."""
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, finetune_args(data, out, "--steps", "30"))],
+                               cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=as_foreground_job)
+    try:
+        lines = _wait_until_training(process)
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    stderr = "".join(lines) + rest
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "cnnctc: interrupted"
+    assert all(line.startswith("cnnctc: ") for line in stderr.strip().splitlines()), stderr[-3000:]
+    assert os.listdir(tmp_path) in (["run"], [])   # no rank_0/om/analyze_fail.ir
 
 
 # finetune in a child that, once its first periodic checkpoint is saved, waits for a line on stdin

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 
 from ..errors import CnnctcError
@@ -65,6 +66,28 @@ def build_parser():
     return parser
 
 
+_MINDSPORE_DUMP_SETTINGS = ("MS_DEV_SAVE_GRAPHS", "MS_DEV_SAVE_GRAPHS_PATH", "CNNCTC_DEBUG")
+
+
+@contextlib.contextmanager
+def _no_ir_dump_left():
+    """MindSpore writes ``rank_0/om/analyze_fail.ir`` into the working folder when a graph fails to
+    compile (an interrupted compile too), whatever its save-graphs path says. A command that made
+    that folder removes it again (only when it holds nothing else), unless MindSpore's dumps or
+    debug output were asked for (``_MINDSPORE_DUMP_SETTINGS``)."""
+    folder = os.path.abspath("rank_0")
+    if any(os.environ.get(name) for name in _MINDSPORE_DUMP_SETTINGS) or os.path.lexists(folder):
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if [(root[len(folder):], sorted(files)) for root, _, files in os.walk(folder)] == [
+                    ("", []), ("/om", ["analyze_fail.ir"])]:
+                shutil.rmtree(folder)
+
+
 def main(argv=None):
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 still print
         with contextlib.suppress(AttributeError, ValueError):
@@ -82,7 +105,8 @@ def main(argv=None):
         if not stdout_usable():
             raise OutputError("standard output is closed, so the results could not be written; redirect it to a "
                               "file (or to /dev/null to discard them)")
-        with terminate_as_interrupt():  # MindSpore turns Ctrl-C into SIGTERM once a graph has run
+        # MindSpore turns Ctrl-C into SIGTERM once a graph has run
+        with terminate_as_interrupt(), _no_ir_dump_left():
             status = args.func(args)
         try:
             sys.stdout.flush()

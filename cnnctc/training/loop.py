@@ -16,6 +16,7 @@ from pathlib import Path
 from .._mindspore import mindspore as ms
 from mindspore import nn
 
+from .._native import quiet_native_stderr
 from .._signals import terminate_as_interrupt
 from ..batches import BatchLoader, default_workers, epoch_order
 from ..checkpoint import ALPHABET_KEY, load_weights
@@ -77,6 +78,7 @@ class Trainer:
         self.history = []
         self._measured = None          # the newest validation: (step, accuracy, per-dataset results)
         self._skipped_in_a_row = 0
+        self._compiled = False   # the training graph compiles at the first step
         self._lock = None
 
     # The plan's results, under the names the loop uses.
@@ -163,7 +165,12 @@ class Trainer:
         Raises DivergenceError when the loss is not finite, or when the gradients overflowed in
         MAX_SKIPPED_STEPS steps in a row (the loss has exploded and no step is applied any more).
         """
-        loss, overflow = self.train_cell(images, targets, lengths)
+        if self._compiled:
+            loss, overflow = self.train_cell(images, targets, lengths)
+        else:   # the graph compiles now: MindSpore's own lines (e.g. its trace on Ctrl-C) stay off stderr
+            with quiet_native_stderr():
+                loss, overflow = self.train_cell(images, targets, lengths)
+            self._compiled = True
         self.step += 1
         self.epoch_step += 1
         value = float(loss.asnumpy())
