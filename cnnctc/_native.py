@@ -13,10 +13,16 @@ import sys
 import tempfile
 import threading
 
-__all__ = ["quiet_native_stderr"]
+__all__ = ["quiet_native_stderr", "stderr_descriptor"]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
+_saved = None   # the real descriptor 2 while a capture runs
+
+
+def stderr_descriptor():
+    """The descriptor of the real stderr, also while a capture has moved descriptor 2 aside."""
+    return _saved if _saved is not None else 2
 
 
 @contextlib.contextmanager
@@ -25,6 +31,7 @@ def quiet_native_stderr():
     if os.environ.get("CNNCTC_DEBUG") or not _lock.acquire(blocking=False):
         yield   # debug output asked for, or a nested/concurrent capture already holds descriptor 2
         return
+    global _saved
     try:
         try:
             sys.stderr.flush()
@@ -34,9 +41,11 @@ def quiet_native_stderr():
             return
         with tempfile.TemporaryFile() as capture:
             os.dup2(capture.fileno(), 2)
+            _saved = saved
             try:
                 yield
             finally:
+                _saved = None
                 os.dup2(saved, 2)
                 os.close(saved)
                 capture.seek(0)

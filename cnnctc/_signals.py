@@ -11,34 +11,42 @@ def _in_main_thread():
     return threading.current_thread() is threading.main_thread()
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 # Signals whose default action ends the process without a word; one set to SIG_IGN (nohup's
 # SIGHUP) stays ignored.
 STOPPING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt():
+def terminate_as_interrupt(on_repeat=None):
     """During a run, SIGTERM, SIGHUP and SIGQUIT stop it like Ctrl-C (KeyboardInterrupt).
 
     MindSpore answers Ctrl-C with SIGTERM: every graph run installs a SIGINT handler that
     signals the process, which would otherwise die at once, mid-save and without a word.
     Only signals still at their default action are taken over, and given back afterwards.
+    With ``on_repeat`` (the command line's), Ctrl-C is taken over too, and a second stopping
+    signal while the first one's clean-up runs calls ``on_repeat()`` instead of interrupting it.
     """
     if not _in_main_thread():
         yield
         return
     taken = [number for number in STOPPING if signal.getsignal(number) is signal.SIG_DFL]
+    if on_repeat is not None and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        taken.append(signal.SIGINT)
+    received = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        if on_repeat is not None and len(received) > 1:
+            on_repeat()
+        raise KeyboardInterrupt
+
     for number in taken:
-        signal.signal(number, _raise_interrupt)
+        signal.signal(number, stop)
     try:
         yield
     finally:
         for number in taken:
-            signal.signal(number, signal.SIG_DFL)
+            signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -286,6 +286,28 @@ def test_ctrl_c_while_the_graph_compiles_is_one_line_and_leaves_nothing(data, tm
     assert os.listdir(tmp_path) in (["run"], [])   # no rank_0/om/analyze_fail.ir
 
 
+def test_ctrl_c_pressed_again_during_the_clean_up_stops_at_once_without_a_traceback(data, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, finetune_args(data, out, "--steps", "30"))],
+                               cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=as_foreground_job)
+    try:
+        lines = _wait_until_training(process)
+        time.sleep(1)
+        for _ in range(3):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    stderr = "".join(lines) + rest
+    assert process.returncode == 130, (process.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "cnnctc: interrupted"
+
+
 # finetune in a child that, once its first periodic checkpoint is saved, waits for a line on stdin
 # (Ctrl-C comes then, so where the run stops does not depend on how fast it trains).
 PAUSED_AFTER_FIRST_SAVE = r"""

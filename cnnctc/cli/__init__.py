@@ -88,6 +88,16 @@ def _no_ir_dump_left():
                 shutil.rmtree(folder)
 
 
+def _stop_now():
+    """A second Ctrl-C (or SIGTERM) while the first one's clean-up runs: stop at once, as it asks."""
+    from .._native import stderr_descriptor
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        os.write(stderr_descriptor(), b"cnnctc: interrupted\n")
+    os._exit(130)
+
+
 def main(argv=None):
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 still print
         with contextlib.suppress(AttributeError, ValueError):
@@ -106,7 +116,7 @@ def main(argv=None):
             raise OutputError("standard output is closed, so the results could not be written; redirect it to a "
                               "file (or to /dev/null to discard them)")
         # MindSpore turns Ctrl-C into SIGTERM once a graph has run
-        with terminate_as_interrupt(), _no_ir_dump_left():
+        with terminate_as_interrupt(on_repeat=_stop_now), _no_ir_dump_left():
             status = args.func(args)
         try:
             sys.stdout.flush()
