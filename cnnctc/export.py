@@ -365,16 +365,11 @@ def read_sidecar(path):
         raise CnnctcError(f"{side}: cannot read it ({' '.join(str(exc).split())})") from None
     if not isinstance(info, dict) or not isinstance(info.get(MANIFEST_KEY), dict):
         raise CnnctcError(f"{side}: not a cnnctc export description (no {MANIFEST_KEY!r} object)")
-    from .manifest import Manifest, description_problem
+    from .manifest import Manifest
+    from .registry import check_export_description
     manifest = Manifest.from_dict(info[MANIFEST_KEY], source=side)
-    from .registry import registered_contradiction
-    problem = description_problem(info, manifest)
-    if problem:
-        raise CnnctcError(f"{side}: it contradicts itself ({problem}); it does not describe {path.name} as "
-                          "exported, export it again")
-    problem = registered_contradiction(manifest)
-    if problem:
-        raise CnnctcError(f"{side}: {problem}; it does not describe {path.name} as exported, export it again")
+    check_export_description(info, manifest, side, subject="it",
+                             ending=f"it does not describe {path.name} as exported, export it again")
     batch = info.get("batch_size")
     if batch is not None and (type(batch) is not int or batch < 1 or batch > 4096):
         raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {batch!r}")

@@ -82,7 +82,7 @@ def metadata_values(metadata):
 
 def read_manifest(metadata, where):
     """The Manifest in an exported file's metadata (a str -> str mapping)."""
-    from .manifest import Manifest, description_problem
+    from .manifest import Manifest
     text = metadata.get(MANIFEST_KEY)
     if text is None:
         raise CnnctcError(f"{where}: an ONNX model without cnnctc metadata (no alphabet or preprocessing); "
@@ -92,14 +92,9 @@ def read_manifest(metadata, where):
     except ValueError as exc:
         raise CnnctcError(f"{where}: its cnnctc metadata is not valid JSON ({exc})") from None
     manifest = Manifest.from_dict(data, source=where)
-    from .registry import registered_contradiction
-    problem = description_problem(metadata_values(metadata), manifest)
-    if problem:
-        raise CnnctcError(f"{where}: its metadata contradicts itself ({problem}); it is not the model it claims to "
-                          "be, export it again")
-    problem = registered_contradiction(manifest)
-    if problem:
-        raise CnnctcError(f"{where}: {problem}; it is not the model it claims to be, export it again")
+    from .registry import check_export_description
+    check_export_description(metadata_values(metadata), manifest, where, subject="its metadata",
+                             ending="it is not the model it claims to be, export it again")
     return manifest
 
 

@@ -163,6 +163,18 @@ def registered_contradiction(manifest):
     return None
 
 
+def check_export_description(values, manifest, where, *, subject, ending):
+    """Refuse an exported file's description (its metadata or sidecar ``values`` and the ``manifest``
+    they carry) that contradicts itself or the registry, in one line: ``where: ...; ending``."""
+    from .manifest import description_problem
+    problem = description_problem(values, manifest)
+    if problem:
+        raise CnnctcError(f"{where}: {subject} contradicts itself ({problem}); {ending}")
+    problem = registered_contradiction(manifest)
+    if problem:
+        raise CnnctcError(f"{where}: {problem}; {ending}")
+
+
 def get_model(model=None, *, manifest=None):
     """The entry for ``model`` (a uid), or for ``manifest`` (a JSON path or a Manifest: a user entry).
 

@@ -262,10 +262,9 @@ def test_a_diverging_run_stops_at_its_step_and_keeps_finite_checkpoints(data, tm
     assert f"cnnctc-{step:07d}.ckpt" not in checkpoints(out) and no_temporary_files(out)
 
 
-def test_ctrl_c_while_the_graph_compiles_is_one_line_and_leaves_nothing(data, tmp_path):
-    """Ctrl-C a second into the first step, while MindSpore compiles the training graph (it takes
-    several seconds): MindSpore's own trace of the interruption stays off stderr, and no IR dump
-    appears in the working folder."""
+def _ctrl_c_while_compiling(data, tmp_path, presses):
+    """A finetune in ``tmp_path`` given Ctrl-C ``presses`` times a second into its first step, while
+    MindSpore compiles the training graph (that takes several seconds): (exit status, stderr)."""
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, finetune_args(data, out, "--steps", "30"))],
                                cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -273,28 +272,7 @@ def test_ctrl_c_while_the_graph_compiles_is_one_line_and_leaves_nothing(data, tm
     try:
         lines = _wait_until_training(process)
         time.sleep(1)
-        process.send_signal(signal.SIGINT)
-        _, rest = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    stderr = "".join(lines) + rest
-    assert process.returncode == 130, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "cnnctc: interrupted"
-    assert all(line.startswith("cnnctc: ") for line in stderr.strip().splitlines()), stderr[-3000:]
-    assert os.listdir(tmp_path) in (["run"], [])   # no rank_0/om/analyze_fail.ir
-
-
-def test_ctrl_c_pressed_again_during_the_clean_up_stops_at_once_without_a_traceback(data, tmp_path):
-    out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, finetune_args(data, out, "--steps", "30"))],
-                               cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=as_foreground_job)
-    try:
-        lines = _wait_until_training(process)
-        time.sleep(1)
-        for _ in range(3):
+        for _ in range(presses):
             process.send_signal(signal.SIGINT)
             time.sleep(0.05)
         _, rest = process.communicate(timeout=120)
@@ -302,8 +280,22 @@ def test_ctrl_c_pressed_again_during_the_clean_up_stops_at_once_without_a_traceb
         if process.poll() is None:
             process.kill()
             process.communicate()
-    stderr = "".join(lines) + rest
-    assert process.returncode == 130, (process.returncode, stderr[-3000:])
+    return process.returncode, "".join(lines) + rest
+
+
+def test_ctrl_c_while_the_graph_compiles_is_one_line_and_leaves_nothing(data, tmp_path):
+    """MindSpore's own trace of the interruption stays off stderr, and no IR dump appears in the
+    working folder."""
+    returncode, stderr = _ctrl_c_while_compiling(data, tmp_path, 1)
+    assert returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "cnnctc: interrupted"
+    assert all(line.startswith("cnnctc: ") for line in stderr.strip().splitlines()), stderr[-3000:]
+    assert os.listdir(tmp_path) in (["run"], [])   # no rank_0/om/analyze_fail.ir
+
+
+def test_ctrl_c_pressed_again_during_the_clean_up_stops_at_once_without_a_traceback(data, tmp_path):
+    returncode, stderr = _ctrl_c_while_compiling(data, tmp_path, 3)
+    assert returncode == 130, (returncode, stderr[-3000:])
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "cnnctc: interrupted"
 
