@@ -4,7 +4,7 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["terminate_as_interrupt", "interrupt_deferred"]
+__all__ = ["terminate_as_interrupt", "interrupt_deferred", "interrupt_kept"]
 
 
 def _in_main_thread():
@@ -59,6 +59,32 @@ def interrupt_deferred():
     received = []
     previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
                 for number in (signal.SIGINT, *STOPPING) if signal.getsignal(number) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt_kept():
+    """Around a call that may swallow a KeyboardInterrupt (MindSpore's graph compile calls back into
+    Python and, now and then, carries on when Ctrl-C lands in such a callback): a stopping signal
+    that arrived during the call raises KeyboardInterrupt once it returns."""
+    if not _in_main_thread():
+        yield
+        return
+    received = []
+    previous = {}
+    for number in (signal.SIGINT, *STOPPING):
+        handler = signal.getsignal(number)
+        if callable(handler):
+            def noticing(signum, frame, handler=handler):
+                received.append(signum)
+                handler(signum, frame)
+            previous[number] = signal.signal(number, noticing)
     try:
         yield
     finally:

@@ -271,9 +271,9 @@ def _ctrl_c_while_compiling(data, tmp_path, presses):
                                text=True, preexec_fn=as_foreground_job)
     try:
         lines = _wait_until_training(process)
-        # Well inside the compile (9-20 s here): on a loaded 2-core machine one Ctrl-C a second
-        # after the 'training' line was sometimes lost (the run went on to its end); see the README.
-        time.sleep(3)
+        # Inside the compile (9-20 s here). A Ctrl-C that lands in one of MindSpore's callbacks into
+        # Python is sometimes swallowed by the compile; the run must still stop once it returns.
+        time.sleep(1)
         for _ in range(presses):
             process.send_signal(signal.SIGINT)
             time.sleep(0.05)
@@ -322,10 +322,14 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_path, capsys):
+    """Stopped right after its first epoch's last step, saved before that epoch's validation: the
+    resumed run starts with the validation, not with an empty epoch (which crashed MindSpore's iterator)."""
     out = tmp_path / "interrupted"
+    steps_per_epoch = TRAIN_IMAGES // BATCH
     # Start from the finished run's weights without --alphabet: the checkpoint's alphabet comes along.
     command = ["finetune", "--train", data / "train.lmdb", "--valid", data / "valid.lmdb", "--out", out,
-               "--pretrained", finished / "cnnctc-0000004.ckpt", "--steps", "30", *SMALL, "--save-every", "2"]
+               "--pretrained", finished / "cnnctc-0000004.ckpt", "--steps", "30", *SMALL,
+               "--save-every", str(steps_per_epoch)]
     process = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_FIRST_SAVE, *map(str, command)],
                                env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground_job)
@@ -341,7 +345,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     assert no_temporary_files(out)
     newest = checkpoints(out)[-1]
     interrupted_at = int(newest[len("cnnctc-"):-len(".ckpt")])
-    assert interrupted_at == 2 and all_finite(out / newest)
+    assert interrupted_at == steps_per_epoch and all_finite(out / newest)
     assert f"the newest checkpoint is {out / newest}; run the same command with --resume {out}" in stderr
 
     # Resuming may repeat the run's settings but not change them.
@@ -358,7 +362,8 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     assert f"resuming from {out / newest} at step {interrupted_at} of 30" in resumed.stderr
     assert f"step {interrupted_at + 1}/30" in resumed.stderr and f"step {interrupted_at}/30" not in resumed.stderr
     from cnnctc.checkpoint import read_checkpoint
-    assert checkpoints(out)[-1] == "cnnctc-0000030.ckpt"
+    assert f"step {steps_per_epoch} epoch 1: validation accuracy" in resumed.stderr   # the epoch's validation first
+    assert checkpoints(out)[-1] == "cnnctc-0000030.ckpt" and all_finite(out / "cnnctc-0000030.ckpt")
     assert read_checkpoint(out / "cnnctc-0000030.ckpt")["alphabet"] == DIGITS
 
 
@@ -414,31 +419,6 @@ def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data
     with pytest.raises(DivergenceError):
         trainer.save(out / "best.ckpt")
     assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000002.ckpt"]
-
-
-def test_a_run_stopped_right_after_an_epoch_resumes(data, tmp_path, capsys):
-    """The newest checkpoint sits on an epoch's last step (saved before that epoch's validation):
-    resuming starts with the validation, not with an empty epoch (which crashed MindSpore's iterator)."""
-    from cnnctc.training import TrainConfig, finetune
-    out = tmp_path / "run"
-    steps_per_epoch = TRAIN_IMAGES // BATCH
-
-    def stop_after_the_epoch(step, loss):
-        if step == steps_per_epoch + 1:
-            raise KeyboardInterrupt
-
-    config = TrainConfig(alphabet=DIGITS, steps=2 * steps_per_epoch, batch_size=BATCH, output_channel=WIDTH,
-                         save_every=steps_per_epoch, log_every=1000)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(data / "train.lmdb", data / "valid.lmdb", out, pretrained=None, config=config,
-                 on_step=stop_after_the_epoch)
-    assert checkpoints(out)[-1] == f"cnnctc-{steps_per_epoch:07d}.ckpt"
-    run = InProcessRun(capsys, ["finetune", "--train", data / "train.lmdb", "--valid", data / "valid.lmdb",
-                                "--out", out, "--resume", out, "--pretrained", "none", "--alphabet", DIGITS, *SMALL,
-                                "--steps", str(2 * steps_per_epoch), "--save-every", str(steps_per_epoch)])
-    assert run.returncode == 0, (run.returncode, run.stderr[-3000:])
-    assert checkpoints(out)[-1] == f"cnnctc-{2 * steps_per_epoch:07d}.ckpt"
-    assert all_finite(out / checkpoints(out)[-1])
 
 
 # -- one writer per run folder; checkpoints never replace another writer's file -------------------------
