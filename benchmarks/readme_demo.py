@@ -10,8 +10,9 @@ changes with fewer fonts).
 
     python benchmarks/readme_demo.py [--work DIR] [--quick] [--msrun] [--fonts-of dejavu|liberation|freefont]
 
---quick runs the same pipeline at a reduced size (a few dozen images, 6 steps): the CI test,
-so the pipeline cannot rot; its accuracies mean nothing.
+--quick runs the same pipeline at a reduced size (a few dozen images, 6 steps), each cnnctc line
+in this process rather than a new one: the CI test, so the pipeline cannot rot; its accuracies and
+times mean nothing.
 """
 import argparse
 import glob
@@ -88,29 +89,30 @@ def readme_lines(sizes=FULL):
 
 
 class Demo:
-    def __init__(self, work, sizes, fonts):
-        self.work, self.sizes, self.fonts = work, sizes, fonts
+    def __init__(self, work, sizes, fonts, in_process=False):
+        self.work, self.sizes, self.fonts, self.in_process = work, sizes, fonts, in_process
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def run(self, line, show=True):
-        """Run one README line in the work folder; returns (stdout, seconds)."""
+        """Run one README line in the work folder; returns (stdout, seconds). With ``in_process`` a
+        cnnctc line runs in this process (cnnctc.cli.run_captured): the same command without a new
+        process's MindSpore import, for --quick, whose times mean nothing anyway."""
         line = line.format(**self.sizes)
         print(f"$ {line}", flush=True)
+        start = time.perf_counter()
         if line.startswith("python3 -c "):
-            argv = [sys.executable, "-c", shlex.split(line)[2]]
+            done = self._subprocess([sys.executable, "-c", shlex.split(line)[2]])
         else:
-            argv = [sys.executable, "-m", "cnnctc"]
+            args = []
             for arg in shlex.split(line)[1:]:
                 if any(c in arg for c in "*?["):  # what the shell would expand
                     matches = sorted(glob.glob(os.path.join(self.work, arg)))
-                    argv += [os.path.relpath(p, self.work) for p in matches] or [arg]
+                    args += [os.path.relpath(p, self.work) for p in matches] or [arg]
                 else:
-                    argv.append(arg)
-            if argv[3] == "render" and self.fonts is not None:
-                argv += ["--font", *self.fonts]
-        start = time.perf_counter()
-        done = subprocess.run(argv, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                    args.append(arg)
+            if args[0] == "render" and self.fonts is not None:
+                args += ["--font", *self.fonts]
+            done = self._in_process(args) if self.in_process else self._subprocess([sys.executable, "-m", "cnnctc", *args])
         seconds = time.perf_counter() - start
         if show:
             sys.stdout.write(done.stdout)
@@ -118,6 +120,20 @@ class Demo:
             sys.stderr.write(done.stderr)
             sys.exit(f"failed (exit {done.returncode}): {line}")
         return done.stdout, seconds
+
+    def _subprocess(self, argv):
+        return subprocess.run(argv, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+
+    def _in_process(self, args):
+        from cnnctc.cli import run_captured
+        here = os.getcwd()
+        os.chdir(self.work)
+        try:
+            code, out, err = run_captured(args)
+        finally:
+            os.chdir(here)
+        return subprocess.CompletedProcess(args, code, out, err)
 
     def msrun(self, line):
         """The README's msrun lines, run by bash as written: ``.venv`` in the work folder is this
@@ -162,7 +178,7 @@ def total_row(table):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="work folder (default: a temporary one, removed at the end)")
-    parser.add_argument("--quick", action="store_true", help="reduced size: checks the pipeline, not the numbers")
+    parser.add_argument("--quick", action="store_true", help="reduced size, in this process: checks the pipeline, not the numbers")
     parser.add_argument("--msrun", action="store_true", help="also run the README's two-worker msrun block")
     parser.add_argument("--fonts-of", choices=sorted(PACKAGES), nargs="+",
                         help="render with only these packages' font files (what a machine with fewer fonts sees)")
@@ -177,7 +193,7 @@ def main():
                  "need them), or name the installed packages with --fonts-of")
     work = args.work or tempfile.mkdtemp(prefix="readme-demo.")
     os.makedirs(work, exist_ok=True)
-    demo = Demo(work, QUICK if args.quick else FULL, fonts)
+    demo = Demo(work, QUICK if args.quick else FULL, fonts, in_process=args.quick)
     try:
         for line in TRAIN:
             out, _ = demo.run(line)

@@ -66,28 +66,12 @@ def subprocess_env(**extra):
 
 
 def run_in_process(*args):
-    """`cnnctc ARGS` run by ``cnnctc.cli.main`` in this process, without the ~6 s MindSpore import of a new
-    one: its exit code and what it wrote, log lines included, as a subprocess.run result holds them."""
-    import contextlib
-    import io
-    import logging
+    """`cnnctc ARGS` run in this process (``cnnctc.cli.run_captured``), without the MindSpore import of a
+    new one: its exit code and what it wrote, log lines included, as a subprocess.run result holds them."""
     import types
-    from cnnctc.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.handlers.clear()  # so that main's logging.basicConfig writes to this call's stderr, as in a new process
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([*map(str, args)])
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code
-    finally:
-        for handler in root.handlers:
-            handler.close()
-        root.handlers[:], root.level = handlers, level
-    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    from cnnctc.cli import run_captured
+    code, out, err = run_captured(args)
+    return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def as_foreground_job():

@@ -15,7 +15,7 @@ from . import datasets, deploy, models, reading, training
 from ._args import Parser, examples_epilog
 from ._stdout import output_error, silence_stdout, stdout_usable
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "run_captured", "build_parser", "COMMANDS"]
 
 log = logging.getLogger("cnnctc")
 
@@ -151,6 +151,28 @@ def main(argv=None):
         print(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc) or '(no message)'} (a bug in cnnctc; "
               "run again with CNNCTC_DEBUG=1 for the traceback and report it)", file=sys.stderr)
         return 1
+
+
+def run_captured(argv):
+    """Run ``cnnctc ARGV`` in this process as :func:`main` does, with what it writes captured: returns
+    (exit status, stdout, stderr), log lines included, as a new process would have them. It skips the
+    MindSpore import a new process pays; the root logger's handlers are set aside and restored."""
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers.clear()  # so that main's logging.basicConfig writes to this call's stderr
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main([str(arg) for arg in argv])
+            except SystemExit as exc:  # argparse's usage errors and --help
+                status = exc.code
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = handlers, level
+    return status, out.getvalue(), err.getvalue()
 
 
 def _empty_message(exc):
