@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -214,10 +215,12 @@ def test_a_registered_uid_is_fetched_only_after_the_data_is_checked(data, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def finished(data):
+def finished_run(data):
     """A finished 4-step run (seed 2, saving every 2 steps), made in the folder of a run (seed 1) killed
     with kill -9 once it started training, where that run's half-written temporary files and a file of
-    the user's were put: the one run serves the killed-lock test and the finished-run tests."""
+    the user's were put. While it trains (held still by SIGSTOP, so the outcome does not depend on how
+    fast either is), a third run (seed 3) tries the same folder. The one folder serves the killed-lock,
+    the one-writer and the finished-run tests."""
     out = data / "finished"
     first = _start_finetune(data, out, 1, "--save-every", "1000")
     try:
@@ -230,10 +233,25 @@ def finished(data):
     (out / ".cnnctc-0000002.ckpt.4242.tmp.ckpt").write_bytes(b"half a checkpoint")
     (out / ".best.ckpt.4242.tmp.tmp").write_bytes(b"half of MindSpore's own temporary file")
     (out / "notes.txt").write_text("the user's own file\n")
-    run = run_cli(*finetune_args(data, out, "--seed", "2", "--steps", "4", "--save-every", "2"))
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert checkpoints(out) == ["cnnctc-0000002.ckpt", "cnnctc-0000004.ckpt"]
-    return out
+    running = _start_finetune(data, out, 2, "--steps", "4", "--save-every", "2")
+    try:
+        _wait_until_training(running)
+        running.send_signal(signal.SIGSTOP)
+        saved_while_stopped = checkpoints(out)
+        refused = run_cli(*finetune_args(data, out, "--seed", "3"))
+        running.send_signal(signal.SIGCONT)
+        stdout, stderr = running.communicate(timeout=300)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.communicate()
+    assert running.returncode == 0, stderr[-3000:]
+    return types.SimpleNamespace(out=out, refused=refused, stdout=stdout, saved_while_stopped=saved_while_stopped)
+
+
+@pytest.fixture(scope="module")
+def finished(finished_run):
+    return finished_run.out
 
 
 def test_a_finished_run_is_not_resumed_or_overwritten(data, finished, capsys):
@@ -444,29 +462,16 @@ def _seed_of(checkpoint):
     return json.loads(read_checkpoint(checkpoint)[TRAIN_STATE_KEY])["config"]["seed"]
 
 
-def test_a_second_run_into_a_running_runs_folder_is_refused(data, tmp_path):
+def test_a_second_run_into_a_running_runs_folder_is_refused(finished_run):
     """Two real finetune processes on one --out: the second is refused in one line while the first runs,
-    and the folder then holds the first's checkpoint alone. The first is held still (SIGSTOP) while the
-    second tries, so the outcome does not depend on how fast either is."""
-    out = tmp_path / "shared"
-    first = _start_finetune(data, out, 1, "--save-every", "1000")   # no checkpoint until its end
-    try:
-        _wait_until_training(first)
-        first.send_signal(signal.SIGSTOP)
-        assert checkpoints(out) == []
-        second = run_cli(*finetune_args(data, out, "--seed", "2"))
-        first.send_signal(signal.SIGCONT)
-        stdout, stderr = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
-    line = assert_refused(second, 1, f"--out {out} is in use by another finetune run")
-    assert "choose another --out" in line and second.stdout == ""
-    assert first.returncode == 0, stderr[-3000:]
-    assert stdout.splitlines()[0] == f"last checkpoint: {out / 'cnnctc-0000003.ckpt'} (step 3)"
-    assert checkpoints(out) == ["cnnctc-0000003.ckpt"] and _seed_of(out / "cnnctc-0000003.ckpt") == 1
-    assert _seed_of(out / "best.ckpt") == 1 and no_temporary_files(out)
+    and the folder then holds the first's checkpoints alone."""
+    out = finished_run.out
+    assert finished_run.saved_while_stopped == []
+    line = assert_refused(finished_run.refused, 1, f"--out {out} is in use by another finetune run")
+    assert "choose another --out" in line and finished_run.refused.stdout == ""
+    assert finished_run.stdout.splitlines()[0] == f"last checkpoint: {out / 'cnnctc-0000004.ckpt'} (step 4)"
+    assert checkpoints(out) == ["cnnctc-0000002.ckpt", "cnnctc-0000004.ckpt"]
+    assert _seed_of(out / "cnnctc-0000004.ckpt") == 2 and _seed_of(out / "best.ckpt") == 2 and no_temporary_files(out)
 
 
 def test_a_killed_runs_lock_goes_with_it(finished):

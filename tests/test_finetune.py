@@ -26,15 +26,16 @@ from cnnctc.training import TRAIN_STATE_KEY, TrainConfig, finetune, init_from_pr
 DIGITS = "0123456789"
 CASED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ONE_FONT = (find_fonts() or [None])[:1]
-TOTAL_STEPS, SAVE_EVERY, INTERRUPT_AT = 100, 25, 60
+TRAIN_IMAGES, BATCH = 800, 16
+TOTAL_STEPS, SAVE_EVERY, INTERRUPT_AT = 60, 15, 40   # an epoch is 50 steps
 LAST_SAVED = INTERRUPT_AT // SAVE_EVERY * SAVE_EVERY  # the newest checkpoint the interrupted run left
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
-    """Rendered digit strings in one font: 1500 for training, 100 for validation, as LMDBs."""
+    """Rendered digit strings in one font: TRAIN_IMAGES for training, 100 for validation, as LMDBs."""
     root = tmp_path_factory.mktemp("digits")
-    write_word_images(root / "train_images", 1500, alphabet=DIGITS, fonts=ONE_FONT, seed=1)
+    write_word_images(root / "train_images", TRAIN_IMAGES, alphabet=DIGITS, fonts=ONE_FONT, seed=1)
     write_word_images(root / "valid_images", 100, alphabet=DIGITS, fonts=ONE_FONT, seed=2)
     make_lmdb(root / "train_images", root / "train_images" / "labels.tsv", root / "train")
     make_lmdb(root / "valid_images", root / "valid_images" / "labels.tsv", root / "valid")
@@ -46,7 +47,7 @@ def trained(digits):
     """The bundled model fine-tuned to digits (a new head), interrupted at step INTERRUPT_AT and resumed
     to TOTAL_STEPS. From random weights, 160 steps reached 90% on one CPU and 9% on another."""
     out = digits / "run"
-    config = TrainConfig(alphabet=DIGITS, steps=TOTAL_STEPS, batch_size=16, lr=2e-3, output_channel=64,
+    config = TrainConfig(alphabet=DIGITS, steps=TOTAL_STEPS, batch_size=BATCH, lr=2e-3, output_channel=64,
                          save_every=SAVE_EVERY, log_every=1000)
     first_run = []
 
@@ -80,7 +81,7 @@ def test_validation_accuracy_goes_from_chance_to_high(trained):
     assert before.kept == 100 and before.accuracy <= 5.0
     result = trained.result
     assert result.best_accuracy >= 90.0, result.history
-    assert [entry["step"] for entry in result.history] == [1500 // 16, TOTAL_STEPS]   # each epoch, and the end
+    assert [entry["step"] for entry in result.history] == [TRAIN_IMAGES // BATCH, TOTAL_STEPS]   # each epoch, and the end
     assert result.best_accuracy == max(entry["accuracy"] for entry in result.history)
     assert result.best_checkpoint.name == "best.ckpt"
     assert read_checkpoint(result.best_checkpoint)["alphabet"] == DIGITS
@@ -98,7 +99,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(trained):
     assert {"moment.Prediction.weight", "mean_square.Prediction.weight", "mean_grad.Prediction.weight"} <= set(final)
     state = json.loads(final[TRAIN_STATE_KEY])
     assert state["step"] == TOTAL_STEPS and state["config"]["alphabet"] == DIGITS
-    steps_per_epoch = 1500 // 16
+    steps_per_epoch = TRAIN_IMAGES // BATCH
     saved = trained.state_at_last_save
     assert (saved["epoch"], saved["epoch_step"]) == divmod(LAST_SAVED, steps_per_epoch)
     kept = sorted(p.name for p in trained.out.glob("cnnctc-*.ckpt"))
