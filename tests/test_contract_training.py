@@ -5,6 +5,7 @@ usage errors), one ``cnnctc: error:`` line, no traceback, without starting to tr
 files unchanged. A diverging run stops naming its step and writes no
 non-finite checkpoint; Ctrl-C leaves a checkpoint that --resume continues.
 """
+import contextlib
 import hashlib
 import json
 import math
@@ -64,6 +65,17 @@ def run_cli(*args, timeout=600, **env):
                          capture_output=True, text=True, timeout=timeout)
     run.seconds = time.monotonic() - started
     return run
+
+
+@contextlib.contextmanager
+def killed_if_left_running(process):
+    """The child is killed (and reaped) if the block leaves it running, e.g. when an assertion fails."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def finetune_args(data, out, *extra, train=None, valid=None):
@@ -233,18 +245,13 @@ def finished_run(data):
     (out / ".cnnctc-0000002.ckpt.4242.tmp.ckpt").write_bytes(b"half a checkpoint")
     (out / ".best.ckpt.4242.tmp.tmp").write_bytes(b"half of MindSpore's own temporary file")
     (out / "notes.txt").write_text("the user's own file\n")
-    running = _start_finetune(data, out, 2, "--steps", "4", "--save-every", "2")
-    try:
+    with killed_if_left_running(_start_finetune(data, out, 2, "--steps", "4", "--save-every", "2")) as running:
         _wait_until_training(running)
         running.send_signal(signal.SIGSTOP)
         saved_while_stopped = checkpoints(out)
         refused = run_cli(*finetune_args(data, out, "--seed", "3"))
         running.send_signal(signal.SIGCONT)
         stdout, stderr = running.communicate(timeout=300)
-    finally:
-        if running.poll() is None:
-            running.kill()
-            running.communicate()
     assert running.returncode == 0, stderr[-3000:]
     return types.SimpleNamespace(out=out, refused=refused, stdout=stdout, saved_while_stopped=saved_while_stopped)
 
@@ -287,7 +294,7 @@ def _ctrl_c_while_compiling(data, tmp_path, presses):
     process = subprocess.Popen([sys.executable, "-m", "cnnctc", *map(str, finetune_args(data, out, "--steps", "30"))],
                                cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, preexec_fn=as_foreground_job)
-    try:
+    with killed_if_left_running(process):
         lines = _wait_until_training(process)
         # Inside the compile (9-20 s here). A Ctrl-C that lands in one of MindSpore's callbacks into
         # Python is sometimes swallowed by the compile; the run must still stop once it returns.
@@ -296,10 +303,6 @@ def _ctrl_c_while_compiling(data, tmp_path, presses):
             process.send_signal(signal.SIGINT)
             time.sleep(0.05)
         _, rest = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     return process.returncode, "".join(lines) + rest
 
 
@@ -351,14 +354,10 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     process = subprocess.Popen([sys.executable, "-c", PAUSED_AFTER_FIRST_SAVE, *map(str, command)],
                                env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground_job)
-    try:
+    with killed_if_left_running(process):
         assert process.stdout.readline() == "saved\n", "no periodic checkpoint appeared"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert no_temporary_files(out)
     newest = checkpoints(out)[-1]
