@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import as_foreground_job, subprocess_env
+from conftest import as_foreground_job, run_in_process, subprocess_env
 from cnnctc.data import make_lmdb
 from cnnctc.errors import CnnctcError
 from cnnctc.render import find_fonts, write_word_images
@@ -272,9 +272,9 @@ def test_a_finished_run_is_not_resumed_or_overwritten(data, finished, capsys):
 
 
 def test_a_diverging_run_stops_at_its_step_and_keeps_finite_checkpoints(data, tmp_path):
-    out = tmp_path / "diverged"
-    run = run_cli(*finetune_args(data, out, "--lr", "1e6", "--steps", "60", "--save-every", "5",
-                                 "--log-every", "1"))
+    out = tmp_path / "diverged"   # in-process: the command's line and files are the point, not a new process
+    run = run_in_process(*finetune_args(data, out, "--lr", "1e6", "--steps", "60", "--save-every", "5",
+                                        "--log-every", "1"))
     assert run.returncode == 1, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     [line] = error_lines(run.stderr)
@@ -374,7 +374,7 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     assert_refused(lr_changed, 1, "--lr")
     assert digest(out) == before
 
-    resumed = run_cli(*command, "--resume", out, "--log-every", "1")
+    resumed = run_in_process(*command, "--resume", out, "--log-every", "1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {out / newest} at step {interrupted_at} of 30" in resumed.stderr
     assert f"step {interrupted_at + 1}/30" in resumed.stderr and f"step {interrupted_at}/30" not in resumed.stderr
@@ -411,17 +411,21 @@ def test_finetune_refuses_an_empty_alphabet_before_anything_is_built(data, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data, tmp_path):
+def test_nan_weights_are_never_saved_and_a_save_leaves_another_writers_file_alone(data, tmp_path):
+    """NaN weights stop the run and are never saved; made finite again, the same run's next save still
+    leaves alone a file another writer put in its place (one training graph serves both)."""
     import mindspore as ms
+    from cnnctc.errors import CheckpointError
     from cnnctc.training import DivergenceError, TrainConfig, Trainer
     config = TrainConfig(alphabet=DIGITS, steps=12, batch_size=BATCH, output_channel=WIDTH, save_every=2, log_every=100)
 
     def poison(step, loss):
         if step == 3:  # the head's weights: the next loss is NaN (and so are its gradients)
             head = next(p for p in trainer.net.get_parameters() if p.name == "Prediction.weight")
+            kept["head"] = head.asnumpy()
             head.set_data(ms.Tensor(np.full(head.shape, np.nan, np.float32)))
 
-    out = tmp_path / "run"
+    out, kept = tmp_path / "run", {}
     trainer = Trainer(data / "train.lmdb", data / "valid.lmdb", out, pretrained=None, config=config, on_step=poison)
     with pytest.raises(DivergenceError, match=r"diverged at step 4: the loss became nan; lower --lr \(it was "
                                               r"0.0005\).*newest: .*cnnctc-0000002.ckpt"):
@@ -436,6 +440,15 @@ def test_a_loss_or_weights_that_become_nan_stop_the_run_without_saving_them(data
     with pytest.raises(DivergenceError):
         trainer.save(out / "best.ckpt")
     assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000002.ckpt"]
+
+    # Another writer's file where this run's next checkpoint goes (step 4) is left alone.
+    head = next(p for p in trainer.net.get_parameters() if p.name == "Prediction.weight")
+    head.set_data(ms.Tensor(kept["head"]))
+    theirs = b"another writer's file"
+    (out / "cnnctc-0000004.ckpt").write_bytes(theirs)
+    with pytest.raises(CheckpointError, match=r"cnnctc-0000004.ckpt: it already exists .*left alone"):
+        trainer.save_periodic()
+    assert (out / "cnnctc-0000004.ckpt").read_bytes() == theirs and no_temporary_files(out)
 
 
 # -- one writer per run folder; checkpoints never replace another writer's file -------------------------
@@ -478,23 +491,6 @@ def test_a_killed_runs_lock_goes_with_it(finished):
     assert _seed_of(finished / "cnnctc-0000004.ckpt") == 2 and _seed_of(finished / "best.ckpt") == 2
     assert sorted(p.name for p in finished.iterdir()) == ["best.ckpt", "cnnctc-0000002.ckpt", "cnnctc-0000004.ckpt",
                                                           "notes.txt"]
-
-
-def test_a_checkpoint_that_another_writer_put_in_place_is_left_alone(data, tmp_path):
-    from cnnctc.errors import CheckpointError
-    from cnnctc.training import TrainConfig, Trainer
-    out = tmp_path / "run"
-    theirs = b"another writer's file"
-
-    def write_theirs(step, loss):
-        if step == 2:  # just before this run saves cnnctc-0000002.ckpt
-            (out / "cnnctc-0000002.ckpt").write_bytes(theirs)
-
-    config = TrainConfig(alphabet=DIGITS, steps=4, batch_size=BATCH, output_channel=WIDTH, save_every=2, log_every=100)
-    trainer = Trainer(data / "train.lmdb", None, out, pretrained=None, config=config, on_step=write_theirs)
-    with pytest.raises(CheckpointError, match=r"cnnctc-0000002.ckpt: it already exists .*left alone"):
-        trainer.run()
-    assert (out / "cnnctc-0000002.ckpt").read_bytes() == theirs and no_temporary_files(out)
 
 
 def test_checkpoints_get_the_mode_the_umask_gives(finished):
