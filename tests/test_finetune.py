@@ -27,7 +27,7 @@ DIGITS = "0123456789"
 CASED = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 ONE_FONT = (find_fonts() or [None])[:1]
 TRAIN_IMAGES, BATCH = 800, 16
-TOTAL_STEPS, SAVE_EVERY, INTERRUPT_AT = 60, 15, 40   # an epoch is 50 steps
+TOTAL_STEPS, SAVE_EVERY, INTERRUPT_AT = 60, 15, 31   # an epoch is 50 steps; 31 is one past a save
 LAST_SAVED = INTERRUPT_AT // SAVE_EVERY * SAVE_EVERY  # the newest checkpoint the interrupted run left
 
 
