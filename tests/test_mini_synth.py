@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, run_in_process, subprocess_env
 from cnnctc.checkpoint import ALPHABET_KEY, read_checkpoint
 from cnnctc.download import check_cached, fetch
 from cnnctc.errors import DownloadError, IntegrityError, OfflineError
@@ -144,18 +144,28 @@ def test_finetune_starts_from_it_offline(tmp_path, monkeypatch):
     assert result.best_accuracy >= 80
 
 
+@pytest.fixture(scope="module")
+def bundled_onnx(tmp_path_factory):
+    """``export --model cnnctc/mini-synth`` made once, offline; the tests that use it only read it."""
+    from cnnctc.export import export_model
+    folder = tmp_path_factory.mktemp("bundled")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNCTC_OFFLINE", "1")
+        patch.setenv("CNNCTC_CACHE_DIR", str(folder / "cache"))
+        return export_model(folder / "mini.onnx", model=BUNDLED_MODEL, device_target="CPU")
+
+
 @needs_fonts
-def test_export_quantize_and_eval_offline(tmp_path, monkeypatch):
+def test_export_quantize_and_eval_offline(tmp_path, monkeypatch, bundled_onnx):
     """`export --model cnnctc/mini-synth`, then quantize and eval the files: no network, no cache."""
     from cnnctc.data import make_lmdb
     from cnnctc.evaluation import evaluate
-    from cnnctc.export import export_model
     from cnnctc.quantize import quantize_model
     from cnnctc.recognizer import Recognizer
     monkeypatch.setenv("CNNCTC_OFFLINE", "1")
     write_word_images(tmp_path / "words", 30, seed=777)
     make_lmdb(tmp_path / "words", tmp_path / "words" / "labels.tsv", tmp_path / "words.lmdb")
-    onnx_file = export_model(tmp_path / "mini.onnx", model=BUNDLED_MODEL, device_target="CPU")
+    onnx_file = bundled_onnx
     int8_file = tmp_path / "mini.int8.onnx"
     quantize_model(onnx_file, [tmp_path / "words.lmdb"], int8_file)
     _, bundled = evaluate(Recognizer(model=BUNDLED_MODEL, device_target="CPU"), [tmp_path / "words.lmdb"])
@@ -182,23 +192,26 @@ onnx.save(model, sys.argv[2])
 """
 
 
-def test_an_export_that_gives_its_weights_another_alphabet_is_refused_and_never_read_from_the_cache(tmp_path):
+def test_an_export_that_gives_its_weights_another_alphabet_is_refused_and_never_read_from_the_cache(tmp_path,
+                                                                                                   monkeypatch):
     word = tmp_path / "words" / "00000.png"
     write_word_images(tmp_path / "words", 1, words=["4g7"])
     cache = tmp_path / "cache"
-    first = cnnctc("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv", CNNCTC_CACHE_DIR=cache)
+    monkeypatch.setenv("CNNCTC_CACHE_DIR", str(cache))
+    # In-process: what the commands print and export is the point, not a new process.
+    first = run_in_process("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv")
     assert first.returncode == 0, first.stderr
     [cached] = (cache / "cnnctc-onnx").glob("*.onnx")
     lie = tmp_path / "lie.onnx"
     run = subprocess.run([sys.executable, "-c", LYING_ALPHABET, str(cached), str(lie)], env=subprocess_env(),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    refused = cnnctc("predict", "--checkpoint", lie, word)
+    refused = run_in_process("predict", "--checkpoint", lie, word)
     assert refused.returncode == 1 and refused.stdout == "", refused.stderr
     assert (f"{lie}: it names the weights of {BUNDLED_MODEL} (sha256 {ENTRY.manifest.sha256[:12]}...) but gives "
             "them another alphabet than that model's") in refused.stderr
     cached.write_bytes(lie.read_bytes())   # a cache someone else wrote into
-    again = cnnctc("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv", CNNCTC_CACHE_DIR=cache)
+    again = run_in_process("predict", "--model", BUNDLED_MODEL, word, "--format", "tsv")
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout and "exporting again" in again.stderr
     assert again.stderr.count("exporting again") == 1
@@ -241,10 +254,9 @@ onnx.save(model, sys.argv[2])
 
 
 @pytest.mark.parametrize("uid", ["keep-uid", "own-uid"])
-def test_an_export_that_says_it_holds_other_weights_than_its_lineage_is_refused(tmp_path, uid):
-    from cnnctc.export import export_model
+def test_an_export_that_says_it_holds_other_weights_than_its_lineage_is_refused(tmp_path, uid, bundled_onnx):
     from cnnctc.recognizer import Recognizer
-    good = export_model(tmp_path / "good.onnx", model=BUNDLED_MODEL, device_target="CPU")
+    good = bundled_onnx
     lie = tmp_path / "lie.onnx"
     run = subprocess.run([sys.executable, "-c", OTHER_WEIGHTS, str(good), str(lie), uid], env=subprocess_env(),
                          capture_output=True, text=True, timeout=120)
