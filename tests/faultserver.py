@@ -30,7 +30,8 @@ class FaultServer:
         handler = type("Handler", (_Handler,), {"owner": self})
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # serve_forever looks for shutdown every 10 ms, not every 0.5 s: many tests stop a server each.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
 
     @property
     def url(self):
