@@ -26,12 +26,17 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # a stable sort
 
 
+def isolate(patch, cache):
+    """Through ``patch`` (a MonkeyPatch): none of the user's cnnctc settings, and ``cache`` as the cache."""
+    for name in ("CNNCTC_MANIFEST", "CNNCTC_ASSET_URL", "CNNCTC_OFFLINE", "CNNCTC_ALLOW_HTTP"):
+        patch.delenv(name, raising=False)
+    patch.setenv("CNNCTC_CACHE_DIR", str(cache))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """No test reads or writes the user's cache, or sees their cnnctc settings."""
-    for name in ("CNNCTC_MANIFEST", "CNNCTC_ASSET_URL", "CNNCTC_OFFLINE", "CNNCTC_ALLOW_HTTP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CNNCTC_CACHE_DIR", str(tmp_path / "cache"))
+    isolate(monkeypatch, tmp_path / "cache")
 
 
 @pytest.fixture
@@ -72,6 +77,23 @@ def run_in_process(*args):
     from cnnctc.cli import run_captured
     code, out, err = run_captured(args)
     return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+@pytest.fixture
+def in_process_cli(capfd, monkeypatch):
+    """``run(*args, **env)``: `cnnctc ARGS` in this process with ``env`` set for the call, where the
+    command's behaviour is the point and not a new process; what native code writes to descriptors 1
+    and 2 meanwhile counts as its stdout and stderr."""
+    def run(*args, **env):
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, str(value))
+            capfd.readouterr()
+            result = run_in_process(*args)
+            native = capfd.readouterr()
+        result.stdout, result.stderr = native.out + result.stdout, native.err + result.stderr
+        return result
+    return run
 
 
 def as_foreground_job():

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import as_foreground_job, subprocess_env
+from conftest import as_foreground_job, isolate, subprocess_env
 from cnnctc.data import LabelFilter, LmdbDataset, make_lmdb, write_lmdb
 from cnnctc.errors import CnnctcError
 from cnnctc.render import MARKER, render_word, write_word_images
@@ -128,6 +128,25 @@ def narrow_ckpt(tmp_path_factory):
     from cnnctc.checkpoint import save_checkpoint
     from cnnctc.network import CNNCTC
     return save_checkpoint(CNNCTC(output_channel=32), tmp_path_factory.mktemp("ckpt") / "narrow.ckpt")
+
+
+@pytest.fixture(scope="module")
+def exported_cache(tmp_path_factory, narrow_ckpt):
+    """A cache holding narrow_ckpt's ONNX export, as predict and eval leave it after their first run."""
+    from cnnctc.runtime import cached_onnx
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as patch:  # the settings conftest's _isolated_env gives each test
+        isolate(patch, cache)
+        cached_onnx(narrow_ckpt)
+    return cache
+
+
+@pytest.fixture
+def exported(monkeypatch, exported_cache, narrow_ckpt):
+    """narrow_ckpt, with its ONNX export in the cache: a predict or eval child reads it without the
+    MindSpore import and export of a first run (input handling is the point, not the export)."""
+    monkeypatch.setenv("CNNCTC_CACHE_DIR", str(exported_cache))
+    return narrow_ckpt
 
 
 def unwritable_folder(tmp_path):
@@ -266,7 +285,7 @@ def test_find_images_skips_special_files_and_ends_on_link_loops(tmp_path):
     assert direct == [str(root / "pipe.png")]  # named directly: kept, so reading it reports the error
 
 
-def test_a_fifo_in_predict_never_hangs(tmp_path, narrow_ckpt):
+def test_a_fifo_in_predict_never_hangs(tmp_path, exported):
     good = tmp_path / "top.png"
     render_word("12").save(good)
     folder = tmp_path / "in"
@@ -278,7 +297,7 @@ def test_a_fifo_in_predict_never_hangs(tmp_path, narrow_ckpt):
     named = tmp_path / "named.png"
     os.mkfifo(named)                                 # named directly: one error line
     before = hash_tree(tmp_path)
-    run = cli("predict", good, named, folder, "--recursive", "--checkpoint", narrow_ckpt, timeout=NETWORK)
+    run = cli("predict", good, named, folder, "--recursive", "--checkpoint", exported, timeout=NETWORK)
     assert run.returncode == 1
     printed = [line.split(": ")[0] for line in run.stdout.splitlines()]
     assert printed == [str(good), str(folder / "one.png"), str(folder / "sub" / "two.png")]
@@ -293,14 +312,14 @@ def error_line_for(run, path):
     return lines[0]
 
 
-def test_a_bomb_among_good_images_in_predict(tmp_path, narrow_ckpt):
+def test_a_bomb_among_good_images_in_predict(tmp_path, exported):
     first, last = tmp_path / "first.png", tmp_path / "last.png"
     render_word("2024").save(first)
     render_word("77").save(last)
     bomb = write_bomb_png(tmp_path / "bomb.png")
     before = hash_tree(tmp_path)
     started = time.monotonic()
-    run = cli("predict", first, bomb, last, "--checkpoint", narrow_ckpt, timeout=NETWORK)
+    run = cli("predict", first, bomb, last, "--checkpoint", exported, timeout=NETWORK)
     assert run.returncode == 1
     assert [line.split(": ")[0] for line in run.stdout.splitlines()] == [str(first), str(last)]
     assert "decompression-bomb safety" in error_line_for(run, bomb)
@@ -317,14 +336,14 @@ def truncate(lmdb_dir, size):
 
 
 @pytest.mark.parametrize("command", ["eval", "finetune"])
-def test_a_truncated_lmdb_is_refused_not_a_bus_error(tmp_path, narrow_ckpt, command):
+def test_a_truncated_lmdb_is_refused_not_a_bus_error(tmp_path, exported, command):
     data = small_lmdb(tmp_path / "data.lmdb")
     full = (data / "data.mdb").stat().st_size
     assert full > 40_000
     truncate(data, 20_480)
     before = hash_tree(tmp_path)
     if command == "eval":
-        run = cli("eval", "--checkpoint", narrow_ckpt, "--data", data, timeout=NETWORK)
+        run = cli("eval", "--checkpoint", exported, "--data", data, timeout=NETWORK)
     else:
         run = cli("finetune", "--train", data, "--out", tmp_path / "run", "--pretrained", "none", "--alphabet",
                   DIGITS, "--output-channel", 32, "--steps", 2, "--batch-size", 4, timeout=NETWORK)
@@ -334,7 +353,7 @@ def test_a_truncated_lmdb_is_refused_not_a_bus_error(tmp_path, narrow_ckpt, comm
     assert hash_tree(tmp_path) == before
 
 
-def test_an_implausible_sample_count_is_refused_at_once(tmp_path, narrow_ckpt):
+def test_an_implausible_sample_count_is_refused_at_once(tmp_path, exported):
     data = small_lmdb(tmp_path / "data.lmdb")
     env = lmdb.open(str(data), map_size=1 << 24)
     with env.begin(write=True) as txn:
@@ -342,7 +361,7 @@ def test_an_implausible_sample_count_is_refused_at_once(tmp_path, narrow_ckpt):
     env.close()
     before = hash_tree(tmp_path)
     started = time.monotonic()
-    run = cli("eval", "--checkpoint", narrow_ckpt, "--data", data, timeout=NETWORK)
+    run = cli("eval", "--checkpoint", exported, "--data", data, timeout=NETWORK)
     assert run.returncode == 1
     assert "num-samples says 1,000,000,000,000 samples but the LMDB holds only 81 records" in error_line(run)
     assert time.monotonic() - started < NETWORK / 2

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_in_process, subprocess_env
+from conftest import ROOT, isolate, run_in_process, subprocess_env
 from cnnctc.checkpoint import ALPHABET_KEY, read_checkpoint
 from cnnctc.download import check_cached, fetch
 from cnnctc.errors import DownloadError, IntegrityError, OfflineError
@@ -150,8 +150,8 @@ def bundled_onnx(tmp_path_factory):
     from cnnctc.export import export_model
     folder = tmp_path_factory.mktemp("bundled")
     with pytest.MonkeyPatch.context() as patch:
+        isolate(patch, folder / "cache")
         patch.setenv("CNNCTC_OFFLINE", "1")
-        patch.setenv("CNNCTC_CACHE_DIR", str(folder / "cache"))
         return export_model(folder / "mini.onnx", model=BUNDLED_MODEL, device_target="CPU")
 
 

@@ -65,7 +65,7 @@ def one_error_line(run):
 
 # --- no command replaces one of its inputs -----------------------------------------------------
 
-def test_quantize_never_replaces_its_input_by_name_symlink_or_hard_link(models, tmp_path):
+def test_quantize_never_replaces_its_input_by_name_symlink_or_hard_link(models, tmp_path, in_process_cli):
     root, _, onnx_file, _ = models
     model = tmp_path / "m.onnx"
     shutil.copyfile(onnx_file, model)
@@ -75,8 +75,8 @@ def test_quantize_never_replaces_its_input_by_name_symlink_or_hard_link(models, 
     for out in (model, tmp_path / "link.onnx", tmp_path / "hard.onnx", tmp_path / "." / "m.onnx"):
         with pytest.raises(CnnctcError, match="is the input .*never replaces its own input"):
             quantize_model(model, [root / "calib"], out, overwrite=True)
-    line = one_error_line(cnnctc("quantize", model, "--calib", root / "calib", "--out", tmp_path / "hard.onnx",
-                                 "--overwrite"))
+    line = one_error_line(in_process_cli("quantize", model, "--calib", root / "calib", "--out", tmp_path / "hard.onnx",
+                              "--overwrite"))
     assert "never replaces its own input" in line
     assert digest(model) == before and (tmp_path / "link.onnx").is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.onnx", "link.onnx", "m.onnx"]
@@ -94,7 +94,7 @@ def test_export_never_replaces_its_checkpoint(models, tmp_path):
     assert digest(ckpt) == before and not (tmp_path / "ckpt.mindir").exists()
 
 
-def test_export_never_replaces_the_manifest_it_read(models, tmp_path):
+def test_export_never_replaces_the_manifest_it_read(models, tmp_path, in_process_cli):
     from cnnctc.registry import get_model
     manifest = json.dumps(get_model("cnnctc/mini-synth").manifest.to_dict())
     for name, fmt in (("man.onnx", "onnx"), ("m.mindir.json", "mindir")):
@@ -102,11 +102,11 @@ def test_export_never_replaces_the_manifest_it_read(models, tmp_path):
     before = {name: digest(tmp_path / name) for name in ("man.onnx", "m.mindir.json")}
     with pytest.raises(CnnctcError, match="man.onnx is the input .*man.onnx; a command never replaces its own input"):
         export_model(tmp_path / "man.onnx", manifest=tmp_path / "man.onnx", overwrite=True)
-    run = cnnctc("export", "--manifest", tmp_path / "m.mindir.json", "--format", "mindir", "--out",
-                 tmp_path / "m.mindir", "--overwrite")
+    run = in_process_cli("export", "--manifest", tmp_path / "m.mindir.json", "--format", "mindir", "--out",
+              tmp_path / "m.mindir", "--overwrite")
     assert "m.mindir.json is the input" in one_error_line(run)
-    run = cnnctc("export", "--format", "onnx", "--out", tmp_path / "man.onnx", "--overwrite",
-                 CNNCTC_MANIFEST=str(tmp_path / "man.onnx"))
+    run = in_process_cli("export", "--format", "onnx", "--out", tmp_path / "man.onnx", "--overwrite",
+              CNNCTC_MANIFEST=str(tmp_path / "man.onnx"))
     assert "man.onnx is the input" in one_error_line(run)
     assert {name: digest(tmp_path / name) for name in before} == before and not (tmp_path / "m.mindir").exists()
 
@@ -127,12 +127,12 @@ def test_a_file_of_the_users_where_the_lock_would_go_is_kept(models, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".cnnctc-render.r.lock", ".e.onnx.lock", ".q.onnx.lock"]
 
 
-def test_an_export_given_as_a_manifest_says_to_give_it_as_checkpoint(models):
+def test_an_export_given_as_a_manifest_says_to_give_it_as_checkpoint(models, in_process_cli):
     root, _, onnx_file, mindir = models
     image = next((root / "calib").glob("*.png"))
-    line = one_error_line(cnnctc("predict", "--manifest", onnx_file, image))
+    line = one_error_line(in_process_cli("predict", "--manifest", onnx_file, image))
     assert f"{onnx_file} is a model file, not a manifest: give it as --checkpoint" in line
-    line = one_error_line(cnnctc("predict", "--manifest", sidecar_path(mindir), image))
+    line = one_error_line(in_process_cli("predict", "--manifest", sidecar_path(mindir), image))
     assert "describes an exported model (a .mindir's sidecar), not a manifest" in line
 
 
@@ -158,14 +158,14 @@ with output_lock(__import__('pathlib').Path(sys.argv[1])):
 """
 
 
-def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_one_blocks_nothing(models, tmp_path):
+def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_one_blocks_nothing(models, tmp_path, in_process_cli):
     root, _, onnx_file, _ = models
     out = tmp_path / "int8.onnx"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=user_env(), stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
-        line = one_error_line(cnnctc("quantize", onnx_file, "--calib", root / "calib", "--out", out))
+        line = one_error_line(in_process_cli("quantize", onnx_file, "--calib", root / "calib", "--out", out))
         assert line == (f"cnnctc: error: {out}: another cnnctc command is writing it right now; wait for it to "
                         "finish, or choose another output")
         with pytest.raises(CnnctcError, match="another cnnctc command is exporting to it"):
@@ -276,7 +276,7 @@ def _set_meta(model, key, value):
             entry.value = value
 
 
-def test_an_onnx_file_with_a_nan_weight_is_refused_when_opened(models, tmp_path, monkeypatch):
+def test_an_onnx_file_with_a_nan_weight_is_refused_when_opened(models, tmp_path, in_process_cli):
     root, _, onnx_file, _ = models
 
     def poison(model, onnx):
@@ -288,11 +288,11 @@ def test_an_onnx_file_with_a_nan_weight_is_refused_when_opened(models, tmp_path,
     with pytest.raises(CnnctcError, match=r"nan.onnx: the weight '.+' holds NaN or infinite values"):
         Recognizer(bad)
     image = next((root / "calib").glob("*.png"))
-    line = one_error_line(cnnctc("predict", "--format", "json", "--checkpoint", bad, image))
+    line = one_error_line(in_process_cli("predict", "--format", "json", "--checkpoint", bad, image))
     assert "holds NaN or infinite values" in line
 
 
-def test_finite_weights_that_overflow_the_outputs_are_refused_naming_the_model(models, tmp_path):
+def test_finite_weights_that_overflow_the_outputs_are_refused_naming_the_model(models, tmp_path, in_process_cli):
     from cnnctc.checkpoint import read_checkpoint, save_checkpoint
     from cnnctc.loader import load_model
     root, ckpt, _, _ = models
@@ -302,7 +302,7 @@ def test_finite_weights_that_overflow_the_outputs_are_refused_naming_the_model(m
     huge = tmp_path / "huge.ckpt"
     save_checkpoint(net, huge, metadata={"alphabet": read_checkpoint(ckpt)["alphabet"]})
     image = next((root / "calib").glob("*.png"))
-    run = cnnctc("predict", "--checkpoint", huge, image, "--runtime", "mindspore", "--format", "json")
+    run = in_process_cli("predict", "--checkpoint", huge, image, "--runtime", "mindspore", "--format", "json")
     line = one_error_line(run)
     assert line.startswith(f"cnnctc: error: {huge}: the network's outputs hold NaN or infinity") and run.stdout == ""
 
@@ -320,7 +320,7 @@ def test_a_mindir_with_a_nan_weight_is_refused_when_opened(models, tmp_path):
         MindIRRunner(tmp_path / "inf.mindir")
 
 
-def test_onnx_files_whose_graph_contradicts_their_metadata_are_refused_when_opened(models, tmp_path):
+def test_onnx_files_whose_graph_contradicts_their_metadata_are_refused_when_opened(models, tmp_path, in_process_cli):
     import onnx
     from onnx import TensorProto, helper
     root, _, onnx_file, _ = models
@@ -376,11 +376,11 @@ def test_onnx_files_whose_graph_contradicts_their_metadata_are_refused_when_open
                        TensorProto.INT64, ["batch", 3, 32, 100])
     with pytest.raises(CnnctcError, match=r"int64.onnx: its input is tensor\(int64\)"):
         Recognizer(int64)
-    line = one_error_line(cnnctc("predict", "--checkpoint", identity, next((root / "calib").glob("*.png"))))
+    line = one_error_line(in_process_cli("predict", "--checkpoint", identity, next((root / "calib").glob("*.png"))))
     assert "it is not the model it claims to be" in line
 
 
-def test_an_onnx_file_whose_metadata_contradicts_itself_is_refused_when_opened(models, tmp_path):
+def test_an_onnx_file_whose_metadata_contradicts_itself_is_refused_when_opened(models, tmp_path, in_process_cli):
     root, _, onnx_file, _ = models
     manifest = json.loads(OnnxRunner(onnx_file).metadata["cnnctc_manifest"])
     assert manifest["alphabet"] == DIGITS
@@ -394,7 +394,7 @@ def test_an_onnx_file_whose_metadata_contradicts_itself_is_refused_when_opened(m
     with pytest.raises(CnnctcError, match=r"shape.onnx: input_shape \[-1, 3, 64, 100\] contradicts the "
                                           r"preprocessing, which makes 3 x 32 x 100 images"):
         Recognizer(shape)
-    line = one_error_line(cnnctc("predict", "--checkpoint", twelve, next((root / "calib").glob("*.png"))))
+    line = one_error_line(in_process_cli("predict", "--checkpoint", twelve, next((root / "calib").glob("*.png"))))
     assert "its metadata contradicts itself" in line and "export it again" in line
 
 
@@ -455,7 +455,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
 
 
-def test_export_and_quantize_onto_a_full_disk_name_the_file_and_say_so(models, small_disk):
+def test_export_and_quantize_onto_a_full_disk_name_the_file_and_say_so(models, small_disk, in_process_cli):
     root, ckpt, onnx_file, _ = models
     assert onnx_file.stat().st_size > 256 * 1024   # the file cannot fit
     out = small_disk / "m.onnx"
@@ -463,7 +463,7 @@ def test_export_and_quantize_onto_a_full_disk_name_the_file_and_say_so(models, s
         export_model(out, checkpoint=ckpt)
     assert str(error.value).startswith(f"{out}: the disk is full")
     out = small_disk / "m.int8.onnx"
-    line = one_error_line(cnnctc("quantize", onnx_file, "--calib", root / "calib", "--out", out))
+    line = one_error_line(in_process_cli("quantize", onnx_file, "--calib", root / "calib", "--out", out))
     assert line.startswith(f"cnnctc: error: {out}: the disk is full") and str(onnx_file) not in line
     assert list(small_disk.iterdir()) == []   # nothing half-written left behind
 
