@@ -6,6 +6,7 @@ process (which has MindSpore); the runs that must not import MindSpore are fresh
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from cnnctc.loader import configure_context
 from cnnctc.network import CNNCTC
 from cnnctc.recognizer import Recognizer
 from cnnctc.render import write_word_images
-from cnnctc.runtime import _locate, cpu_only, export_cache_dir
+from cnnctc.runtime import _locate, cached_onnx, cpu_only, export_cache_dir
 from cnnctc.transforms import find_images
 
 DIGITS = "0123456789"
@@ -55,9 +56,25 @@ def words(tmp_path_factory):
     return sorted(p for p in find_images([root / "words"]) if p.endswith(".png"))
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """The seed-1 checkpoint and its ONNX export as the cache holds it, made once for the module."""
+    root = tmp_path_factory.mktemp("prepared")
+    path = random_checkpoint(root / "digits.ckpt", seed=1)
+    return path, cached_onnx(path, cache_dir=root / "cache").path
+
+
 @pytest.fixture
-def checkpoint(tmp_path):
-    return random_checkpoint(tmp_path / "digits.ckpt", seed=1)
+def checkpoint(tmp_path, prepared):
+    """A copy of the seed-1 checkpoint of this test's own (tests rewrite and touch it)."""
+    return shutil.copyfile(prepared[0], tmp_path / "digits.ckpt")
+
+
+def seed_cache(prepared):
+    """The module's export of the checkpoint put in this test's cache, under the name auto looks for
+    (the bytes' SHA-256 and the settings' hash): for tests whose point is not the first export."""
+    export_cache_dir().mkdir(parents=True)
+    return shutil.copyfile(prepared[1], export_cache_dir() / prepared[1].name)
 
 
 def user_env(**extra):
@@ -99,8 +116,8 @@ def test_auto_exports_once_and_a_fresh_process_reads_the_same_text_without_minds
     expected = texts(on_mindspore, words)
     assert len(set(expected)) > 1   # the weights read different words: the comparison means something
     assert texts(reader, words) == expected
-    np.testing.assert_allclose(reader.logits(np.zeros((2, 3, 32, 100), np.float32)),
-                               on_mindspore.logits(np.zeros((2, 3, 32, 100), np.float32)), rtol=1e-4, atol=1e-4)
+    zeros = np.zeros((8, 3, 32, 100), np.float32)   # the shape the six words ran in on MindSpore: compiled already
+    np.testing.assert_allclose(reader.logits(zeros), on_mindspore.logits(zeros), rtol=1e-4, atol=1e-4)
     before = exported[0].stat().st_mtime_ns
 
     code = ("import sys, json\nfrom cnnctc.recognizer import Recognizer\n"
@@ -117,9 +134,11 @@ def test_auto_exports_once_and_a_fresh_process_reads_the_same_text_without_minds
     assert "MindSpore" not in run.stderr and "exporting" not in run.stderr
 
 
-def test_a_changed_checkpoint_is_exported_again_and_the_old_export_never_used(checkpoint, words):
+def test_a_changed_checkpoint_is_exported_again_and_the_old_export_never_used(checkpoint, words, prepared):
+    seeded = seed_cache(prepared)
     first = texts(Recognizer(checkpoint), words)
     old = cached_exports()
+    assert old == [seeded]   # found under the name auto gives it
     random_checkpoint(checkpoint, seed=2)   # other weights under the same name
     expected = texts(Recognizer(checkpoint, runtime="mindspore"), words)
     assert expected != first
@@ -135,9 +154,11 @@ def test_a_changed_checkpoint_is_exported_again_and_the_old_export_never_used(ch
     assert source == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
 
-def test_a_checkpoint_touched_but_not_changed_is_hashed_again_and_its_export_reused(checkpoint, words, caplog):
+def test_a_checkpoint_touched_but_not_changed_is_hashed_again_and_its_export_reused(checkpoint, prepared, caplog):
+    seeded = seed_cache(prepared)
     Recognizer(checkpoint)
     exported = cached_exports()
+    assert exported == [seeded]   # found under the name auto gives it
     stamp = next((export_cache_dir() / "sources").glob("*.json"))
     assert json.loads(stamp.read_text())["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     os.utime(checkpoint, ns=(1, 1))   # a new mtime and ctime: the stamp no longer vouches for it
@@ -197,15 +218,14 @@ def test_eval_reads_the_same_both_ways(checkpoint, tmp_path):
     assert "onnxruntime" in results[1].stderr and len(cached_exports()) == 1
 
 
-def test_a_hub_uid_exports_beside_its_cached_checkpoint(tmp_path, words, monkeypatch):
-    ckpt = random_checkpoint(tmp_path / "digits.ckpt", seed=5)
-    sha256 = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+def test_a_hub_uid_exports_beside_its_cached_checkpoint(checkpoint, tmp_path, words, monkeypatch):
+    sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     manifest = write_manifest(tmp_path / "manifest.json", uid="user/test/digits", file_name="digits.ckpt",
                               url="https://example.invalid/digits.ckpt", sha256=sha256, alphabet=DIGITS,
                               network={"num_class": 11, "final_feature_width": 26, "output_channel": WIDTH})
     cache = Path(os.environ["CNNCTC_CACHE_DIR"])
     (cache / "user" / "test").mkdir(parents=True)
-    os.link(ckpt, cache / "user" / "test" / "digits.ckpt")
+    os.link(checkpoint, cache / "user" / "test" / "digits.ckpt")
     monkeypatch.setenv("CNNCTC_OFFLINE", "1")
     expected = texts(Recognizer(manifest=manifest, runtime="mindspore"), words)
     assert texts(Recognizer(manifest=manifest), words) == expected
@@ -228,11 +248,10 @@ def test_an_export_that_cannot_be_written_falls_back_to_mindspore_under_auto(che
         Recognizer(checkpoint, runtime="onnxruntime")
 
 
-def test_runtime_and_file_kinds_that_do_not_go_together(checkpoint, tmp_path):
+def test_runtime_and_file_kinds_that_do_not_go_together(checkpoint, tmp_path, prepared):
     with pytest.raises(CnnctcError, match="runtime must be one of auto, mindspore, onnxruntime"):
         Recognizer(checkpoint, runtime="tensorrt")
-    from cnnctc.export import export_model
-    onnx_file = export_model(tmp_path / "m.onnx", checkpoint=checkpoint)
+    onnx_file = shutil.copyfile(prepared[1], tmp_path / "m.onnx")   # an export of the checkpoint
     with pytest.raises(CnnctcError, match=r"an \.onnx file runs on onnxruntime, not mindspore"):
         Recognizer(onnx_file, runtime="mindspore")
     # An exported file describes itself: a model or manifest beside it would be silently ignored.
