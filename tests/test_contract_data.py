@@ -4,9 +4,7 @@ Real LMDBs damaged on disk, real child processes (killed with -9, stopped, signa
 writers at once, a small tmpfs for a full disk, sparse files for huge inputs. Every CLI case
 checks the exit status, one error line, no traceback, and the files.
 """
-import io
 import os
-import resource
 import shutil
 import signal
 import struct

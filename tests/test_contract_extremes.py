@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, subprocess_env, write_manifest
+from conftest import subprocess_env, write_manifest
 from cnnctc.cli import main
 from cnnctc.errors import CnnctcError, ManifestError
 

@@ -6,7 +6,6 @@ import sys
 import lmdb
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import subprocess_env
 from cnnctc.data import LabelFilter, LmdbDataset, write_lmdb

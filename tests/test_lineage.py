@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9)
+import mindspore  # noqa: F401  (MindSpore before onnx in this process, SPEC section 9)
 
 from cnnctc.checkpoint import read_checkpoint, save_checkpoint
 from cnnctc.cli import main
