@@ -104,7 +104,9 @@ def configure_context(device_target=None):
 
 
 _NETWORK_OPTIONS = ("num_class", "hidden_size", "final_feature_width", "output_channel")
-MAX_OUTPUT_CHANNEL = 4096  # 8x the published width; far wider networks exhaust memory as they are built
+# 8x the published width; far wider networks exhaust memory as they are built. Wider than a run may
+# train (training.MAX_OUTPUT_CHANNEL, 1024): building and reading need no gradients or optimizer state.
+MAX_BUILD_OUTPUT_CHANNEL = 4096
 
 
 def check_network_options(options, caller):
@@ -118,8 +120,9 @@ def check_network_options(options, caller):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{caller}(): {key} must be a whole number, got {type(value).__name__} {value!r}")
         value = int(value)
-        if key in ("output_channel", "hidden_size") and not (16 <= value <= MAX_OUTPUT_CHANNEL and value % 16 == 0):
-            raise ValueError(f"{caller}(): {key} must be a multiple of 16 from 16 to {MAX_OUTPUT_CHANNEL} (512 is "
+        widest = MAX_BUILD_OUTPUT_CHANNEL
+        if key in ("output_channel", "hidden_size") and not (16 <= value <= widest and value % 16 == 0):
+            raise ValueError(f"{caller}(): {key} must be a multiple of 16 from 16 to {widest} (512 is "
                              f"the published width), got {value}")
         if key == "num_class" and value < 2:
             raise ValueError(f"{caller}(): num_class must be at least 2 (one symbol and the blank), got {value}")
