@@ -14,8 +14,11 @@ export (the manifest, network options, the export and network code). A later run
 without importing MindSpore: the hub asset's SHA-256 comes from its verified-file stamp, a
 user's checkpoint's from a stamp in ``<cache>/cnnctc-onnx/sources/`` that holds the file's size,
 mtime, ctime and inode; any change to the checkpoint changes those, so it is hashed again and
-a file exported from other bytes is never used. Concurrent first runs wait on one lock and
-export once. int8 is never chosen here: it changes readings (``cnnctc quantize`` is explicit).
+a file exported from other bytes is never used. The export's own SHA-256 as written is kept in a
+stamp beside it (``<file>.verified``, with the file's identity): a cached export changed since
+(its weights edited, its metadata kept) is hashed again, found to differ and exported again,
+never read. Concurrent first runs wait on one lock and export once. int8 is never chosen here:
+it changes readings (``cnnctc quantize`` is explicit).
 """
 import contextlib
 import glob
@@ -137,6 +140,32 @@ def _locate(checkpoint, model, manifest, cache_dir, network_kwargs):
     return folder / f"{sha256}.{key}.onnx", sha256, source, expected
 
 
+def _stamp_written(path):
+    """Record the SHA-256 of the export just written at ``path``, with the file's identity."""
+    from .download import _write_stamp, sha256_file
+    st = os.stat(path)
+    _write_stamp(path, sha256_file(path), st)
+
+
+def _unchanged_since_written(path):
+    """Whether the cached export at ``path`` holds the bytes it was written with (by its stamp; the
+    file is hashed again only when its size, mtime, ctime or inode moved); None without a stamp
+    (an earlier cnnctc's export, or one whose stamp another process is about to write)."""
+    from .download import _identity, _read_stamp, _write_stamp, sha256_file
+    stamp = _read_stamp(path)
+    if not stamp or not stamp.get("sha256"):
+        return None
+    st = os.stat(path)
+    if {k: stamp.get(k) for k in _identity(st)} == _identity(st):
+        return True
+    if sha256_file(path) != stamp["sha256"]:
+        return False
+    with contextlib.suppress(OSError):   # the same bytes (copied, touched): the stamp follows the file
+        if os.stat(path).st_mtime_ns == st.st_mtime_ns:
+            _write_stamp(path, stamp["sha256"], st)
+    return True
+
+
 def _usable(path, sha256, expected, *, say=True):
     """An OnnxRunner for a cached export from ``sha256`` that reads as ``expected`` (preprocessing,
     input shape, alphabet or None), or None when it is missing or unusable."""
@@ -144,6 +173,16 @@ def _usable(path, sha256, expected, *, say=True):
         return None
     from .onnx_runtime import OnnxRunner, metadata_values
     tell = log.info if say else log.debug
+    try:
+        unchanged = _unchanged_since_written(path)
+        if not unchanged:
+            (log.debug if unchanged is None else tell)(
+                "the cached export %s %s; exporting again", path,
+                "has no stamp of what was written" if unchanged is None else "was changed since it was exported")
+            return None
+    except CnnctcError as exc:
+        tell("the cached export %s cannot be used (%s); exporting again", path, exc)
+        return None
     try:
         runner = OnnxRunner(path)
     except CnnctcError as exc:
@@ -189,6 +228,10 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
         log.info("exporting %s to ONNX once, for onnxruntime: %s", source.name, out)
         export_locked(out, fmt="onnx", checkpoint=checkpoint, model=model, manifest=manifest, batch_size=None,
                       device_target=device_target, overwrite=True, network_kwargs=network_kwargs)
+        try:
+            _stamp_written(out)
+        except (OSError, CnnctcError) as exc:
+            raise CnnctcError(f"{out}: cannot record the export's SHA-256 beside it: {exc}") from None
         runner = _usable(out, sha256, expected)
     if runner is None:
         raise CnnctcError(f"{out}: the export just written cannot be used")

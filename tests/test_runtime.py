@@ -70,10 +70,17 @@ def checkpoint(tmp_path, prepared):
     return shutil.copyfile(prepared[0], tmp_path / "digits.ckpt")
 
 
+def stamp_of(export):
+    """The stamp beside a cached export: the SHA-256 it was written with."""
+    return export.with_name(export.name + ".verified")
+
+
 def seed_cache(prepared):
     """The module's export of the checkpoint put in this test's cache, under the name auto looks for
-    (the bytes' SHA-256 and the settings' hash): for tests whose point is not the first export."""
+    (the bytes' SHA-256 and the settings' hash), with its stamp: for tests whose point is not the
+    first export."""
     export_cache_dir().mkdir(parents=True)
+    shutil.copyfile(stamp_of(prepared[1]), stamp_of(export_cache_dir() / prepared[1].name))
     return shutil.copyfile(prepared[1], export_cache_dir() / prepared[1].name)
 
 
@@ -146,12 +153,45 @@ def test_a_changed_checkpoint_is_exported_again_and_the_old_export_never_used(ch
     new = [p for p in cached_exports() if p not in old]
     assert len(new) == 1 and new[0].name.startswith(hashlib.sha256(checkpoint.read_bytes()).hexdigest())
 
-    # A cached file under the right name that came from other weights is refused and replaced.
+    # A cached file under the right name that came from other weights is refused and replaced, also
+    # with the stamp it was written with beside it (so that its own metadata is what refuses it).
     new[0].write_bytes(old[0].read_bytes())
+    stamp_of(new[0]).write_bytes(stamp_of(old[0]).read_bytes())
     assert texts(Recognizer(checkpoint), words) == expected
     from cnnctc.onnx_runtime import OnnxRunner, metadata_values
     source = metadata_values(OnnxRunner(new[0]).metadata)["source_sha256"]
     assert source == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+# Adds 1 to the first float initializer of an ONNX file, its metadata kept. Its own process: onnx's protobuf.
+EDIT_WEIGHTS = r"""
+import sys
+import numpy as np
+import onnx
+from onnx import numpy_helper
+model = onnx.load(sys.argv[1])
+tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + np.float32(1), tensor.name))
+onnx.save(model, sys.argv[2])
+"""
+
+
+def test_a_cached_export_whose_weights_were_edited_is_exported_again_never_read(checkpoint, words, prepared,
+                                                                                 tmp_path, caplog):
+    seeded = seed_cache(prepared)
+    before = Recognizer(checkpoint).recognize(words)
+    run = subprocess.run([sys.executable, "-c", EDIT_WEIGHTS, str(seeded), str(tmp_path / "edited.onnx")],
+                         env=user_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    edited = Recognizer(tmp_path / "edited.onnx").recognize(words)
+    assert [p.confidence for p in edited] != [p.confidence for p in before]   # the edit changes readings
+    seeded.write_bytes((tmp_path / "edited.onnx").read_bytes())   # the same metadata, other weights
+    with caplog.at_level("INFO", logger="cnnctc"):
+        again = Recognizer(checkpoint).recognize(words)
+    assert "was changed since it was exported; exporting again" in caplog.text
+    assert [(p.text, p.confidence) for p in again] == [(p.text, p.confidence) for p in before]
+    assert cached_exports() == [seeded]
+    assert json.loads(stamp_of(seeded).read_text())["sha256"] == hashlib.sha256(seeded.read_bytes()).hexdigest()
 
 
 def test_a_checkpoint_touched_but_not_changed_is_hashed_again_and_its_export_reused(checkpoint, prepared, caplog):
@@ -190,7 +230,9 @@ def test_two_first_runs_at_once_export_once(checkpoint, words):
     assert sum("to ONNX once" in err for _, err in outputs) == 1
     assert outputs[0][0] == outputs[1][0] and len(outputs[0][0].splitlines()) == len(words)
     assert cached_exports() == [out]
-    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, "sources"]   # no lock or work folder left
+    # No lock or work folder left; the stamp holds the SHA-256 of what was written.
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, stamp_of(out).name, "sources"]
+    assert json.loads(stamp_of(out).read_text())["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def test_runtime_mindspore_and_onnxruntime_on_the_command_line(checkpoint, words):
