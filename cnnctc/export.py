@@ -17,7 +17,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -312,19 +314,47 @@ def export_locked(out, *, fmt, checkpoint, model, manifest, batch_size, device_t
     return out
 
 
+# The only characters MindSpore's exporter takes in the file name it is given (its own check).
+_EXPORTER_PATH = re.compile(r"[0-9a-zA-Z@_\-.:/\\]+")
+
+
+@contextlib.contextmanager
+def _exporter_folder(work):
+    """Where MindSpore's exporter writes: ``work`` when its path is one the exporter takes, else a new
+    private folder in the system's temporary folder (an --out with a space or a non-ASCII letter)."""
+    if _EXPORTER_PATH.fullmatch(str(work)):
+        yield work
+        return
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="cnnctc-export-"))
+    except OSError as exc:
+        raise CnnctcError(f"cannot make a temporary folder for MindSpore's exporter: {exc.strerror or exc}") from None
+    try:
+        if not _EXPORTER_PATH.fullmatch(str(folder)):
+            raise CnnctcError(f"MindSpore exports only to paths of ASCII letters, digits and -_.@:/, and neither "
+                              f"{work.parent} nor the temporary folder {folder.parent} is one: set TMPDIR to such "
+                              "a folder")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, overwrite):
-    raw = work / f"raw{_SUFFIX[fmt]}"
     if fmt == "mindir" and batch_size is None:
         example = ms.Tensor(shape=[None, *shape[1:]], dtype=ms.float32)
     else:
         example = ms.Tensor(np.zeros(shape, np.float32))
-    try:
-        with quiet_native_stderr():
-            ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
-    except (RuntimeError, ValueError, TypeError) as exc:   # a full disk is named by full_disk_named
-        raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {str(exc).splitlines()[0]}") from None
-    if not raw.is_file():
-        raise CnnctcError(f"MindSpore wrote no {fmt.upper()} file (expected {raw.name})")
+    with _exporter_folder(work) as folder:
+        raw = folder / f"raw{_SUFFIX[fmt]}"
+        try:
+            with quiet_native_stderr():
+                ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
+        except (RuntimeError, ValueError, TypeError) as exc:   # a full disk is named by full_disk_named
+            raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {' '.join(str(exc).split())}") from None
+        if not raw.is_file():
+            raise CnnctcError(f"MindSpore wrote no {fmt.upper()} file (expected {raw.name})")
+        if folder != work:   # beside --out, for the rename into place
+            raw = Path(shutil.copyfile(raw, work / raw.name))
     if fmt == "onnx":
         final = work / "final.onnx"
         _finish_onnx(raw, final, metadata, batch_size is None, traced)

@@ -339,3 +339,21 @@ def test_calibration_ranges_cover_every_image(exported, tmp_path):
               if t.name == "images_scale"}
     low, high = (0 - 123.93914) / 65.142426, (255 - 121.58949) / 65.70353  # the normalized extremes
     assert abs(float(scales["images_scale"]) - (high - low) / 255) < 0.01 * (high - low) / 255
+
+
+def test_an_out_with_a_space_or_non_ascii_letters_is_exported(trained, exported, tmp_path, monkeypatch, caplog):
+    """MindSpore's exporter takes only ASCII letters, digits and -_.@:/ in the file name it writes:
+    cnnctc has it write elsewhere and puts the file in place, also in a cache --runtime auto keeps."""
+    root, checkpoint = trained
+    folder = tmp_path / "my models ü"
+    folder.mkdir()
+    images = word_images(root)[:4]
+    want = [p.text for p in Recognizer(exported[0]).recognize(images)]
+    for name, fmt in (("日本 1.onnx", "onnx"), ("ü x.mindir", "mindir")):
+        out = export_model(folder / name, format=fmt, checkpoint=checkpoint)
+        assert [p.text for p in Recognizer(out).recognize(images)] == want
+    assert leftovers(folder) == sorted(["日本 1.onnx", "ü x.mindir", "ü x.mindir.json"])
+    monkeypatch.setenv("CNNCTC_CACHE_DIR", str(folder / "cache"))
+    with caplog.at_level("INFO", logger="cnnctc"):
+        assert [p.text for p in Recognizer(checkpoint, device_target="CPU").recognize(images)] == want
+    assert "running on MindSpore" not in caplog.text and list((folder / "cache").rglob("*.onnx"))
