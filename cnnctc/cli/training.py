@@ -139,6 +139,6 @@ COMMANDS = [
             "training starts; a run whose loss or weights become NaN stops with its last good checkpoint kept",
             finetune_arguments, finetune,
             ("cnnctc finetune --train data/train.lmdb --valid data/valid.lmdb --out run",
-             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained cnnctc/mini-synth --steps 300 "
-             "--batch-size 32")),
+             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained cnnctc/mini-synth --output-channel 64 "
+             "--steps 300 --batch-size 32")),
 ]
