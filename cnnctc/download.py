@@ -412,7 +412,8 @@ def _reason(exc, host=None):
     return proxy + type(causes[-1]).__name__, True
 
 
-_TRY_OFFLINE = "--model cnnctc/mini-synth (a small model shipped with cnnctc, trained on rendered words only)"
+TRY_OFFLINE_OPTION = "--model cnnctc/mini-synth"   # finetune names it its own way (training.pretrained)
+_TRY_OFFLINE = f"{TRY_OFFLINE_OPTION} (a small model shipped with cnnctc, trained on rendered words only)"
 
 
 def _ways_out(target, sha256):

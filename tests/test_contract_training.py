@@ -267,7 +267,9 @@ def test_a_finished_run_is_not_resumed_or_overwritten(data, finished, capsys):
     line = assert_refused(run, 1, "finished at step 4")
     assert f"--pretrained {finished / 'cnnctc-0000004.ckpt'}" in line and f"--output-channel {WIDTH}" in line
     assert_refused(InProcessRun(capsys, finetune_args(data, finished, "--resume", finished)), 1, "finished at step 4")
-    assert_refused(InProcessRun(capsys, finetune_args(data, finished)), 1, "already holds the checkpoints of a run")
+    line = assert_refused(InProcessRun(capsys, finetune_args(data, finished)), 1,
+                          "already holds the checkpoints of a run")
+    assert f"the same command with --resume {finished} added" in line   # --out stays: --resume alone is not enough
     assert digest(finished, data / "train.lmdb") == before
 
 

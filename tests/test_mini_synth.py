@@ -75,6 +75,20 @@ def test_a_failed_download_names_the_bundled_model_as_the_way_to_try_offline(tmp
     assert "\n" not in message and "--model cnnctc/mini-synth" in message
 
 
+def test_finetune_without_the_hub_asset_names_the_bundled_model_as_finetune_takes_it(tmp_path, monkeypatch):
+    from cnnctc.data import make_lmdb
+    monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+    write_word_images(tmp_path / "images", 8, seed=5)
+    make_lmdb(tmp_path / "images", tmp_path / "images" / "labels.tsv", tmp_path / "train")
+    run = run_in_process("finetune", "--train", tmp_path / "train", "--out", tmp_path / "run", "--steps", 1,
+                         "--batch-size", 4)
+    [line] = [line for line in run.stderr.splitlines() if line.startswith("cnnctc: error:")]
+    assert run.returncode == 1 and "offline" in line and not (tmp_path / "run").exists()
+    width = ENTRY.manifest.network["output_channel"]
+    assert f"try the package offline with --pretrained {BUNDLED_MODEL} --output-channel {width} " in line
+    assert "--model" not in line   # finetune has no --model
+
+
 def socket_closed_port():
     """A context manager yielding a 127.0.0.1 port that refuses connections (bound, not listening)."""
     import contextlib

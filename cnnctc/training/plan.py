@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 
 from ..data import LabelFilter, LmdbDataset
-from ..download import fetch
 from ..errors import CnnctcError
 from ..lineage import started_from_none
 from ..registry import get_model, list_models
 from .config import MAX_STEPS, RUN_FIELDS, TrainConfig, check_alphabet, flag, is_int
-from .pretrained import pretrained_source, read_pretrained
+from .pretrained import fetch_pretrained, pretrained_source, read_pretrained
 from .store import holds_run, latest_checkpoint, read_resume_point
 
 __all__ = ["RunPlan", "cluster_size", "resolve_rank"]
@@ -133,7 +132,7 @@ class RunPlan:
         self._open_datasets()
         try:
             if source is not None:
-                self._read_pretrained(fetch(source), source)
+                self._read_pretrained(fetch_pretrained(source), source)
             if self.rank == 0:
                 self._make_out_dir()
         except BaseException:
@@ -142,8 +141,8 @@ class RunPlan:
         self.checked = True
 
     def holds_run_error(self):
-        return CnnctcError(f"{self.out_dir} already holds the checkpoints of a run; continue it with --resume "
-                           f"{self.out_dir}, or choose another --out")
+        return CnnctcError(f"{self.out_dir} already holds the checkpoints of a run; continue it by running the "
+                           f"same command with --resume {self.out_dir} added, or choose another --out")
 
     def recheck_out_dir(self):
         """Under the run folder's lock: the folder is still what :meth:`check` found."""

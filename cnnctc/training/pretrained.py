@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 
 from ..checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
-from ..download import fetch, sha256_file
+from ..download import TRY_OFFLINE_OPTION, fetch, sha256_file
 from ..errors import CheckpointError, CnnctcError
 from ..lineage import LINEAGE_KEY, started_from_checkpoint, started_from_model
-from ..registry import get_model, list_models
+from ..registry import BUNDLED_MODEL, get_model, list_models
 from .store import first_non_finite
 
 __all__ = ["resolve_pretrained", "init_from_pretrained"]
@@ -56,8 +56,21 @@ def resolve_pretrained(pretrained, *, model=None, manifest=None):
     """
     path, source = pretrained_source(pretrained, model=model, manifest=manifest)
     if path is None and source is not None:
-        path = fetch(source)
+        path = fetch_pretrained(source)
     return path, source
+
+
+def fetch_pretrained(source):
+    """``fetch(source)``; a failure's way to try the package offline is named as finetune takes it."""
+    try:
+        return fetch(source)
+    except CnnctcError as exc:
+        text = str(exc)
+        if TRY_OFFLINE_OPTION not in text:
+            raise
+        width = get_model(BUNDLED_MODEL).manifest.network.get("output_channel")
+        raise type(exc)(text.replace(TRY_OFFLINE_OPTION, f"--pretrained {BUNDLED_MODEL} --output-channel {width}")) \
+            from None
 
 
 @dataclasses.dataclass
