@@ -473,11 +473,11 @@ def test_overwrite_replaces_an_lmdb_it_made(tmp_path, user_data):
 def test_bad_labels_files_and_outputs_are_one_line(tmp_path, user_data):
     images, labels = user_data
     os.mkfifo(tmp_path / "labels.fifo")
-    (tmp_path / "latin1.tsv").write_bytes("w0.png\tcaf\xe9\n".encode("latin-1"))
+    (tmp_path / "latin1.tsv").write_bytes("w0.png\t12\nw1.png\t34\nw0.png\tcaf\xe9\n".encode("latin-1"))
     cases = [
         (images, tmp_path / "meta", "the labels file is a folder"),
         (images, tmp_path / "labels.fifo", "the labels file is not a regular file"),
-        (images, tmp_path / "latin1.tsv", "not UTF-8 text"),
+        (images, tmp_path / "latin1.tsv", "not UTF-8 text (line 3:"),   # the line itself, not the first
         (images, tmp_path / "missing.tsv", "no such labels file"),
         (tmp_path / "plain.txt", labels, "not a folder"),
     ]

@@ -177,9 +177,25 @@ def _label_lines(path, f):
             image, text, *rest = line.split("\t", 2)
             yield number, image, text, (rest[0].split() if rest and rest[0].strip() else None)
     except UnicodeDecodeError as exc:
-        raise CnnctcError(f"{path}: not UTF-8 text (line {number + 1}: {exc.reason})") from None
+        line = _first_undecodable_line(path) or number + 1
+        raise CnnctcError(f"{path}: not UTF-8 text (line {line}: {exc.reason})") from None
     except OSError as exc:
         raise CnnctcError(f"{path}: cannot read the labels file ({reason(exc, path)})") from None
+
+
+def _first_undecodable_line(path):
+    """The number of the first line of ``path`` that is not UTF-8 (the text reader decodes ahead of
+    the line it yields, so its own count can be lines short); None if it cannot be told."""
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return number
+    except OSError:
+        return None
+    return None
 
 
 def read_labels_file(path):
