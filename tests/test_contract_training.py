@@ -376,13 +376,16 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     assert_refused(lr_changed, 1, "--lr")
     assert digest(out) == before
 
-    resumed = run_in_process(*command, "--resume", out, "--log-every", "1")
+    # Without --save-every: the run's own (every epoch) goes on, not the default 1000.
+    without_save_every = command[:command.index("--save-every")] + command[command.index("--save-every") + 2:]
+    resumed = run_in_process(*without_save_every, "--resume", out, "--log-every", "1")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {out / newest} at step {interrupted_at} of 30" in resumed.stderr
     assert f"step {interrupted_at + 1}/30" in resumed.stderr and f"step {interrupted_at}/30" not in resumed.stderr
     from cnnctc.checkpoint import read_checkpoint
     assert f"step {steps_per_epoch} epoch 1: validation accuracy" in resumed.stderr   # the epoch's validation first
-    assert checkpoints(out)[-1] == "cnnctc-0000030.ckpt" and all_finite(out / "cnnctc-0000030.ckpt")
+    assert checkpoints(out) == ["cnnctc-0000028.ckpt", "cnnctc-0000030.ckpt"]   # saved every 4 steps to the end
+    assert all_finite(out / "cnnctc-0000030.ckpt")
     assert read_checkpoint(out / "cnnctc-0000030.ckpt")["alphabet"] == DIGITS
 
 

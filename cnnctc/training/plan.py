@@ -225,10 +225,12 @@ class RunPlan:
                               f"further, start a new run from its weights: {new_run} --steps "
                               f"{self.config.steps or 'N'}")
         self._refuse_changes(run, point.total_steps, new_run)
-        # The run continues with its own settings; only how often it logs and saves may change.
-        self.config = dataclasses.replace(run, steps=point.total_steps, save_every=self.config.save_every,
-                                          keep=self.config.keep, log_every=self.config.log_every,
-                                          workers=self.config.workers)
+        # The run continues with its own settings; only how often it logs and saves (and how many
+        # checkpoints it keeps) may change, and left at the default they stay the run's own.
+        defaults, given = TrainConfig(), self.config
+        habits = {name: getattr(run if getattr(given, name) == getattr(defaults, name) else given, name)
+                  for name in ("save_every", "keep", "log_every")}
+        self.config = dataclasses.replace(run, steps=point.total_steps, workers=given.workers, **habits)
         self.config.check()
         self.total_steps = point.total_steps
         self.resume = point
