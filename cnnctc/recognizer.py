@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import positive_int
+from ._checks import device_name, positive_int
 from .decoding import decoder_for
 from .errors import CnnctcError, DownloadError, IntegrityError
 from .manifest import _NETWORK_KEYS
@@ -75,6 +75,10 @@ def _open_model(checkpoint, *, model, manifest, batch_size, device_target, netwo
                               "preprocessing); leave out --model and --manifest")
     if suffix == ".onnx":
         _refuse(runtime, "onnxruntime", "an .onnx file")
+        if device_target is not None and device_name(device_target) != "CPU":
+            raise CnnctcError(f"{checkpoint}: an .onnx file runs on onnxruntime's CPU provider, not on "
+                              f"{device_name(device_target)}; leave --device-target out (or read the .ckpt on "
+                              f"{device_name(device_target)} with MindSpore)")
         from .onnx_runtime import OnnxRunner
         runner = OnnxRunner(checkpoint)
         return runner, runner.manifest

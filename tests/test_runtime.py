@@ -296,6 +296,11 @@ def test_runtime_and_file_kinds_that_do_not_go_together(checkpoint, tmp_path, pr
     onnx_file = shutil.copyfile(prepared[1], tmp_path / "m.onnx")   # an export of the checkpoint
     with pytest.raises(CnnctcError, match=r"an \.onnx file runs on onnxruntime, not mindspore"):
         Recognizer(onnx_file, runtime="mindspore")
+    for device in ("GPU", "ascend"):   # onnxruntime's CPU provider: another device is refused, not ignored
+        with pytest.raises(CnnctcError, match=r"m.onnx: an \.onnx file runs on onnxruntime's CPU provider, not on "
+                                              f"{device.capitalize() if device == 'ascend' else device}"):
+            Recognizer(onnx_file, device_target=device)
+    assert Recognizer(onnx_file, device_target="cpu").alphabet == DIGITS
     # An exported file describes itself: a model or manifest beside it would be silently ignored.
     with pytest.raises(CnnctcError, match=r"m.onnx: an exported file carries its own description"):
         Recognizer(onnx_file, model="cnnctc/mini-synth")
