@@ -93,11 +93,12 @@ def _is_lmdb(path):
     return path.is_file() and path.suffix.lower() in (".mdb", ".lmdb")
 
 
-def calibration_images(paths, preprocess, *, max_images=256):
+def calibration_images(paths, preprocess, *, max_images=256, reasons=None):
     """Preprocessed images from files, folders (recursively), globs and LMDBs: (array, skipped).
 
     At most ``max_images``, spread evenly over everything found; an input that cannot be read
-    (or a dataset that cannot be opened) is skipped and counted, never fatal.
+    (or a dataset that cannot be opened) is skipped and counted, never fatal (why, in ``reasons``
+    when a list is given).
     """
     from .data import LmdbDataset
     from .transforms import ImageError, find_images, load_image, preprocess_image
@@ -109,6 +110,8 @@ def calibration_images(paths, preprocess, *, max_images=256):
     def skip(reason):
         nonlocal skipped
         skipped += 1
+        if reasons is not None:
+            reasons.append(str(reason))
         if skipped <= _SHOWN_SKIPS:
             log.warning("calibration: skipping %s", reason)
 
@@ -209,6 +212,9 @@ def quantize_model(model_onnx, calib, out, *, max_images=256, per_channel=True, 
     batch_size = positive_int(batch_size, "batch_size", upper=4096)
     model_onnx = Path(model_onnx)
     calib = [calib] if isinstance(calib, (str, os.PathLike)) else list(calib)
+    for path in calib:   # a typo would only calibrate on less; an unreadable file is skipped and counted
+        if not any(c in str(path) for c in "*?[") and not os.path.lexists(path):
+            raise CnnctcError(f"--calib {path}: no such file or folder")
     refuse_inputs(out, [model_onnx, *calib])   # before the existing-file check: that is not the problem
     out = _check_out(out, overwrite)
     with output_lock(out, what="writing"):
@@ -228,11 +234,12 @@ def _quantize(model_onnx, calib, out, *, max_images, per_channel, overwrite, bat
     input_name = model.graph.input[0].name
     del model
 
-    images, skipped = calibration_images(calib, manifest.preprocess, max_images=max_images)
+    reasons = []
+    images, skipped = calibration_images(calib, manifest.preprocess, max_images=max_images, reasons=reasons)
     if not len(images):
-        raise CnnctcError(f"no readable calibration images in {', '.join(map(str, calib))}"
-                          f"{f' ({skipped} inputs could not be read)' if skipped else ''}; give --calib image "
-                          "files, folders or LMDBs like those the model will read")
+        unread = f" ({skipped} inputs could not be read; the first: {reasons[0]})" if skipped else ""
+        raise CnnctcError(f"no readable calibration images in {', '.join(map(str, calib))}{unread}; give --calib "
+                          "image files, folders or LMDBs like those the model will read")
     log.info("calibrating on %d images%s", len(images), f" ({skipped} unreadable skipped)" if skipped else "")
 
     chunk = float_runner.batch_size or batch_size   # a fixed-batch file takes only its own batch size

@@ -218,6 +218,14 @@ def test_quantize_needs_calibration_images_and_keeps_existing_files(trained, exp
     run = cnnctc("quantize", exported[0], "--calib", empty, "--out", out, "--quiet")
     assert run.returncode == 1 and run.stderr.startswith("cnnctc: error: no readable calibration images")
     assert len(run.stderr.strip().splitlines()) == 1 and not out.exists() and leftovers(tmp_path) == ["empty"]
+    # Only unreadable images: the line says why the first was; a --calib path that is not there is a typo.
+    (empty / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    run = run_in_process("quantize", exported[0], "--calib", empty, "--out", out, "--quiet")
+    [line] = [l for l in run.stderr.splitlines() if l.startswith("cnnctc: error:")]
+    assert run.returncode == 1 and f"(1 inputs could not be read; the first: {empty / 'broken.png'}" in line
+    run = run_in_process("quantize", exported[0], "--calib", trained[0] / "calib", tmp_path / "calbi", "--out", out)
+    assert run.returncode == 1 and run.stderr == f"cnnctc: error: --calib {tmp_path / 'calbi'}: no such file or folder\n"
+    assert not out.exists() and leftovers(tmp_path) == ["empty"]
     out.write_bytes(b"mine")
     run = cnnctc("quantize", exported[0], "--calib", trained[0] / "calib", "--out", out)
     assert run.returncode == 1 and "already exists; use --overwrite" in run.stderr and out.read_bytes() == b"mine"
