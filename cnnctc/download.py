@@ -58,7 +58,7 @@ def _open_regular(path, *, follow_symlinks=True):
     try:
         return open_regular(path, follow_symlinks=follow_symlinks)
     except NotRegularFile as exc:
-        raise CnnctcError(f"{path}: {exc.kind}, not a file; remove it or name the file itself") from None
+        raise CnnctcError(f"{path}: {exc.kind}, not a file; {_NAME_THE_FILE}") from None
     except FileNotFoundError:
         raise CnnctcError(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:
@@ -135,7 +135,7 @@ def file_sha256(path):
     path = Path(path)
     st = _stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise CnnctcError(f"{path}: {file_kind(st.st_mode)}, not a file; remove it or name the file itself")
+        raise CnnctcError(f"{path}: {file_kind(st.st_mode)}, not a file; {_NAME_THE_FILE}")
     stamp = _read_stamp(path)
     if stamp and stamp.get("sha256") and {k: stamp.get(k) for k in _identity(st)} == _identity(st):
         return stamp["sha256"]
@@ -413,6 +413,8 @@ def _reason(exc, host=None):
 
 
 TRY_OFFLINE_OPTION = "--model cnnctc/mini-synth"   # finetune names it its own way (training.pretrained)
+# Said of a folder (or FIFO...) named as a checkpoint: the user's own folder is never to be removed.
+_NAME_THE_FILE = "name the file itself (if it stands where the cache keeps a file, move it away)"
 _TRY_OFFLINE = f"{TRY_OFFLINE_OPTION} (a small model shipped with cnnctc, trained on rendered words only)"
 
 

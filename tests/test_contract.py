@@ -155,3 +155,11 @@ def test_careless_input_gets_one_clear_line(user, tmp_path, capsys, monkeypatch,
     after = snapshot(user)
     changed = {p for p in before if after.get(p) != before[p]}
     assert not changed, f"the user's files changed: {sorted(changed)}"
+
+
+def test_a_folder_given_as_a_checkpoint_is_never_advised_away(user, tmp_path, capsys, monkeypatch):
+    """The user's own folder named where a file belongs: the line asks for the file, it does not tell
+    the user to remove the folder."""
+    run = InProcessRun(["verify", str(user / "dir.ckpt")], capsys, monkeypatch, cwd=tmp_path, cache=tmp_path)
+    assert run.returncode == 1
+    assert "a directory, not a file; name the file itself" in run.stderr and "remove it" not in run.stderr
