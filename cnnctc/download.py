@@ -420,8 +420,8 @@ _TRY_OFFLINE = f"{TRY_OFFLINE_OPTION} (a small model shipped with cnnctc, traine
 
 def _ways_out(target, sha256):
     return (f"To work offline, put the file whose SHA-256 is {sha256} at {target} and set CNNCTC_OFFLINE=1; "
-            f"or fetch it from a mirror with --url URL (or CNNCTC_ASSET_URL=URL); or try the package offline "
-            f"with {_TRY_OFFLINE}.")
+            f"or fetch it from a mirror (cnnctc download --url URL, or CNNCTC_ASSET_URL=URL for any command); or "
+            f"try the package offline with {_TRY_OFFLINE}.")
 
 
 def _cache_error(root, exc):
