@@ -3,9 +3,9 @@ import os
 import sys
 
 if __package__:
-    from .cli import main
+    from .cli import console_main
 else:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from cnnctc.cli import main
+    from cnnctc.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

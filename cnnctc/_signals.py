@@ -4,7 +4,7 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["terminate_as_interrupt", "interrupt_deferred", "interrupt_kept"]
+__all__ = ["terminate_as_interrupt", "interrupt_deferred", "interrupt_kept", "graph_call"]
 
 
 def _in_main_thread():
@@ -92,3 +92,12 @@ def interrupt_kept():
             signal.signal(number, handler)
     if received:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def graph_call():
+    """Around a MindSpore call that may compile a graph: a Ctrl-C is kept (:func:`interrupt_kept`) and
+    what MindSpore prints of it (its trace, an IR dump's name) stays off stderr."""
+    from ._native import quiet_native_stderr
+    with interrupt_kept(), quiet_native_stderr():
+        yield

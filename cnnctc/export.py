@@ -26,6 +26,7 @@ import numpy as np
 
 from ._checks import positive_int
 from ._native import quiet_native_stderr
+from ._signals import graph_call
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
                       work_folder)
 from .errors import CnnctcError
@@ -232,7 +233,8 @@ def _check_onnx_matches(path, network, batch_shape):
     from ._mindspore import mindspore as ms
     from .onnx_runtime import OnnxRunner
     batch = np.random.default_rng(0).standard_normal(batch_shape).astype(np.float32)
-    expected = network(ms.Tensor(batch)).asnumpy()
+    with graph_call():   # it compiles: a Ctrl-C meanwhile is one line, not MindSpore's trace
+        expected = network(ms.Tensor(batch)).asnumpy()
     actual = OnnxRunner(path)(batch)
     error = _relative_error(actual, expected)
     if not error <= _MAX_RELATIVE_ERROR:
@@ -347,7 +349,7 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
     with _exporter_folder(work) as folder:
         raw = folder / f"raw{_SUFFIX[fmt]}"
         try:
-            with quiet_native_stderr():
+            with graph_call():
                 ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
         except (RuntimeError, ValueError, TypeError) as exc:   # a full disk is named by full_disk_named
             raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {' '.join(str(exc).split())}") from None

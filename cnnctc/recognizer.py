@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import device_name, positive_int
+from ._signals import graph_call
 from .decoding import decoder_for
 from .errors import CnnctcError, DownloadError, IntegrityError
 from .manifest import _NETWORK_KEYS
@@ -51,7 +52,8 @@ class MindSporeRunner:
             size = padded_batch_size(count, self.batch_size)
             if size > count:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
-            outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
+            with graph_call():   # a new batch shape compiles
+                outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
         return np.concatenate(outputs)
 
 

@@ -8,15 +8,17 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9); onnx is imported lazily
 
-from conftest import run_in_process, subprocess_env
+from conftest import as_foreground_job, run_in_process, subprocess_env
 from cnnctc.data import make_lmdb
 from cnnctc.decoding import ctc_greedy_decode
 from cnnctc.errors import CnnctcError
@@ -271,6 +273,36 @@ def test_no_partial_files_on_error_or_interrupt(trained, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_model(tmp_path / "b.onnx", checkpoint=trained[1])
     assert leftovers(tmp_path) == ["bad.ckpt"] and tmp_path.stat().st_mode & 0o777 == 0o755
+
+
+def _export_child(checkpoint, out):
+    return subprocess.Popen([sys.executable, "-m", "cnnctc", "export", "--checkpoint", str(checkpoint), "--format",
+                             "onnx", "--out", str(out)], env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=as_foreground_job)
+
+
+def test_ctrl_c_while_the_export_compiles_is_one_line_and_after_it_changes_nothing(trained, tmp_path):
+    """Ctrl-C while MindSpore compiles the export (or its check): `cnnctc: interrupted` alone, nothing left.
+    Ctrl-C once the file is written and said (the interpreter shutting down): the export stands, exit 0,
+    not a death by the signal (MindSpore answers Ctrl-C with SIGTERM)."""
+    child = _export_child(trained[1], tmp_path / "a.onnx")
+    for line in child.stderr:
+        if "GRAPH_MODE" in line:   # logged just before the graph is built and compiled
+            break
+    time.sleep(0.6)   # inside MindSpore's export compile here (about 2 s of it follow)
+    child.send_signal(signal.SIGINT)
+    _, rest = child.communicate(timeout=120)
+    assert child.returncode == 130, (child.returncode, rest[-3000:])
+    assert rest.strip().splitlines()[-1] == "cnnctc: interrupted"
+    assert all(line.startswith("cnnctc: ") for line in rest.strip().splitlines()), rest[-3000:]
+    assert leftovers(tmp_path) == []
+
+    child = _export_child(trained[1], tmp_path / "b.onnx")
+    assert "b.onnx: ONNX, dynamic batch" in child.stdout.readline()   # printed last, when all is done
+    child.send_signal(signal.SIGINT)
+    _, rest = child.communicate(timeout=120)
+    assert child.returncode == 0, (child.returncode, rest[-3000:])
+    assert "Traceback" not in rest and leftovers(tmp_path) == ["b.onnx"]
 
 
 def test_the_user_importing_onnx_first_gets_one_line(trained):

@@ -15,7 +15,7 @@ from . import datasets, deploy, models, reading, training
 from ._args import Parser, examples_epilog
 from ._stdout import output_error, silence_stdout, stdout_usable
 
-__all__ = ["main", "run_captured", "build_parser", "COMMANDS"]
+__all__ = ["main", "console_main", "run_captured", "build_parser", "COMMANDS"]
 
 log = logging.getLogger("cnnctc")
 
@@ -96,6 +96,18 @@ def _stop_now():
     with contextlib.suppress(OSError):
         os.write(stderr_descriptor(), b"cnnctc: interrupted\n")
     os._exit(130)
+
+
+def console_main():
+    """The `cnnctc` command: :func:`main`, then an interpreter shutdown that a Ctrl-C cannot turn into
+    death by the signal (MindSpore's clean-up takes a moment; the command's work and status are done)."""
+    import signal
+    status = main()
+    # Whatever Python's view of the handler (MindSpore installs a native one, which answers Ctrl-C
+    # with SIGTERM): from here a Ctrl-C is ignored, and so is the SIGTERM it may have set off.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    return status
 
 
 def main(argv=None):

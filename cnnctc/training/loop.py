@@ -16,8 +16,7 @@ from pathlib import Path
 from .._mindspore import mindspore as ms
 from mindspore import nn
 
-from .._native import quiet_native_stderr
-from .._signals import interrupt_kept, terminate_as_interrupt
+from .._signals import graph_call, terminate_as_interrupt
 from ..batches import BatchLoader, default_workers, epoch_order
 from ..checkpoint import ALPHABET_KEY, load_weights
 from ..errors import CheckpointError, CnnctcError
@@ -168,7 +167,7 @@ class Trainer:
         if self._compiled:
             loss, overflow = self.train_cell(images, targets, lengths)
         else:   # the graph compiles now: MindSpore's own lines (e.g. its trace on Ctrl-C) stay off stderr
-            with interrupt_kept(), quiet_native_stderr():
+            with graph_call():
                 loss, overflow = self.train_cell(images, targets, lengths)
             self._compiled = True
         self.step += 1
