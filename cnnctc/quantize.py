@@ -12,6 +12,7 @@ import in the same process (SPEC section 9); unless protobuf is already loaded, 
 in its pure-Python form, the one MindSpore needs, so a .ckpt can still be loaded afterwards.
 """
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -213,7 +214,10 @@ def quantize_model(model_onnx, calib, out, *, max_images=256, per_channel=True, 
     model_onnx = Path(model_onnx)
     calib = [calib] if isinstance(calib, (str, os.PathLike)) else list(calib)
     for path in calib:   # a typo would only calibrate on less; an unreadable file is skipped and counted
-        if not any(c in str(path) for c in "*?[") and not os.path.lexists(path):
+        if any(c in str(path) for c in "*?["):
+            if not glob.glob(str(path)) and not os.path.lexists(path):
+                raise CnnctcError(f"--calib {path}: the pattern matches no file")
+        elif not os.path.lexists(path):
             raise CnnctcError(f"--calib {path}: no such file or folder")
     refuse_inputs(out, [model_onnx, *calib])   # before the existing-file check: that is not the problem
     out = _check_out(out, overwrite)

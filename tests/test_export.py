@@ -227,6 +227,9 @@ def test_quantize_needs_calibration_images_and_keeps_existing_files(trained, exp
     assert run.returncode == 1 and f"(1 inputs could not be read; the first: {empty / 'broken.png'}" in line
     run = run_in_process("quantize", exported[0], "--calib", trained[0] / "calib", tmp_path / "calbi", "--out", out)
     assert run.returncode == 1 and run.stderr == f"cnnctc: error: --calib {tmp_path / 'calbi'}: no such file or folder\n"
+    run = run_in_process("quantize", exported[0], "--calib", trained[0] / "calib", tmp_path / "nodir" / "*.png", "--out",
+                         out)
+    assert run.returncode == 1 and "*.png: the pattern matches no file" in run.stderr
     assert not out.exists() and leftovers(tmp_path) == ["empty"]
     out.write_bytes(b"mine")
     run = cnnctc("quantize", exported[0], "--calib", trained[0] / "calib", "--out", out)
