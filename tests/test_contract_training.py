@@ -268,8 +268,8 @@ def test_a_finished_run_is_not_resumed_or_overwritten(data, finished, capsys):
     assert f"--pretrained {finished / 'cnnctc-0000004.ckpt'}" in line and f"--output-channel {WIDTH}" in line
     assert_refused(InProcessRun(capsys, finetune_args(data, finished, "--resume", finished)), 1, "finished at step 4")
     line = assert_refused(InProcessRun(capsys, finetune_args(data, finished)), 1,
-                          "already holds the checkpoints of a run")
-    assert f"the same command with --resume {finished} added" in line   # --out stays: --resume alone is not enough
+                          "already holds a run, finished at step 4")
+    assert f"start a new run from its weights: --pretrained {finished / 'cnnctc-0000004.ckpt'} --out NEW_DIR" in line
     assert digest(finished, data / "train.lmdb") == before
 
 
@@ -367,8 +367,11 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(data, finished, tmp_pa
     assert interrupted_at == steps_per_epoch and all_finite(out / newest)
     assert f"the newest checkpoint is {out / newest}; run the same command with --resume {out}" in stderr
 
-    # Resuming may repeat the run's settings but not change them.
+    # The same command again, without --resume: refused, saying to add it (--out stays).
     before = digest(out)
+    line = assert_refused(InProcessRun(capsys, command), 1, "already holds the checkpoints of a run")
+    assert f"the same command with --resume {out} added" in line
+    # Resuming may repeat the run's settings but not change them.
     steps_changed = InProcessRun(capsys, [*command, "--resume", out, "--steps", "100"])
     line = assert_refused(steps_changed, 1, "planned for 30 steps")
     assert f"--pretrained {out / newest}" in line

@@ -116,7 +116,7 @@ def test_a_finished_run_is_not_overwritten(trained):
     before = sorted(p.name for p in trained.out.iterdir())
     run = run_cli("finetune", "--train", trained.root / "train", "--out", trained.out, "--pretrained", "none",
                   "--alphabet", DIGITS, "--steps", 1, "--batch-size", 4, "--output-channel", 64)
-    assert run.returncode == 1 and "already holds the checkpoints of a run" in run.stderr
+    assert run.returncode == 1 and f"already holds a run, finished at step {TOTAL_STEPS}" in run.stderr
     assert sorted(p.name for p in trained.out.iterdir()) == before
 
 

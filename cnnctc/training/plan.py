@@ -141,6 +141,14 @@ class RunPlan:
         self.checked = True
 
     def holds_run_error(self):
+        try:
+            point = read_resume_point(self.out_dir)
+        except CnnctcError:
+            point = None
+        if point is not None and point.step >= point.total_steps:
+            return CnnctcError(f"{self.out_dir} already holds a run, finished at step {point.step}; to train "
+                               f"further, start a new run from its weights: {_new_run(point)}, or choose another "
+                               "--out")
         return CnnctcError(f"{self.out_dir} already holds the checkpoints of a run; continue it by running the "
                            f"same command with --resume {self.out_dir} added, or choose another --out")
 
@@ -217,9 +225,7 @@ class RunPlan:
         if given not in ("hub", self.pretrained_name):
             raise CnnctcError(f"--resume {self.resume_dir}: the run continues from its own weights, --pretrained "
                               f"{given} does not apply; leave it out")
-        new_run = f"--pretrained {last} --out NEW_DIR"
-        if run.output_channel != TrainConfig.output_channel:
-            new_run += f" --output-channel {run.output_channel}"
+        new_run = _new_run(point)
         if point.step >= point.total_steps:
             raise CnnctcError(f"--resume {self.resume_dir}: the run is finished at step {point.step}; to train "
                               f"further, start a new run from its weights: {new_run} --steps "
@@ -305,3 +311,11 @@ class RunPlan:
             if state.get("train_samples", kept) != kept:
                 raise CnnctcError(f"--resume {self.resume_dir}: the run trained on {state['train_samples']} usable "
                                   f"samples, this --train has {kept}; resume with the run's own --train")
+
+
+def _new_run(point):
+    """The options of a new run that starts from a run's newest checkpoint (``point``)."""
+    options = f"--pretrained {point.path} --out NEW_DIR"
+    if point.config.output_channel != TrainConfig.output_channel:
+        options += f" --output-channel {point.config.output_channel}"
+    return options
