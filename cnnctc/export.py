@@ -321,7 +321,7 @@ _EXPORTER_PATH = re.compile(r"[0-9a-zA-Z@_\-.:/\\]+")
 
 
 @contextlib.contextmanager
-def _exporter_folder(work):
+def _exporter_folder(work, out):
     """Where MindSpore's exporter writes: ``work`` when its path is one the exporter takes, else a new
     private folder in the system's temporary folder (an --out with a space or a non-ASCII letter)."""
     if _EXPORTER_PATH.fullmatch(str(work)):
@@ -333,9 +333,9 @@ def _exporter_folder(work):
         raise CnnctcError(f"cannot make a temporary folder for MindSpore's exporter: {exc.strerror or exc}") from None
     try:
         if not _EXPORTER_PATH.fullmatch(str(folder)):
-            raise CnnctcError(f"MindSpore exports only to paths of ASCII letters, digits and -_.@:/, and neither "
-                              f"{work.parent} nor the temporary folder {folder.parent} is one: set TMPDIR to such "
-                              "a folder")
+            raise CnnctcError(f"MindSpore's exporter writes only to paths of ASCII letters, digits and -_.@:/; "
+                              f"{out} has other characters and so has the temporary folder {folder.parent}: set "
+                              "TMPDIR to a folder whose path has none, or choose such an --out")
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -346,7 +346,7 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
         example = ms.Tensor(shape=[None, *shape[1:]], dtype=ms.float32)
     else:
         example = ms.Tensor(np.zeros(shape, np.float32))
-    with _exporter_folder(work) as folder:
+    with _exporter_folder(work, out) as folder:
         raw = folder / f"raw{_SUFFIX[fmt]}"
         try:
             with graph_call():
