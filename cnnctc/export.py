@@ -327,8 +327,9 @@ def _exporter_folder(work, out):
     if _EXPORTER_PATH.fullmatch(str(work)):
         yield work
         return
+    _remove_dead_exporter_folders()
     try:
-        folder = Path(tempfile.mkdtemp(prefix="cnnctc-export-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"cnnctc-export-{os.getpid()}-"))
     except OSError as exc:
         raise CnnctcError(f"cannot make a temporary folder for MindSpore's exporter: {exc.strerror or exc}") from None
     try:
@@ -339,6 +340,20 @@ def _exporter_folder(work, out):
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_dead_exporter_folders():
+    """Remove what an export killed with -9 left in the temporary folder (its process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob("cnnctc-export-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            continue   # another user's process (alive), or no process number at all
 
 
 def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, overwrite):

@@ -387,15 +387,22 @@ def test_calibration_ranges_cover_every_image(exported, tmp_path):
 def test_an_out_with_a_space_or_non_ascii_letters_is_exported(trained, exported, tmp_path, monkeypatch, caplog):
     """MindSpore's exporter takes only ASCII letters, digits and -_.@:/ in the file name it writes:
     cnnctc has it write elsewhere and puts the file in place, also in a cache --runtime auto keeps."""
+    import tempfile
     root, checkpoint = trained
     folder = tmp_path / "my models ü"
     folder.mkdir()
+    # What an export killed with -9 left in the temporary folder: its process is gone, the next removes it.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / "tmp" / f"cnnctc-export-{gone.pid}-abc").mkdir(parents=True)
     images = word_images(root)[:4]
     want = [p.text for p in Recognizer(exported[0]).recognize(images)]
     for name, fmt in (("日本 1.onnx", "onnx"), ("ü x.mindir", "mindir")):
         out = export_model(folder / name, format=fmt, checkpoint=checkpoint)
         assert [p.text for p in Recognizer(out).recognize(images)] == want
     assert leftovers(folder) == sorted(["日本 1.onnx", "ü x.mindir", "ü x.mindir.json"])
+    assert leftovers(tmp_path / "tmp") == []
     monkeypatch.setenv("CNNCTC_CACHE_DIR", str(folder / "cache"))
     with caplog.at_level("INFO", logger="cnnctc"):
         assert [p.text for p in Recognizer(checkpoint, device_target="CPU").recognize(images)] == want
