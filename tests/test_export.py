@@ -286,8 +286,8 @@ def _export_child(checkpoint, out):
 
 def test_ctrl_c_while_the_export_compiles_is_one_line_and_after_it_changes_nothing(trained, tmp_path):
     """Ctrl-C while MindSpore compiles the export (or its check): `cnnctc: interrupted` alone, nothing left.
-    Ctrl-C once the file is written and said (the interpreter shutting down): the export stands, exit 0,
-    not a death by the signal (MindSpore answers Ctrl-C with SIGTERM)."""
+    Ctrl-C once the file is written and said: the export stands, and the process is not killed by the
+    signal in its shutdown (MindSpore answers Ctrl-C with SIGTERM)."""
     child = _export_child(trained[1], tmp_path / "a.onnx")
     for line in child.stderr:
         if "GRAPH_MODE" in line:   # logged just before the graph is built and compiled
@@ -304,8 +304,11 @@ def test_ctrl_c_while_the_export_compiles_is_one_line_and_after_it_changes_nothi
     assert "b.onnx: ONNX, dynamic batch" in child.stdout.readline()   # printed last, when all is done
     child.send_signal(signal.SIGINT)
     _, rest = child.communicate(timeout=120)
-    assert child.returncode == 0, (child.returncode, rest[-3000:])
+    # Mostly in the shutdown (exit 0); on a busy machine still in the command's last lines (130, one line).
+    assert child.returncode in (0, 130), (child.returncode, rest[-3000:])
+    assert child.returncode == 0 or rest.strip().splitlines()[-1] == "cnnctc: interrupted"
     assert "Traceback" not in rest and leftovers(tmp_path) == ["b.onnx"]
+    assert OnnxRunner(tmp_path / "b.onnx").manifest.alphabet == ALPHABET   # whole, and in place
 
 
 def test_the_user_importing_onnx_first_gets_one_line(trained):
