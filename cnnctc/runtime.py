@@ -180,7 +180,7 @@ def _usable(path, sha256, expected, *, say=True):
                 "the cached export %s %s; exporting again", path,
                 "has no stamp of what was written" if unchanged is None else "was changed since it was exported")
             return None
-    except CnnctcError as exc:
+    except (CnnctcError, OSError) as exc:   # e.g. removed meanwhile
         tell("the cached export %s cannot be used (%s); exporting again", path, exc)
         return None
     try:
