@@ -7,6 +7,7 @@ cache (see :mod:`cnnctc.runtime`), and MindSpore otherwise. Every runtime maps a
 (B, 3, 32, 100) float32 batch to (B, T, C) logits; preprocessing and decoding are the same for
 all of them.
 """
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -42,6 +43,7 @@ class MindSporeRunner:
     def __init__(self, network, batch_size=32):
         self.network = network
         self.batch_size = batch_size
+        self._compiled = set()   # the batch shapes graph mode has compiled
 
     def __call__(self, batch):
         from ._mindspore import mindspore as ms
@@ -52,8 +54,10 @@ class MindSporeRunner:
             size = padded_batch_size(count, self.batch_size)
             if size > count:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
-            with graph_call():   # a new batch shape compiles
+            # A new batch shape compiles: only then are a Ctrl-C and MindSpore's lines handled for it.
+            with contextlib.nullcontext() if chunk.shape in self._compiled else graph_call():
                 outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
+            self._compiled.add(chunk.shape)
         return np.concatenate(outputs)
 
 
