@@ -12,6 +12,7 @@ DEVICES = ("Ascend", "GPU", "CPU")  # the device targets MindSpore takes
 MAX_BEAM_WIDTH = 4096    # prefixes a beam keeps; each column scores width x classes extensions per image
 MAX_TOP_K = 4096         # readings reported per image
 MAX_WORD_LENGTH = 256    # symbols in a lexicon word: a CTC word needs a column per symbol (cnnctc has 26)
+MAX_SCENE_WORKERS = 64  # drawing processes of one scene render
 MAX_RENDER_COUNT = 1_000_000  # images one render may draw (about 2 GB of PNGs)
 MAX_LABEL_LENGTH = MAX_WORD_LENGTH  # eval --max-length: a label that long could never be read anyway
 MAX_EVAL_BATCH = 4096  # eval --drop-last: the largest batch an evaluation script could have used

@@ -267,24 +267,28 @@ def _remove_leftovers(out):
                     shutil.rmtree(entry.path)
 
 
-def _render_into(folder, words, fonts, rng, noise, inputs):
+def _render_into(folder, items, inputs):
+    """Write ``items`` ((PIL image or PNG bytes, label) pairs) as NNNNN.png with labels.tsv and the marker."""
     lines, names = [], []
-    for number, word in enumerate(words):
+    for number, (image, label) in enumerate(items):
         name = f"{number:05d}.png"
-        render_word(word, font=fonts[number % len(fonts)], rng=rng, noise=noise).save(folder / name)
-        lines.append(f"{name}\t{word}\n")
+        if isinstance(image, bytes):
+            (folder / name).write_bytes(image)
+        else:
+            image.save(folder / name)
+        lines.append(f"{name}\t{label}\n")
         names.append(name)
     (folder / "labels.tsv").write_text("".join(lines), encoding="utf-8")
     # The marker goes last: a folder without it is never taken for a finished set.
     (folder / MARKER).write_text(json.dumps({"files": names + ["labels.tsv"], **inputs}) + "\n", encoding="utf-8")
 
 
-def _render_in_empty(out, words, fonts, rng, noise, inputs):
+def _render_in_empty(out, items, count, inputs):
     """Draw straight into an empty folder whose parent we cannot write; on failure remove what we drew."""
     try:
-        _render_into(out, words, fonts, rng, noise, inputs)
+        _render_into(out, items, inputs)
     except BaseException:
-        made = [f"{number:05d}.png" for number in range(len(words))] + ["labels.tsv", MARKER]
+        made = [f"{number:05d}.png" for number in range(count)] + ["labels.tsv", MARKER]
         for name in made:
             try:
                 (out / name).unlink()
@@ -350,15 +354,24 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
                               "that the labels do not say; give --font files that have them, or leave them out")
     inputs = {"fonts": [_font_record(font) for font in fonts], "pillow": PIL.__version__, "seed": seed,
               "noise": bool(noise)}
+    items = ((render_word(word, font=fonts[number % len(fonts)], rng=rng, noise=noise), word)
+             for number, word in enumerate(words))
+    return write_image_set(out, items, len(words), inputs, state)
+
+
+def write_image_set(out, items, count, inputs, state):
+    """Put the ``count`` (image, label) ``items`` in place as the set ``out`` (checked by
+    :func:`check_set_out`, which gave ``state``), drawn in a temporary folder beside it."""
     if state == "empty" and not os.access(out.parent, os.W_OK | os.X_OK):
         with _claimed(out, out):  # nothing there to keep: draw in place
             if os.listdir(out) and _check_out(out, False) != "empty":  # filled meanwhile: says by what
                 raise _busy(out)
             try:
-                _render_in_empty(out, words, fonts, rng, noise, inputs)
+                _render_in_empty(out, items, count, inputs)
             except OSError as exc:
                 raise CnnctcError(f"{out}: cannot write the images ({exc.strerror or exc})") from None
         return out / "labels.tsv"
+    overwrite = state == "replace"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -374,7 +387,7 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
         old = None
         try:
             try:
-                _render_into(staging, words, fonts, rng, noise, inputs)
+                _render_into(staging, items, inputs)
                 old = _put_in_place(staging, out, state)
             except OSError as exc:
                 raise CnnctcError(f"{out}: cannot write the images ({exc.strerror or exc})") from None
@@ -383,3 +396,8 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
     return out / "labels.tsv"
+
+
+def check_set_out(out, overwrite):
+    """'new', 'empty' or 'replace' for a set folder ``out``, or a one-line CnnctcError."""
+    return _check_out(Path(out), overwrite)
