@@ -49,6 +49,8 @@ def test_the_same_seed_draws_the_same_bytes_whatever_the_workers(tmp_path):
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     first, second = records(tmp_path / "one.lmdb"), records(tmp_path / "two.lmdb")
     assert first[b"num-samples"] == b"70" and first == second
+    recipe = json.loads(first[b"cnnctc-render"])  # what the set was drawn from, fonts with their SHA-256
+    assert recipe["seed"] == 5 and recipe["style"] == "scene" and len(recipe["fonts"][0]["sha256"]) == 64
     other = cli("render", tmp_path / "other.lmdb", "--style", "scene", "--count", 70, "--seed", 6)
     assert records(tmp_path / "other.lmdb")[b"image-000000001"] != first[b"image-000000001"]
     # The folder form holds the same images as the LMDB, and records its inputs.

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import CnnctcError, disk_full
+from ..errors import CnnctcError, disk_full, shown
 from ..transforms import ImageError, load_image, read_image_file
 from ._common import reason
 from ._placing import OutputSlot
@@ -65,7 +65,7 @@ def _write_error(exc, out, slot):
     return CnnctcError(f"{out}: writing the LMDB failed ({reason(exc, slot.env_path)})")
 
 
-def _write(out, samples, *, overwrite, inputs, contains=(), finished=None):
+def _write(out, samples, *, overwrite, inputs, contains=(), finished=None, records=None):
     lmdb = _lmdb()
     with OutputSlot(out, overwrite=overwrite, inputs=inputs, contains=contains) as slot:
         count = 0
@@ -96,6 +96,8 @@ def _write(out, samples, *, overwrite, inputs, contains=(), finished=None):
                         pending = 0
                 if finished is not None:
                     finished(count)  # may refuse the result: nothing is put in place
+                for key, value in (records or {}).items():
+                    txn.put(key, value)
                 txn.put(b"num-samples", str(count).encode())
                 txn.commit()
             except BaseException:
@@ -110,16 +112,20 @@ def _write(out, samples, *, overwrite, inputs, contains=(), finished=None):
     return count
 
 
-def write_lmdb(out, samples, *, overwrite=False, inputs=()):
+def write_lmdb(out, samples, *, overwrite=False, inputs=(), records=None):
     """Write (image bytes, label str[, lexicon words]) samples to a new LMDB at ``out``; returns the count.
 
     The LMDB is built in a hidden work folder beside ``out`` (removed on any error or
     interrupt) and moved into place at the end, re-checking ``out`` then. ``overwrite``
     replaces only an existing LMDB (or an empty folder), never other files, nor a path that is
     or holds one of ``inputs``. A second writer of the same ``out`` is refused while one runs.
+    ``records``: further keys (bytes -> bytes) written beside the samples, e.g. how they were made;
+    the field's readers look only at ``num-samples``, ``image-*`` and ``label-*``.
     """
     out = _path_argument(out, "out")
-    return _write(out, samples, overwrite=overwrite, inputs=inputs)
+    if records and any(not k or k.startswith((b"image-", b"label-", b"lexicon-", b"num-samples")) for k in records):
+        raise CnnctcError("records may not use the dataset's own keys (image-, label-, lexicon-, num-samples)")
+    return _write(out, samples, overwrite=overwrite, inputs=inputs, records=records)
 
 
 def _checked_sample(sample, number):
@@ -140,7 +146,7 @@ def _checked_sample(sample, number):
     try:
         label.encode("utf-8")
     except UnicodeEncodeError:
-        raise CnnctcError(f"sample {number}: the label {label!r} cannot be written as UTF-8") from None
+        raise CnnctcError(f"sample {number}: the label {shown(label)} cannot be written as UTF-8") from None
     return bytes(image), label, lexicon
 
 

@@ -17,6 +17,7 @@ from .text import TextSource, label_for
 __all__ = ["SceneRecipe", "scene_images", "write_scene_images", "MAX_SCENE_WORKERS"]
 
 _CHUNK = 64  # images per task handed to a worker
+RECIPE_KEY = b"cnnctc-render"  # an LMDB set's record of its inputs (the folder form's .cnnctc-render marker)
 
 
 class SceneRecipe:
@@ -133,10 +134,11 @@ def write_scene_images(out, count=None, *, seed=0, words=None, fonts=None, backg
             if progress is not None:
                 progress(1)
             yield png, label
-    if lmdb_out:
-        from ..data.writer import write_lmdb
-        write_lmdb(out_path, items(), overwrite=overwrite)
-        return out_path
+    import json
     import PIL
     inputs = dict(recipe.describe(), seed=seed, pillow=PIL.__version__)
+    if lmdb_out:
+        from ..data.writer import write_lmdb
+        write_lmdb(out_path, items(), overwrite=overwrite, records={RECIPE_KEY: json.dumps(inputs).encode()})
+        return out_path
     return render.write_image_set(out_path, items(), count, inputs, state)
