@@ -326,6 +326,7 @@ def _put_in_place(staging, out, state):
 def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrstuvwxyz", words=None, fonts=None,
                       seed=0, noise=False, overwrite=False):
     """Draw words to ``out/NNNNN.png`` with a ``labels.tsv`` (``name<TAB>word``); returns its path.
+    An ``out`` ending in ``.lmdb`` becomes an LMDB instead (returned), written as make-lmdb writes one.
 
     Random words over ``alphabet`` unless ``words`` is given (at most ``MAX_COUNT``); fonts cycle
     through ``fonts`` (default: every installed candidate, see :func:`resolve_fonts`). ``out``
@@ -341,7 +342,8 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
     alphabet, words = _check_request(count, alphabet, words)
     out = Path(out)
     fonts = resolve_fonts(fonts)
-    state = _check_out(out, overwrite)
+    to_lmdb = out.name.endswith(".lmdb")
+    state = None if to_lmdb else _check_out(out, overwrite)
     rng = random.Random(seed)
     words = words if words is not None else random_words(count, alphabet, rng=rng)
     symbols = sorted(set(alphabet if words is None else "".join(words)))
@@ -356,7 +358,19 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
               "noise": bool(noise)}
     items = ((render_word(word, font=fonts[number % len(fonts)], rng=rng, noise=noise), word)
              for number, word in enumerate(words))
+    if to_lmdb:
+        from .data.writer import write_lmdb
+        write_lmdb(out, ((_png(image), word) for image, word in items), overwrite=overwrite,
+                   records={b"cnnctc-render": json.dumps(inputs).encode()})
+        return out
     return write_image_set(out, items, len(words), inputs, state)
+
+
+def _png(image):
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def write_image_set(out, items, count, inputs, state):

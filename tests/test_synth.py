@@ -174,3 +174,14 @@ def test_a_words_file_that_is_not_text_names_the_line(tmp_path):
     empty.write_text("\n \n")
     run = cli("render", tmp_path / "out", "--style", "scene", "--words-file", empty)
     assert run.returncode == 1 and "holds no words" in one_error_line(run)
+
+
+def test_the_plain_style_writes_an_lmdb_too(tmp_path):
+    run = cli("render", tmp_path / "plain.lmdb", "--count", 5, "--seed", 2)
+    assert run.returncode == 0 and "plain.lmdb: 5 images, an LMDB" in run.stdout, run.stderr
+    assert cli("render", tmp_path / "plain", "--count", 5, "--seed", 2).returncode == 0
+    found = records(tmp_path / "plain.lmdb")
+    lines = (tmp_path / "plain" / "labels.tsv").read_text().splitlines()
+    assert [found[b"label-%09d" % i].decode() for i in range(1, 6)] == [line.split("\t")[1] for line in lines]
+    assert Image.open(__import__("io").BytesIO(found[b"image-000000001"])).tobytes() == \
+        Image.open(tmp_path / "plain" / "00000.png").tobytes()

@@ -78,7 +78,8 @@ def render(args):
     count = args.count or 100
     labels = write_word_images(args.out, count, alphabet=args.alphabet or "0123456789abcdefghijklmnopqrstuvwxyz",
                                seed=args.seed, noise=args.noise, words=words, fonts=fonts, overwrite=args.overwrite)
-    print(f"{args.out}: {count if not words else len(words)} images, labels in {labels}")
+    where = "an LMDB" if str(args.out).endswith(".lmdb") else f"labels in {labels}"
+    print(f"{args.out}: {count if not words else len(words)} images, {where}")
     if fonts == [None]:
         print("fonts: Pillow's built-in font only (no --font given and none of fonts-dejavu-core, "
               "fonts-liberation, fonts-freefont-ttf is installed)")
