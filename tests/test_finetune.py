@@ -270,7 +270,7 @@ def test_two_worker_msrun_on_localhost(digits, tmp_path):
     assert sorted(worker_logs) == ["worker_0.log", "worker_1.log"]
     digests = {}
     for name, text in worker_logs.items():
-        assert "batch 4 x 2 workers" in text
+        assert "batch 4 x 2 ranks" in text
         assert all(f"step {s}/3" in text for s in (1, 2, 3)), text[-2000:]
         digests[name] = text.split("weights digest ")[1].split()[0]
     # Different shards, identical weights afterwards: the gradients were averaged across ranks.

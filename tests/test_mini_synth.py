@@ -84,9 +84,8 @@ def test_finetune_without_the_hub_asset_names_the_bundled_model_as_finetune_take
                          "--batch-size", 4)
     [line] = [line for line in run.stderr.splitlines() if line.startswith("cnnctc: error:")]
     assert run.returncode == 1 and "offline" in line and not (tmp_path / "run").exists()
-    width = ENTRY.manifest.network["output_channel"]
-    assert f"try the package offline with --pretrained {BUNDLED_MODEL} --output-channel {width} " in line
-    assert "--model" not in line   # finetune has no --model
+    assert f"try the package offline with --pretrained {BUNDLED_MODEL} " in line
+    assert "--model" not in line and "--output-channel" not in line   # finetune has no --model, reads the width
 
 
 def socket_closed_port():
@@ -144,16 +143,22 @@ def test_it_reads_held_out_rendered_words(tmp_path):
 
 
 @needs_fonts
-def test_finetune_starts_from_it_offline(tmp_path, monkeypatch):
+def test_finetune_starts_from_it_offline(tmp_path, monkeypatch, caplog):
+    import logging
     from cnnctc.data import make_lmdb
     from cnnctc.train import TRAIN_STATE_KEY, TrainConfig, finetune
     monkeypatch.setenv("CNNCTC_OFFLINE", "1")
+    caplog.set_level(logging.INFO, logger="cnnctc")
     write_word_images(tmp_path / "images", 16, seed=99)
     make_lmdb(tmp_path / "images", tmp_path / "images" / "labels.tsv", tmp_path / "train")
+    # No output_channel: the run takes the bundled model's width (64) from its checkpoint.
     result = finetune(tmp_path / "train", tmp_path / "train", tmp_path / "run", pretrained=BUNDLED_MODEL,
-                      config=TrainConfig(steps=1, batch_size=8, lr=1e-6, log_every=1000, output_channel=64))
+                      config=TrainConfig(steps=1, batch_size=8, lr=1e-6, log_every=1000, workers=1))
     state = json.loads(read_checkpoint(result.last_checkpoint)[TRAIN_STATE_KEY])
     assert re.search("mini-synth", json.dumps(state["pretrained"]))
+    assert state["config"]["output_channel"] == ENTRY.manifest.network["output_channel"] == 64
+    # One word for each count of processes: msrun's are ranks, --workers counts the loader's.
+    assert "batch 8 x 1 rank, 1 loader worker per rank," in caplog.text
     # One step at a tiny rate from the bundled weights: it still reads what the bundled model reads.
     assert result.best_accuracy >= 80
 

@@ -43,7 +43,8 @@ def finetune_arguments(p):
                    "files in it are left alone)")
     p.add_argument("--pretrained", default="hub", metavar="hub|UID|PATH|none",
                    help="start from the selected model's hub checkpoint (default), another registered model's "
-                   "(e.g. mindspore/1.8/cnnctc_mjstiiit), a checkpoint file, or random weights")
+                   "(e.g. mindspore/1.8/cnnctc_mjstiiit, or the bundled cnnctc/mini-synth), a checkpoint file, or "
+                   "random weights; the width and alphabet come from these weights")
     p.add_argument("--alphabet", type=alphabet_arg(" to read, or leave it out for the pretrained model's alphabet"),
                    help="symbols to read (default: the pretrained checkpoint's); a "
                    "new alphabet gets a new head, the backbone still comes from the pretrained weights")
@@ -51,18 +52,20 @@ def finetune_arguments(p):
     group.add_argument("--epochs", type=int_at_least(1, MAX_EPOCHS), default=3, help="passes over the data (default 3)")
     group.add_argument("--steps", type=int_at_least(1, MAX_STEPS), help="optimizer steps (instead of --epochs)")
     p.add_argument("--batch-size", type=int_at_least(1, MAX_BATCH_SIZE, "a larger batch does not fit in memory"),
-                   default=192, help="images per step and worker (default 192)")
+                   default=192, help="images per step on each rank (msrun process; default 192)")
     p.add_argument("--lr", type=_learning_rate, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--save-every", type=int_at_least(1, MAX_STEPS), default=1000, help="steps between checkpoints (default 1000)")
     p.add_argument("--resume", metavar="DIR", help="continue the unfinished run whose checkpoints are in DIR, with "
                    "its own settings (--steps, --lr, ... may be repeated but not changed; to train a finished run "
                    "further, start a new run with --pretrained DIR/cnnctc-<step>.ckpt)")
-    p.add_argument("--output-channel", type=_channel_width, default=512,
-                   help="network width, a multiple of 16 (default 512, the published one)")
+    p.add_argument("--output-channel", type=_channel_width, metavar="N",
+                   help="network width, a multiple of 16 up to 1024 (default: the --pretrained weights' width; from "
+                   "random weights 512, the published one); a width other than the pretrained weights' is an error")
     p.add_argument("--seed", type=seed_arg, default=1, help="seed of the initial weights and data order (default 1)")
     p.add_argument("--log-every", type=int_at_least(1, MAX_STEPS), default=50, help="steps between log lines (default 50)")
-    p.add_argument("--workers", type=_workers_arg, metavar="N", help="processes that read, decode and batch the "
-                   "training images (default: the cores, divided by the number of msrun workers; at most 64)")
+    p.add_argument("--workers", type=_workers_arg, metavar="N", help="loader workers: processes that read, decode "
+                   "and batch the training images, on each rank (default: the cores, divided by the number of msrun "
+                   "ranks; at most 64)")
     device_arg(p)
 
 
@@ -134,11 +137,16 @@ def finetune(args):
 
 
 COMMANDS = [
-    Command("finetune", "fine-tune from the hub weights (official recipe: centered RMSProp, warm-up then cosine, "
-            "loss scale 8096); under msrun, data-parallel over the workers. Every setting and path is checked before "
-            "training starts; a run whose loss or weights become NaN stops with its last good checkpoint kept",
+    Command("finetune", "train a model on your own LMDB datasets (make them with render or make-lmdb): from the hub "
+            "weights (default), another registered model such as the bundled cnnctc/mini-synth, a checkpoint of "
+            "yours, or random weights; with your own alphabet too (a new head, the same backbone). Official recipe: "
+            "centered RMSProp, warm-up then cosine, loss scale 8096; under msrun, data-parallel over its ranks. Every "
+            "setting and path is checked before training starts; a run whose loss or weights become NaN stops with "
+            "its last good checkpoint kept",
             finetune_arguments, finetune,
             ("cnnctc finetune --train data/train.lmdb --valid data/valid.lmdb --out run",
-             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained cnnctc/mini-synth --output-channel 64 "
-             "--steps 300 --batch-size 32")),
+             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained cnnctc/mini-synth "
+             "--steps 300 --batch-size 32",
+             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained none --alphabet 0123456789 "
+             "--output-channel 64")),
 ]

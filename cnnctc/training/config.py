@@ -57,7 +57,7 @@ class TrainConfig:
     save_every: int = 1000          # steps between checkpoints
     keep: int = 2                   # periodic checkpoints kept (best.ckpt is kept besides)
     max_length: int = 13
-    output_channel: int = 512
+    output_channel: int = None      # default: the pretrained weights' width (from random weights, the model's: 512)
     seed: int = 1
     log_every: int = 50
     workers: int = None             # data-loading processes (default: the cores divided by the ranks)
@@ -97,7 +97,7 @@ class TrainConfig:
         integer("save_every", 1)
         integer("keep", 1)
         integer("max_length", 1)
-        problem = output_channel_problem(self.output_channel)
+        problem = None if self.output_channel is None else output_channel_problem(self.output_channel)
         if problem:
             raise CnnctcError(f"--output-channel {problem}")
         integer("seed", 0, 2 ** 32 - 1)

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 VALIDATION_PROTOCOL = "zoo"
 
 
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _weights_digest(net):
     digest = hashlib.sha256()
     for p in net.trainable_params():
@@ -113,7 +117,7 @@ class Trainer:
             joined = cluster_size()
             if joined != (self.rank, self.world):
                 seen = "no cluster" if joined is None else f"rank {joined[0]} of {joined[1]}"
-                raise CnnctcError(f"rank {self.rank} of {self.world} workers needs a joined cluster of that size "
+                raise CnnctcError(f"rank {self.rank} of {self.world} ranks needs a joined cluster of that size "
                                   f"(run under msrun); this process has {seen}")
             ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
         self.run_manifest = plan.manifest.replace(alphabet=self.alphabet,
@@ -185,7 +189,7 @@ class Trainer:
         if self.step % self.config.log_every == 0 or self.step == self.total_steps:
             self.check_weights()
             rate = (self.step - self._first_step) * self.config.batch_size / (time.monotonic() - self._started)
-            log.info("step %d/%d epoch %d loss %.4f lr %.3g%s (%.1f images/s per worker)", self.step,
+            log.info("step %d/%d epoch %d loss %.4f lr %.3g%s (%.1f images/s per rank)", self.step,
                      self.total_steps, self.epoch + 1, value, self.schedule[self.step - 1],
                      " overflow: step skipped" if skipped else "", rate)
         return value
@@ -321,8 +325,10 @@ class Trainer:
         self.build()
         self.resume()
         config = self.config
-        log.info("training %d steps (%d per epoch), batch %d x %d workers, lr %g, warm-up %d, %s", self.total_steps,
-                 self.steps_per_epoch, config.batch_size, self.world, config.lr, self.warmup, self.amp_level)
+        # Two counts of processes, one word each: msrun's processes are ranks, --workers the loader's.
+        log.info("training %d steps (%d per epoch), batch %d x %s, %s per rank, lr %g, warm-up %d, %s",
+                 self.total_steps, self.steps_per_epoch, config.batch_size, _count(self.world, "rank"),
+                 _count(self.loader.workers, "loader worker"), config.lr, self.warmup, self.amp_level)
         self._first_step, self._started = self.step, time.monotonic()
         while self.step < self.total_steps:
             # A run saved (or stopped) right after an epoch's last step resumes with that epoch's

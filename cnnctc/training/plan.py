@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .._checks import output_channel_problem
 from ..data import LabelFilter, LmdbDataset
 from ..errors import CnnctcError
 from ..lineage import started_from_none
@@ -97,6 +98,7 @@ class RunPlan:
         """Check every setting and path; raises CnnctcError naming the first problem and what to do."""
         self.rank, self.world = resolve_rank(self.rank, self.world)
         self.config.check()
+        self.width_given = self.config.output_channel  # None: the pretrained weights' width
         if not self.train_paths:
             raise CnnctcError("no training dataset given (--train LMDB...)")
         self._check_out_dir()
@@ -122,6 +124,10 @@ class RunPlan:
             self.pretrained_arg, model=self.model, manifest=self.manifest_arg)
         if local is not None:
             self._read_pretrained(local, None)
+        elif source is not None:  # a registered asset, fetched last: its manifest says its width
+            self._take_width(source.network_kwargs()["output_channel"], source.uid)
+        elif self.config.output_channel is None:  # random weights: the model's width
+            self._set_width(self.manifest.network_kwargs()["output_channel"])
         if self.config.alphabet is not None:
             self.alphabet = self.config.alphabet
         elif self.pretrained is not None:
@@ -167,7 +173,7 @@ class RunPlan:
         """This worker's place in the joined cluster, after :meth:`check` (the world size it planned for)."""
         rank, world = resolve_rank(rank, world)
         if self.checked and world != self.world:
-            raise CnnctcError(f"the cluster has {world} workers but the run was checked for {self.world}")
+            raise CnnctcError(f"the cluster has {world} ranks but the run was checked for {self.world}")
         self.rank, self.world = rank, world
 
     def trained_on(self):
@@ -189,9 +195,25 @@ class RunPlan:
         self.pretrained = read_pretrained(path, source, self.manifest.alphabet, given=self.pretrained_name)
         self.started_from = self.pretrained.started_from
         head = self.pretrained.state.get("Prediction.weight")
-        if head is not None and len(head.shape) == 2 and int(head.shape[1]) != self.config.output_channel:
-            raise CnnctcError(f"--pretrained {path} is {int(head.shape[1])} channels wide but the run builds "
-                              f"{self.config.output_channel}; pass --output-channel {int(head.shape[1])}")
+        if head is not None and len(head.shape) == 2:
+            self._take_width(int(head.shape[1]), path)
+        elif self.config.output_channel is None:
+            self._set_width(self.manifest.network_kwargs()["output_channel"])
+
+    def _take_width(self, width, source):
+        """The run's width is that of the weights it starts from; a different --output-channel is an error."""
+        given = self.width_given
+        if given is not None and given != width:
+            raise CnnctcError(f"--output-channel {given}, but --pretrained {source} is {width} channels wide; "
+                              "leave --output-channel out (the width comes from the pretrained weights), or start "
+                              "from random weights with --pretrained none")
+        self._set_width(width)
+
+    def _set_width(self, width):
+        problem = output_channel_problem(width)
+        if problem:
+            raise CnnctcError(f"the network width {problem}")
+        self.config = dataclasses.replace(self.config, output_channel=width)
 
     def _check_out_dir(self):
         out = self.out_dir
@@ -296,7 +318,7 @@ class RunPlan:
         self.steps_per_epoch = kept // (config.batch_size * self.world)
         if self.steps_per_epoch == 0:
             raise CnnctcError(f"{kept} usable training samples are fewer than one batch ({config.batch_size} x "
-                              f"{self.world} workers); lower --batch-size")
+                              f"{self.world} rank(s)); lower --batch-size")
         planned = config.steps or config.epochs * self.steps_per_epoch
         if self.resume is None:
             if planned > MAX_STEPS:
@@ -306,16 +328,14 @@ class RunPlan:
         else:  # resumed: the data order only continues with the same data and workers
             state = self.resume.state
             if state.get("world", 1) != self.world:
-                raise CnnctcError(f"--resume {self.resume_dir}: the run was trained by {state.get('world', 1)} "
-                                  f"worker(s), this is {self.world}; resume it with the same number")
+                raise CnnctcError(f"--resume {self.resume_dir}: the run was trained on {state.get('world', 1)} "
+                                  f"msrun rank(s), this one has {self.world}; resume it with the same number")
             if state.get("train_samples", kept) != kept:
                 raise CnnctcError(f"--resume {self.resume_dir}: the run trained on {state['train_samples']} usable "
                                   f"samples, this --train has {kept}; resume with the run's own --train")
 
 
 def _new_run(point):
-    """The options of a new run that starts from a run's newest checkpoint (``point``)."""
-    options = f"--pretrained {point.path} --out NEW_DIR"
-    if point.config.output_channel != TrainConfig.output_channel:
-        options += f" --output-channel {point.config.output_channel}"
-    return options
+    """The options of a new run that starts from a run's newest checkpoint (``point``); its width and
+    alphabet come from that checkpoint."""
+    return f"--pretrained {point.path} --out NEW_DIR"

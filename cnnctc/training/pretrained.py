@@ -68,9 +68,7 @@ def fetch_pretrained(source):
         text = str(exc)
         if TRY_OFFLINE_OPTION not in text:
             raise
-        width = get_model(BUNDLED_MODEL).manifest.network.get("output_channel")
-        raise type(exc)(text.replace(TRY_OFFLINE_OPTION, f"--pretrained {BUNDLED_MODEL} --output-channel {width}")) \
-            from None
+        raise type(exc)(text.replace(TRY_OFFLINE_OPTION, f"--pretrained {BUNDLED_MODEL}")) from None
 
 
 @dataclasses.dataclass
