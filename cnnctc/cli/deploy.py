@@ -1,6 +1,17 @@
 """Commands that deploy a model outside MindSpore: export (ONNX, MindIR, AIR) and quantize (int8)."""
+import importlib.util
+
 from .._checks import MAX_CALIBRATION_IMAGES
+from ..errors import CnnctcError
 from ._args import Command, device_arg, int_at_least
+
+
+def _onnx_installed():
+    """Whether ``import onnx`` can work, found without importing it (or MindSpore)."""
+    try:
+        return importlib.util.find_spec("onnx") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def export_arguments(p):
@@ -20,6 +31,12 @@ def export_arguments(p):
 
 
 def export(args):
+    from .reading import model_file_problem
+    problem = model_file_problem(args.model)
+    if problem:
+        raise CnnctcError(problem)
+    if args.format == "onnx" and not _onnx_installed():  # said before MindSpore loads (seconds), not after
+        raise CnnctcError("ONNX export needs the onnx package, which is not installed; pip install 'cnnctc[onnx]'")
     from ..export import export_model
     path = export_model(args.out, format=args.format, checkpoint=args.checkpoint, model=args.model,
                         manifest=getattr(args, "manifest", None), batch_size=args.batch_size,

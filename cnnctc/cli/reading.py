@@ -37,8 +37,24 @@ def _decoder_options(args):
     return options
 
 
+def model_file_problem(model, checkpoint_option="--checkpoint"):
+    """Why ``--model MODEL`` is a file or folder named where a registered uid belongs (with the option that
+    takes it), or None."""
+    if not model or not os.path.lexists(model):
+        return None
+    from ..registry import list_models
+    if model.strip().strip("/") in {entry.uid for entry in list_models()}:
+        return None
+    kind = "folder" if os.path.isdir(model) else "file"
+    return (f"--model {model} is a {kind}, and --model takes the uid of a registered model (`cnnctc list` shows "
+            f"them); pass a checkpoint or an exported model as {checkpoint_option} {model}")
+
+
 def _reader(args):
     from ..recognizer import Recognizer
+    problem = model_file_problem(getattr(args, "model", None))
+    if problem:
+        raise CnnctcError(problem)
     return Recognizer(args.checkpoint, batch_size=args.batch_size, device_target=args.device_target,
                       model=getattr(args, "model", None), manifest=getattr(args, "manifest", None),
                       decoder=args.decoder, decoder_options=_decoder_options(args), runtime=args.runtime)
