@@ -70,3 +70,28 @@ def os_error_line(exc):
     else:
         advice = "check the path and the disk, then run again"
     return f"{where}{os_reason(exc)}; {advice}"
+
+
+SHOWN_SYMBOLS = 40   # symbols of a user's value an error line shows
+SHOWN_NAMES = 3      # paths of a list an error line shows
+
+
+def shown(value, limit=SHOWN_SYMBOLS):
+    """A user's value as an error line quotes it: ``repr`` of a string (control characters escaped), cut
+    after ``limit`` symbols with how long it is ("'0123...'... (5,000 symbols)"); any other value by
+    its repr, cut the same way ("(... characters)"). An alphabet of 5000 symbols, a word or a
+    label of any length thus costs one short line."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value):,} symbols)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown_list(names, limit=SHOWN_NAMES):
+    """Paths or names joined for an error line: the first ``limit``, then how many more there are."""
+    names = [os.fsdecode(n) if isinstance(n, (bytes, os.PathLike)) else str(n) for n in names]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" and {len(names) - limit:,} more"
