@@ -4,13 +4,55 @@ MindSpore 2.8's generated protobuf modules only load under protobuf's pure-Pytho
 implementation, which MindSpore selects when it is imported. If another library (``onnx``,
 for one) loaded protobuf's native implementation first, importing MindSpore fails and the
 interpreter then aborts at exit; so the import is refused before it is tried.
+
+Every run of a MindSpore network by cnnctc goes through :func:`network_run`: MindSpore's graph
+runs are not thread-safe (two threads running one network end in SIGSEGV), so they take one
+process-wide lock; and MindSpore's runtime does not survive a fork (a child forked after a
+graph ran in its parent waits forever in its first run), so such a child is refused at once.
 """
+import contextlib
+import os
 import sys
+import threading
 
 from ._signals import interrupt_deferred
 from .errors import CnnctcError
 
-__all__ = ["mindspore", "require_mindspore"]
+__all__ = ["mindspore", "require_mindspore", "network_run", "refuse_after_fork"]
+
+_run_lock = threading.RLock()   # one MindSpore graph run at a time in this process
+_ran_in = None                  # the process (pid) in which cnnctc ran a MindSpore graph
+
+
+def _new_lock_in_child():
+    # A thread of the parent may have held the lock at the fork; that thread does not exist here.
+    global _run_lock
+    _run_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
+def refuse_after_fork():
+    """A one-line CnnctcError in a process forked after MindSpore ran in its parent (it would hang)."""
+    if _ran_in is not None and _ran_in != os.getpid():
+        raise CnnctcError(f"MindSpore cannot run in this process: it was forked from process {_ran_in} after "
+                          "MindSpore ran there, and MindSpore's runtime does not survive a fork (it would wait "
+                          "forever); start the workers with multiprocessing.get_context('spawn') (or "
+                          "'forkserver') and create the Recognizer in each, or use runtime='onnxruntime', which "
+                          "works in forked children")
+
+
+@contextlib.contextmanager
+def network_run():
+    """Around a call that runs (or compiles) a MindSpore graph: refused in a forked child of a process
+    where MindSpore ran (:func:`refuse_after_fork`); one such call at a time in the process."""
+    global _ran_in
+    refuse_after_fork()
+    _ran_in = os.getpid()   # before the lock: a fork while another thread runs a graph is refused too
+    with _run_lock:
+        yield
 
 
 def _protobuf_blocks_mindspore():

@@ -230,10 +230,10 @@ def _check_onnx_matches(path, network, batch_shape):
     except ImportError:
         log.info("onnxruntime is not installed: the exported file was not run")
         return None
-    from ._mindspore import mindspore as ms
+    from ._mindspore import mindspore as ms, network_run
     from .onnx_runtime import OnnxRunner
     batch = np.random.default_rng(0).standard_normal(batch_shape).astype(np.float32)
-    with graph_call():   # it compiles: a Ctrl-C meanwhile is one line, not MindSpore's trace
+    with network_run(), graph_call():   # it compiles: a Ctrl-C meanwhile is one line, not MindSpore's trace
         expected = network(ms.Tensor(batch)).asnumpy()
     actual = OnnxRunner(path)(batch)
     error = _relative_error(actual, expected)
@@ -363,8 +363,9 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
         example = ms.Tensor(np.zeros(shape, np.float32))
     with _exporter_folder(work, out) as folder:
         raw = folder / f"raw{_SUFFIX[fmt]}"
+        from ._mindspore import network_run
         try:
-            with graph_call():
+            with network_run(), graph_call():
                 ms.export(loaded.network, example, file_name=str(raw), file_format=_MINDSPORE_FORMAT[fmt])
         except (RuntimeError, ValueError, TypeError) as exc:   # a full disk is named by full_disk_named
             raise CnnctcError(f"MindSpore cannot export {fmt.upper()} here: {' '.join(str(exc).split())}") from None
@@ -427,7 +428,7 @@ class MindIRRunner:
     """A MindIR file exported by cnnctc, run by MindSpore (``mindspore.load`` + ``nn.GraphCell``).
 
     ``.manifest`` comes from ``<file>.json``; calling it maps (B, 3, H, W) float32 numpy
-    batches to (B, T, C) float32 logits for any B.
+    batches to (B, T, C) float32 logits for any B, from any thread (the runs take turns).
     """
 
     def __init__(self, path, *, device_target=None):
@@ -466,7 +467,10 @@ class MindIRRunner:
         check_outputs(logits, self.manifest, path)
 
     def __call__(self, batch):
-        from ._mindspore import mindspore as ms
+        from ._mindspore import mindspore as ms, network_run
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return run_in_batches(lambda b: self.network(ms.Tensor(b)).asnumpy().astype(np.float32, copy=False),
-                              batch, self.batch_size)
+
+        def run(chunk):
+            with network_run():   # one MindSpore run at a time; refused in a forked child
+                return self.network(ms.Tensor(chunk)).asnumpy().astype(np.float32, copy=False)
+        return run_in_batches(run, batch, self.batch_size)

@@ -38,7 +38,10 @@ def padded_batch_size(n, batch_size):
 
 
 class MindSporeRunner:
-    """Runs a MindSpore Cell on numpy batches, in padded batch shapes so graph mode compiles few."""
+    """Runs a MindSpore Cell on numpy batches, in padded batch shapes so graph mode compiles few.
+
+    Safe to call from several threads: the MindSpore runs take turns (:func:`cnnctc._mindspore.network_run`).
+    """
 
     def __init__(self, network, batch_size=32):
         self.network = network
@@ -46,7 +49,7 @@ class MindSporeRunner:
         self._compiled = set()   # the batch shapes graph mode has compiled
 
     def __call__(self, batch):
-        from ._mindspore import mindspore as ms
+        from ._mindspore import mindspore as ms, network_run
         outputs = []
         for start in range(0, len(batch), self.batch_size):
             chunk = batch[start:start + self.batch_size]
@@ -54,10 +57,12 @@ class MindSporeRunner:
             size = padded_batch_size(count, self.batch_size)
             if size > count:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
-            # A new batch shape compiles: only then are a Ctrl-C and MindSpore's lines handled for it.
-            with contextlib.nullcontext() if chunk.shape in self._compiled else graph_call():
-                outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
-            self._compiled.add(chunk.shape)
+            # One MindSpore run at a time (threads sharing a reader), refused in a forked child.
+            with network_run():
+                # A new batch shape compiles: only then are a Ctrl-C and MindSpore's lines handled for it.
+                with contextlib.nullcontext() if chunk.shape in self._compiled else graph_call():
+                    outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
+                self._compiled.add(chunk.shape)
         return np.concatenate(outputs)
 
 
@@ -144,6 +149,14 @@ class Recognizer:
     dict) go to :func:`cnnctc.decoding.make_decoder` (``beam_width``, ``top_k``, ``lexicon``,
     ``max_distance``). Further keywords are network options of a checkpoint (``output_channel``,
     ``hidden_size``, ...); any other keyword is a TypeError.
+
+    A Recognizer may be shared between threads on every runtime, and each call returns the
+    readings of its own images: onnxruntime runs them concurrently; on MindSpore, whose graph runs
+    are not thread-safe, the network calls take turns (preprocessing and decoding stay parallel).
+    onnxruntime also works in a child forked with :mod:`multiprocessing` (``fork``). MindSpore does
+    not survive a fork: in a child forked after MindSpore ran in its parent, a MindSpore reader
+    raises :class:`CnnctcError` at once; start such workers with
+    ``multiprocessing.get_context("spawn")`` and create the Recognizer in each.
     """
 
     def __init__(self, checkpoint=None, *, model=None, manifest=None, batch_size=32, device_target=None,

@@ -13,7 +13,7 @@ import math
 import time
 from pathlib import Path
 
-from .._mindspore import mindspore as ms
+from .._mindspore import mindspore as ms, network_run
 from mindspore import nn
 
 from .._signals import graph_call, terminate_as_interrupt
@@ -168,12 +168,13 @@ class Trainer:
         Raises DivergenceError when the loss is not finite, or when the gradients overflowed in
         MAX_SKIPPED_STEPS steps in a row (the loss has exploded and no step is applied any more).
         """
-        if self._compiled:
-            loss, overflow = self.train_cell(images, targets, lengths)
-        else:   # the graph compiles now: MindSpore's own lines (e.g. its trace on Ctrl-C) stay off stderr
-            with graph_call():
+        with network_run():   # one MindSpore run at a time in the process; refused in a forked child
+            if self._compiled:
                 loss, overflow = self.train_cell(images, targets, lengths)
-            self._compiled = True
+            else:   # the graph compiles now: MindSpore's own lines (e.g. its trace on Ctrl-C) stay off stderr
+                with graph_call():
+                    loss, overflow = self.train_cell(images, targets, lengths)
+                self._compiled = True
         self.step += 1
         self.epoch_step += 1
         value = float(loss.asnumpy())
