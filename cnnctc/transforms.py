@@ -29,7 +29,8 @@ __all__ = ["preprocess", "preprocess_image", "load_image", "read_image_file", "f
            "MAX_IMAGE_BYTES"]
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# Modes whose values are not 8-bit: 16-bit and 32-bit integers, 32-bit floats (_to_eight_bits).
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _ORIENTATION = 0x0112  # EXIF tag
 # A file larger than this is not read: an image at Pillow's pixel limit (89.5 million pixels) takes
@@ -196,6 +197,30 @@ def _on_white(image):
     return out
 
 
+def _to_eight_bits(image, name):
+    """A grey image of 16-bit, 32-bit integer or float values as 8-bit grey, by the range its values use.
+
+    Pillow's own conversion clips to 255 (a 16-bit image turns white) or, for mode "I", a caller
+    dividing by 257 turns 8-bit data black; so the values decide: all within 0..255 are 8-bit data
+    (floats within 0..1 are fractions of white), within 0..65535 16-bit data, and any other range
+    is stretched from its minimum to its maximum. A constant image keeps its value (clipped to
+    0..255). NaN or infinite values are refused: there is no picture to read in them.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    if values.size and not np.isfinite(values).all():
+        raise ImageError(f"{name}: not a readable image (its {image.mode} pixel values hold NaN or infinity)")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F" and low >= 0 and high <= 1 and high > 0:
+        values = values * 255.0
+    elif low >= 0 and high <= 255:
+        pass
+    elif low >= 0 and high <= 65535:
+        values = values / 257.0
+    elif high > low:
+        values = (values - low) * (255.0 / (high - low))
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def load_image(source):
     """A PIL image in RGB from a PIL image, a path, encoded bytes or a uint8/uint16 array.
 
@@ -220,10 +245,8 @@ def load_image(source):
     try:  # a PIL image given lazily opened is decoded only here
         image.load()
         image = _upright(image)
-        if image.mode in _SIXTEEN_BIT:
-            # Pillow clips 16-bit values to 255 when converting; scale the range instead.
-            values = np.asarray(image).astype(np.float64)
-            image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+        if image.mode in _WIDE_MODES:
+            image = _to_eight_bits(image, name)
         image = _on_white(image)
         return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
