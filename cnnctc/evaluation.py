@@ -45,13 +45,13 @@ class EvalResult:
 
     @property
     def accuracy(self):
-        """Word accuracy in percent."""
-        return 100.0 * self.correct / self.kept if self.kept else 0.0
+        """Word accuracy in percent; None when nothing was kept (no sample, no accuracy)."""
+        return 100.0 * self.correct / self.kept if self.kept else None
 
     @property
     def norm_ed(self):
-        """Mean of 1 - normalized edit distance, in [0, 1] (higher is better)."""
-        return self.ned_sum / self.kept if self.kept else 0.0
+        """Mean of 1 - normalized edit distance, in [0, 1] (higher is better); None when nothing was kept."""
+        return self.ned_sum / self.kept if self.kept else None
 
     def add(self, other):
         self.kept += other.kept
@@ -70,9 +70,18 @@ class EvalResult:
         if self.path is not None:
             record["path"] = self.path
         record.update({"kept": self.kept, "skipped": self.skipped, "correct": self.correct,
-                       "accuracy": round(self.accuracy, 4), "norm_ed": round(self.norm_ed, 6),
+                       "accuracy": _rounded(self.accuracy, 4), "norm_ed": _rounded(self.norm_ed, 6),
                        "unreadable": self.unreadable, "skipped_by": dict(sorted(self.skipped_by.items()))})
         return record
+
+
+def _rounded(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def _shown_score(value, digits):
+    """A score for the table: "-" where nothing was kept (there is no score, not a score of 0)."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +254,9 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
              per_image_lexicon=False, max_distance=None, predictions=None, overwrite=False, inputs=()):
     """Evaluate a :class:`~cnnctc.recognizer.Recognizer` on LMDBs; returns (per-dataset results, total).
 
+    Each is an :class:`EvalResult`; one of which no sample was kept (every label skipped, or all
+    after ``drop_last``) has ``accuracy`` and ``norm_ed`` None, not 0.
+
     ``protocol``: "zoo" (default: the model zoo's eval, how the hub card's accuracy was
     measured), "dtrb" or "dtrb-unfiltered" (DTRB's test.py, without and with
     --data_filtering_off); :mod:`cnnctc.protocols` holds their rules. ``max_length`` replaces the
@@ -312,9 +324,12 @@ def report(results, total, *, protocol=DEFAULT_PROTOCOL, max_length=None, drop_l
 
 
 def format_table(results, total, *, protocol=None, max_length=None, drop_last=None):
-    """A plain-text table like the paper's: one row per dataset and a total (after the protocol's line)."""
+    """A plain-text table like the paper's: one row per dataset and a total (after the protocol's line).
+
+    A dataset of which no sample was kept shows "-" for its accuracy and 1-N.E.D.
+    """
     rows = [("dataset", "kept", "skipped", "accuracy %", "1-N.E.D.")]
-    rows += [(r.name, str(r.kept), str(r.skipped), f"{r.accuracy:.2f}", f"{r.norm_ed:.4f}")
+    rows += [(r.name, str(r.kept), str(r.skipped), _shown_score(r.accuracy, 2), _shown_score(r.norm_ed, 4))
              for r in [*results, total]]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))

@@ -224,6 +224,11 @@ class Trainer:
         self.history.append({"step": self.step, "epoch": self.epoch + 1, "accuracy": total.accuracy,
                              "norm_ed": total.norm_ed})
         self._measured = (self.step, total.accuracy, results)
+        if total.accuracy is None:  # no sample kept: no accuracy to compare, and no best checkpoint
+            log.warning("step %d epoch %d: no validation sample is kept under the %s rules (skipped: %s); no "
+                        "accuracy measured", self.step, self.epoch + 1, VALIDATION_PROTOCOL,
+                        ", ".join(f"{n} {why}" for why, n in sorted(total.skipped_by.items())) or "none")
+            return None
         log.info("step %d epoch %d: validation accuracy %.2f%% (1-N.E.D. %.4f, %d samples)", self.step,
                  self.epoch + 1, total.accuracy, total.norm_ed, total.kept)
         if total.accuracy > self.best:
