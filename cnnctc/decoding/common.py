@@ -1,10 +1,12 @@
 """What every decoder shares: the Prediction, the errors, argument checks and checked log-softmax."""
 import dataclasses
+import functools
 import numbers
 
 import numpy as np
 
-from ..errors import CnnctcError
+from ..alphabet import alphabet_problem
+from ..errors import CnnctcError, shown
 
 from .._checks import MAX_BEAM_WIDTH, MAX_TOP_K, MAX_WORD_LENGTH  # noqa: F401 (the decoders' bounds)
 
@@ -40,15 +42,27 @@ def check_count(name, value, smallest=1, largest=None, why=""):
     """``value`` as an int, or DecoderError naming ``name`` and the allowed range."""
     if not is_integer(value) or value < smallest:
         kind = "a positive" if smallest == 1 else "a non-negative"
-        raise DecoderError(f"{name} must be {kind} integer, got {value!r}")
+        raise DecoderError(f"{name} must be {kind} integer, got {shown(value)}")
     if largest is not None and value > largest:
         raise DecoderError(f"{name} must be at most {largest}{why}, got {value}")
     return int(value)
 
 
+@functools.lru_cache(maxsize=32)
+def _problem(alphabet):
+    return alphabet_problem(alphabet)
+
+
 def check_alphabet(alphabet):
-    if not isinstance(alphabet, str) or not alphabet:
-        raise TypeError(f"alphabet must be a non-empty string of symbols, got {alphabet!r}")
+    """``alphabet`` after the package's one alphabet check (:mod:`cnnctc.alphabet`): a DecoderError
+    naming the problem (empty, a repeated symbol, a tab or other control character), a TypeError for
+    a value that is not a string. A repeated symbol would make two classes read alike, and a word
+    with it score as one of them only."""
+    if not isinstance(alphabet, str):
+        raise TypeError(f"alphabet must be a string of symbols, got {type(alphabet).__name__}")
+    problem = _problem(alphabet)
+    if problem is not None:
+        raise DecoderError(f"alphabet {problem}")
     return alphabet
 
 
