@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import MAX_EVAL_BATCH
+from ._checks import MAX_EVAL_BATCH, MAX_WORD_LENGTH
 from .data import LabelFilter, LmdbDataset
 from .decoding import ctc_lexicon_decode
 from .errors import CnnctcError
@@ -42,6 +42,7 @@ class EvalResult:
     path: str = None
     unreadable: int = 0
     skipped_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    lexicon_fallbacks: int = 0  # kept samples whose per-image lexicon held no usable word: read without it
 
     @property
     def accuracy(self):
@@ -60,6 +61,7 @@ class EvalResult:
         self.ned_sum += other.ned_sum
         self.unreadable += other.unreadable
         self.skipped_by.update(other.skipped_by)
+        self.lexicon_fallbacks += other.lexicon_fallbacks
 
     def _skip(self, reason):
         self.skipped += 1
@@ -71,7 +73,8 @@ class EvalResult:
             record["path"] = self.path
         record.update({"kept": self.kept, "skipped": self.skipped, "correct": self.correct,
                        "accuracy": _rounded(self.accuracy, 4), "norm_ed": _rounded(self.norm_ed, 6),
-                       "unreadable": self.unreadable, "skipped_by": dict(sorted(self.skipped_by.items()))})
+                       "unreadable": self.unreadable, "skipped_by": dict(sorted(self.skipped_by.items())),
+                       "lexicon_fallbacks": self.lexicon_fallbacks})
         return record
 
 
@@ -119,12 +122,30 @@ def _display_names(paths):
     return names
 
 
-def _per_image_lexicon(words, alphabet):
-    """``words`` folded like the labels and kept when readable with ``alphabet``; (kept, dropped)."""
-    if alphabet == alphabet.lower():
-        words = [w.lower() for w in words]
-    kept = [w for w in dict.fromkeys(words) if all(c in alphabet for c in w)]
-    return kept, len(words) - len(kept)
+def _columns_needed(word):
+    """Columns a CTC reading of ``word`` needs: one per symbol, and a blank between two equal ones."""
+    return len(word) + sum(a == b for a, b in zip(word, word[1:]))
+
+
+def _per_image_lexicon(words, alphabet, columns):
+    """``words`` stripped and folded like the labels, and kept when the network can read them:
+    symbols of ``alphabet`` only, at most MAX_WORD_LENGTH of them, needing at most ``columns``
+    columns. Returns (kept words, Counter of why the others were left out)."""
+    fold = alphabet == alphabet.lower()
+    symbols = set(alphabet)
+    kept, dropped = {}, collections.Counter()
+    for word in words:
+        word = word.strip()
+        word = word.lower() if fold else word
+        if not word or word in kept:
+            continue
+        if not symbols.issuperset(word):
+            dropped["with symbols outside the alphabet"] += 1
+        elif len(word) > MAX_WORD_LENGTH or _columns_needed(word) > columns:
+            dropped[f"longer than the network's {columns} columns can read"] += 1
+        else:
+            kept[word] = None
+    return list(kept), dropped
 
 
 def _whole_number(name, value, smallest, largest=None):
@@ -148,7 +169,8 @@ class _Evaluation:
         self.recognizer, self.scoring = recognizer, scoring
         self.per_image_lexicon, self.max_distance = per_image_lexicon, max_distance
         self.drop_last, self.out, self.progress = drop_last, out, progress
-        self.dropped_words = 0
+        self.dropped_words = collections.Counter()
+        self.first_fallback = None  # (dataset name, LMDB number) of the first sample read without its lexicon
         # What the references read in place of an image that does not decode (protocols.py).
         from PIL import Image
         config = recognizer.manifest.preprocess
@@ -208,6 +230,7 @@ class _Evaluation:
         row["truth"] = truth
         if self.per_image_lexicon and "image" not in row:
             row["lexicon"] = dataset.lexicon(index)
+            row["name"] = result.name
         return row
 
     def _read(self, rows, dataset):
@@ -218,13 +241,16 @@ class _Evaluation:
         logits = recognizer.logits(np.stack([row.pop("image_array") for row in rows]))
         predictions = recognizer.decode(logits, alphabet)
         for i, row in enumerate(rows):
-            words = row.pop("lexicon", None)
+            words, name = row.pop("lexicon", None), row.pop("name", None)
             if words:
-                kept, dropped = _per_image_lexicon(words, alphabet)
-                self.dropped_words += dropped
+                kept, dropped = _per_image_lexicon(words, alphabet, logits.shape[1])
+                self.dropped_words.update(dropped)
                 if kept:
                     predictions[i] = ctc_lexicon_decode(logits[i:i + 1], alphabet, kept,
                                                         max_distance=self.max_distance)[0]
+                else:  # as a lexicon with no usable word: the greedy reading (the recognizer's decoder)
+                    row["lexicon_fallback"] = True
+                    self.first_fallback = self.first_fallback or (name, row["index"])
             row["decoded"] = predictions[i].text
             row["confidence"] = _number(predictions[i].confidence)
 
@@ -237,6 +263,7 @@ class _Evaluation:
             row["edit_distance"] = edit_distance(prediction, truth)
             result.kept += 1
             result.correct += row["correct"]
+            result.lexicon_fallbacks += row.pop("lexicon_fallback", False)
             result.ned_sum += self.scoring.similarity(truth, prediction)
         if self.out is not None:
             self.out.write(_line(row))
@@ -263,7 +290,9 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     protocol's longest kept label. ``drop_last=N`` scores only the first multiple of N kept samples
     of each dataset, as the zoo's eval.py does with 256. With ``per_image_lexicon`` a sample that
     carries a lexicon (LMDB key ``lexicon-%09d``) is read as the lexicon word with the highest CTC
-    probability (within ``max_distance`` edits of the greedy reading, if given).
+    probability (within ``max_distance`` edits of the greedy reading, if given); one whose lexicon
+    holds no word the network can read (symbols outside the alphabet, longer than its columns) is
+    read without it, as a sample without a lexicon is, and counted in ``lexicon_fallbacks``.
 
     ``predictions``: a file to write one JSON line per sample, kept or not (dataset, index, raw
     label, truth as compared, prediction, confidence, correct, edit distance, why skipped). It is
@@ -301,8 +330,15 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
         for dataset in datasets:
             dataset.close()
     if run.dropped_words:
-        log.warning("%d per-image lexicon words hold symbols outside the alphabet and were left out",
-                    run.dropped_words)
+        log.warning("left out %d per-image lexicon words: %s", sum(run.dropped_words.values()),
+                    ", ".join(f"{n} {why}" for why, n in sorted(run.dropped_words.items())))
+    if total.lexicon_fallbacks:
+        name, number = run.first_fallback
+        count = total.lexicon_fallbacks
+        log.info("%s per-image lexicon%s no word the network can read, so %s read without one (greedy, or the "
+                 "decoder given)%s lexicon-%09d of %s", f"{count} samples'" if count > 1 else "1 sample's",
+                 "s hold" if count > 1 else " holds", "they were" if count > 1 else "it was",
+                 "; the first is" if count > 1 else ":", number, name)
     return results, total
 
 
