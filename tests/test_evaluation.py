@@ -414,7 +414,10 @@ def test_per_image_lexicon_with_max_distance(capsys, models, tmp_path):
         # Within 0 edits only the greedy reading itself competes: it, if it is a lexicon word, else nothing.
         assert near[key]["decoded"] == (line["decoded"] if line["decoded"] in words_here else "")
         assert far[key]["decoded"] in words_here
-    code, out, err = run_eval(capsys, "--checkpoint", models[0], "--data", data, "--max-distance", "1")
-    assert code == 1 and "--max-distance needs --lexicon FILE or --per-image-lexicon" in err
+    with pytest.raises(SystemExit) as stopped:  # a usage error: exit 2, with the usage
+        run_eval(capsys, "--checkpoint", models[0], "--data", data, "--max-distance", "1")
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "usage:" in err
+    assert "--max-distance limits the words of a lexicon; add --lexicon FILE or --per-image-lexicon" in err
     with pytest.raises(ValueError, match="max_distance applies to per_image_lexicon"):
         evaluate(Recognizer(models[0]), [data], max_distance=1)

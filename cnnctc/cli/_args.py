@@ -23,20 +23,35 @@ class Command:
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose options may come between positional arguments (``predict a.png
-    --checkpoint x b.png``), as users of other command lines expect."""
+    --checkpoint x b.png``), as users of other command lines expect.
+
+    :meth:`add_check` adds a check of the parsed options together (an option that means nothing
+    without another): what it returns is a usage error, exit 2 with the usage, as argparse's own.
+    """
 
     _intermixing = False
+
+    def add_check(self, check):
+        """``check(namespace)`` -> None, or the usage error's message; run once the command line is parsed."""
+        self._checks = [*getattr(self, "_checks", ()), check]
 
     def parse_known_args(self, args=None, namespace=None):
         positionals = [a for a in self._actions if not a.option_strings]
         if self._intermixing or not positionals or any(a.nargs in (argparse.PARSER, argparse.REMAINDER)
                                                        for a in positionals):
-            return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
+            parsed = super().parse_known_args(args, namespace)
+        else:
+            self._intermixing = True
+            try:
+                parsed = self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+        if not self._intermixing:
+            for check in getattr(self, "_checks", ()):
+                problem = check(parsed[0])
+                if problem:
+                    self.error(problem)
+        return parsed
 
 
 def examples_epilog(examples):

@@ -89,14 +89,14 @@ def download_arguments(p):
     p.add_argument("--sha256", help="with --url: the SHA-256 of another file to fetch")
     p.add_argument("--force", action="store_true", help="replace a cached file that fails verification")
     p.add_argument("--allow-http", action="store_true", help="allow a plain http:// URL")
+    p.add_check(lambda args: "--sha256 names another file and needs --url URL (the file to fetch); add it, or "
+                "leave --sha256 out" if args.sha256 and not args.url else None)
 
 
 def download(args):
     from ..download import asset_for_url, fetch
     manifest = manifest_of(args)
     if args.sha256:
-        if not args.url:
-            raise CnnctcError("--sha256 names another file and needs --url")
         manifest = asset_for_url(manifest, args.url, args.sha256)  # checked before any network access
     path = fetch(manifest, args.cache_dir, url=args.url, force=args.force, allow_http=args.allow_http or None,
                  quiet=args.quiet)

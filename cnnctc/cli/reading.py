@@ -15,8 +15,8 @@ def decoder_arguments(p, top_k=True):
                    help="greedy: best class per column (default, fastest); beam: CTC prefix beam search, "
                    "summing over alignments")
     p.add_argument("--beam-width", type=int_at_least(1, MAX_BEAM_WIDTH, "a wider beam costs memory and time and "
-                   "changes no reading"), default=10, help=f"prefixes the beam keeps (default 10, at most "
-                   f"{MAX_BEAM_WIDTH})")
+                   "changes no reading"), help=f"with --decoder beam: prefixes the beam keeps (default {BEAM_WIDTH}, "
+                   f"at most {MAX_BEAM_WIDTH})")
     if top_k:
         p.add_argument("--top-k", type=int_at_least(1, MAX_TOP_K, "readings reported per image"), default=1,
                        help="readings to report per image, best first (beam or lexicon; shown with --format json)")
@@ -25,13 +25,46 @@ def decoder_arguments(p, top_k=True):
     p.add_argument("--max-distance", type=int_at_least(0, MAX_WORD_LENGTH, "the longest lexicon word"),
                    metavar="D", help="with a lexicon: only words within D edits of the greedy reading (the CRNN "
                    "protocol; faster on large lexicons)")
+    p.add_check(_decoder_combination_problem)
+
+
+BEAM_WIDTH = 10  # --beam-width's default
+
+
+def _decoder_combination_problem(args):
+    """What is wrong with the decoder options taken together (a usage error), or None.
+
+    Each of --beam-width, --top-k > 1 and --max-distance means something only beside another
+    option; given without it, it would be ignored or refused later, so it is refused at once."""
+    lexicon, per_image = getattr(args, "lexicon", None), getattr(args, "per_image_lexicon", False)
+    lexicons = "--lexicon FILE or --per-image-lexicon" if hasattr(args, "per_image_lexicon") else "--lexicon FILE"
+    if lexicon and per_image:
+        return ("--lexicon FILE and --per-image-lexicon both choose the words of every sample; give one of them "
+                "(--per-image-lexicon reads each sample's own lexicon from the LMDB)")
+    if args.max_distance is not None and not (lexicon or per_image):
+        return f"--max-distance limits the words of a lexicon; add {lexicons}, or leave --max-distance out"
+    if args.decoder == "beam" and lexicon:
+        return ("--decoder beam and --lexicon FILE: the lexicon decoder reads every image, so the beam would never "
+                "run; give one of them")
+    if args.beam_width is not None and args.decoder != "beam":
+        return "--beam-width sets the beam of --decoder beam; add --decoder beam, or leave --beam-width out"
+    top_k = getattr(args, "top_k", 1)
+    if top_k > 1 and args.decoder != "beam" and not lexicon:
+        return (f"--top-k {top_k} needs --decoder beam or --lexicon FILE: greedy decoding has one reading per "
+                "image")
+    width = BEAM_WIDTH if args.beam_width is None else args.beam_width
+    if top_k > width and args.decoder == "beam":
+        return (f"--top-k {top_k} is more than --beam-width {width}: the beam keeps only {width} readings; raise "
+                "--beam-width or lower --top-k")
+    return None
 
 
 def _decoder_options(args):
     """The decoder settings of predict/eval; the lexicon file is read (and refused) before any model loads."""
     from ..decoding import make_decoder, read_lexicon
     lexicon = read_lexicon(args.lexicon) if getattr(args, "lexicon", None) else None
-    options = {"beam_width": args.beam_width, "top_k": getattr(args, "top_k", 1), "lexicon": lexicon,
+    width = BEAM_WIDTH if args.beam_width is None else args.beam_width
+    options = {"beam_width": width, "top_k": getattr(args, "top_k", 1), "lexicon": lexicon,
                "max_distance": args.max_distance}
     make_decoder(args.decoder, **options)  # checks the combination now
     return options
@@ -131,15 +164,13 @@ def eval_arguments(p):
     p.add_argument("--predictions", metavar="FILE", help="write one JSON line per sample, kept or not: dataset, "
                    "index, label, truth as compared, prediction, confidence, correct, edit distance, why skipped")
     p.add_argument("--overwrite", action="store_true", help="replace the --predictions FILE if it exists")
+    p.add_check(lambda args: "--overwrite replaces the --predictions FILE; give one, or leave --overwrite out"
+                if args.overwrite and not args.predictions else None)
 
 
 def evaluate(args):
     import json
     from ..evaluation import check_predictions_path, evaluate as run, format_table, report
-    if args.max_distance is not None and not (args.lexicon or args.per_image_lexicon):
-        raise CnnctcError("--max-distance needs --lexicon FILE or --per-image-lexicon")
-    if args.overwrite and not args.predictions:
-        raise CnnctcError("--overwrite replaces the --predictions FILE; give one")
     inputs = [args.checkpoint, args.lexicon, getattr(args, "manifest", None)]
     if args.predictions:  # refused before the model loads
         check_predictions_path(args.predictions, args.overwrite, [*args.data, *inputs])
