@@ -1,7 +1,7 @@
 """Argument checks shared by the Python API: numpy integers count as integers, bools do not."""
 import numbers
 
-from .errors import CnnctcError
+from .errors import CnnctcError, shown
 
 __all__ = ["positive_int", "device_name", "output_channel_problem", "DEVICES"]
 
@@ -34,14 +34,14 @@ def output_channel_problem(value):
         return (f"must be at most {MAX_OUTPUT_CHANNEL} (twice the published 512; a wider network does not fit "
                 f"a machine's memory), got {value}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 16 or value % 16:
-        return f"must be a positive multiple of 16 (512 is the published width), got {value!r}"
+        return f"must be a positive multiple of 16 (512 is the published width), got {shown(value)}"
     return None
 
 
 def positive_int(value, name, *, upper=None):
     """``value`` as an int >= 1 (and <= ``upper``), or a CnnctcError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise CnnctcError(f"{name} must be a positive integer, got {value!r}")
+        raise CnnctcError(f"{name} must be a positive integer, got {shown(value)}")
     value = int(value)
     if value < 1 or (upper is not None and value > upper):
         bound = f" at most {upper}" if upper is not None else ""
@@ -57,4 +57,4 @@ def device_name(device_target):
     for name in DEVICES:
         if device_target.lower() == name.lower():
             return name
-    raise CnnctcError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICES)}")
+    raise CnnctcError(f"unknown device target {shown(device_target)}; use one of {', '.join(DEVICES)}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import _lmdb_reader as wire
 from .data.dataset import crash_reason, decode_record, encode_label
-from .errors import CnnctcError
+from .errors import CnnctcError, shown
 from .transforms import ImageError
 
 __all__ = ["epoch_order", "BatchLoader", "default_workers", "MAX_WORKERS"]
@@ -113,7 +113,7 @@ class BatchLoader:
         if workers is None:
             workers = default_workers()
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
-            raise CnnctcError(f"--workers must be an integer from 1 to {MAX_WORKERS}, got {workers!r}")
+            raise CnnctcError(f"--workers must be an integer from 1 to {MAX_WORKERS}, got {shown(workers)}")
         self.dataset = dataset
         self.workers = workers
         self.corrupt = 0

@@ -29,7 +29,7 @@ from ._native import quiet_native_stderr
 from ._signals import graph_call
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
                       work_folder)
-from .errors import CnnctcError
+from .errors import CnnctcError, shown
 from .manifest import expand_user
 from .onnx_runtime import MANIFEST_KEY, check_outputs, run_in_batches
 
@@ -257,7 +257,7 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
     """
     fmt = str(format).lower()
     if fmt not in FORMATS:
-        raise CnnctcError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+        raise CnnctcError(f"unknown export format {shown(format)}; use one of {', '.join(FORMATS)}")
     if batch_size is not None:
         batch_size = positive_int(batch_size, "batch_size")
     out = _check_out(out, fmt, overwrite)
@@ -420,7 +420,7 @@ def read_sidecar(path):
                              ending=f"it does not describe {path.name} as exported, export it again")
     batch = info.get("batch_size")
     if batch is not None and (type(batch) is not int or batch < 1 or batch > 4096):
-        raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {batch!r}")
+        raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {shown(batch)}")
     return manifest, info
 
 

@@ -8,7 +8,7 @@ from ._checks import DEVICES, device_name
 from ._mindspore import mindspore as ms
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
-from .errors import CheckpointError, CnnctcError
+from .errors import CheckpointError, CnnctcError, shown
 from .manifest import Manifest
 from .registry import ARCHITECTURES, DEFAULT_MODEL, build_network, get_model
 
@@ -115,10 +115,10 @@ def check_network_options(options, caller):
     checked = {}
     for key, value in options.items():
         if key not in _NETWORK_OPTIONS:
-            raise TypeError(f"{caller}() got an unexpected keyword argument {key!r} (network options: "
+            raise TypeError(f"{caller}() got an unexpected keyword argument {shown(key)} (network options: "
                             f"{', '.join(_NETWORK_OPTIONS)})")
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{caller}(): {key} must be a whole number, got {type(value).__name__} {value!r}")
+            raise TypeError(f"{caller}(): {key} must be a whole number, got {type(value).__name__} {shown(value)}")
         value = int(value)
         widest = MAX_BUILD_OUTPUT_CHANNEL
         if key in ("output_channel", "hidden_size") and not (16 <= value <= widest and value % 16 == 0):
@@ -141,7 +141,7 @@ def create_network(name="cnnctc", *args, model=None, **kwargs):
     compatibility and ignored.
     """
     if not isinstance(name, str) or name.lower() not in ARCHITECTURES:
-        raise ValueError(f"unknown network {name!r}; known names: {', '.join(sorted(ARCHITECTURES))}")
+        raise ValueError(f"unknown network {shown(name)}; known names: {', '.join(sorted(ARCHITECTURES))}")
     kwargs.pop("device_target", None)
     if args:  # the official positional form, CNNCTC_Model(num_class, hidden_size, final_feature_width)
         from .registry import _builder
@@ -172,7 +172,7 @@ def _fit_to_checkpoint(manifest, state, path):
         num_class, width = (int(n) for n in head.shape)
         if num_class != manifest.num_class:
             raise CheckpointError(f"{path}: its head has {num_class} classes but the alphabet "
-                                  f"{manifest.alphabet!r} needs {manifest.num_class}; load it with the manifest "
+                                  f"{shown(manifest.alphabet)} needs {manifest.num_class}; load it with the manifest "
                                   "that names its alphabet")
         manifest = manifest.replace(network={**manifest.network, "output_channel": width})
     return manifest

@@ -15,7 +15,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from .alphabet import check_alphabet
-from .errors import ManifestError
+from .errors import ManifestError, shown
 
 __all__ = ["Manifest", "Preprocess", "read_manifest_file", "description_problem", "cache_root", "inside",
            "is_inside"]
@@ -86,7 +86,8 @@ def inside(root, *parts):
 
 def _safe_part(value, what, source):
     if not isinstance(value, str) or not _SAFE_PART.match(value) or len(value) > 200:
-        raise ManifestError(f"{source}: {what} must be a plain name (letters, digits, '.', '_', '-'), got {value!r}")
+        raise ManifestError(f"{source}: {what} must be a plain name (letters, digits, '.', '_', '-'), got "
+                            f"{shown(value)}")
     return value
 
 
@@ -111,23 +112,23 @@ class Preprocess:
         values = dict(data)
         for key in ("height", "max_width"):
             if key in values and not (type(values[key]) is int and 1 <= values[key] <= 4096):
-                raise ManifestError(f"{source}: preprocess.{key} must be a positive integer, got {values[key]!r}")
+                raise ManifestError(f"{source}: preprocess.{key} must be a positive integer, got {shown(values[key])}")
         for key in ("mean", "std"):
             if key in values:
                 seq = values[key]
                 if (not isinstance(seq, (list, tuple)) or len(seq) != 3 or
                         not all(type(v) in (int, float) and math.isfinite(v) for v in seq)):
-                    raise ManifestError(f"{source}: preprocess.{key} must be 3 numbers (R, G, B), got {seq!r}")
+                    raise ManifestError(f"{source}: preprocess.{key} must be 3 numbers (R, G, B), got {shown(seq)}")
                 values[key] = tuple(float(v) for v in seq)
         if "std" in values and min(values["std"]) <= 0:
             raise ManifestError(f"{source}: preprocess.std must be positive, got {list(values['std'])}")
         if values.get("color", "RGB") != "RGB":
-            raise ManifestError(f"{source}: preprocess.color must be 'RGB', got {values['color']!r}")
+            raise ManifestError(f"{source}: preprocess.color must be 'RGB', got {shown(values['color'])}")
         if values.get("resample", "bicubic") not in _RESAMPLES:
             raise ManifestError(f"{source}: preprocess.resample must be one of {', '.join(_RESAMPLES)}, "
-                                f"got {values['resample']!r}")
+                                f"got {shown(values['resample'])}")
         if values.get("pad", "repeat-last-column") != "repeat-last-column":
-            raise ManifestError(f"{source}: preprocess.pad must be 'repeat-last-column', got {values['pad']!r}")
+            raise ManifestError(f"{source}: preprocess.pad must be 'repeat-last-column', got {shown(values['pad'])}")
         return cls(**values)
 
 
@@ -209,41 +210,41 @@ class Manifest:
         for key in ("uid", "file_name", "url", "sha256", "alphabet", "model_name", "format", "mindspore_version",
                     "train_dataset", "repo_link"):
             if key in data and not isinstance(data[key], str):
-                raise ManifestError(f"{where}: {key} must be a string, got {data[key]!r}")
+                raise ManifestError(f"{where}: {key} must be a string, got {shown(data[key])}")
         uid = PurePosixPath(data["uid"])
         if uid.is_absolute() or len(uid.parts) < 2 or data["uid"] != str(uid):
-            raise ManifestError(f"{where}: uid must look like 'owner/version/name', got {data['uid']!r}")
+            raise ManifestError(f"{where}: uid must look like 'owner/version/name', got {shown(data['uid'])}")
         for part in uid.parts:
             _safe_part(part, "every part of uid", where)
         _safe_part(data["file_name"], "file_name", where)
         _safe_part(data.get("model_name", "cnnctc"), "model_name", where)
         sha = data["sha256"].lower()
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise ManifestError(f"{where}: sha256 must be 64 hex digits, got {data['sha256']!r}")
+            raise ManifestError(f"{where}: sha256 must be 64 hex digits, got {shown(data['sha256'])}")
         alphabet = check_alphabet(data["alphabet"], f"{where}: the alphabet", ManifestError)
         network = data.get("network", {})
         if not isinstance(network, dict):
-            raise ManifestError(f"{where}: network must be an object, got {network!r}")
+            raise ManifestError(f"{where}: network must be an object, got {shown(network)}")
         for key, value in network.items():
             if key not in _NETWORK_KEYS:
-                raise ManifestError(f"{where}: unknown network field {key!r} (known: {', '.join(_NETWORK_KEYS)})")
+                raise ManifestError(f"{where}: unknown network field {shown(key)} (known: {', '.join(_NETWORK_KEYS)})")
             if type(value) is not int or value < 1:
-                raise ManifestError(f"{where}: network.{key} must be a positive integer, got {value!r}")
+                raise ManifestError(f"{where}: network.{key} must be a positive integer, got {shown(value)}")
         num_class = network.get("num_class")
         if num_class is not None and num_class != len(alphabet) + 1:
             raise ManifestError(f"{where}: network.num_class is {num_class} but the alphabet has {len(alphabet)} "
                                 f"symbols (+1 blank = {len(alphabet) + 1})")
         max_length = data.get("max_label_length", 13)
         if type(max_length) is not int or max_length < 1:
-            raise ManifestError(f"{where}: max_label_length must be a positive integer, got {max_length!r}")
+            raise ManifestError(f"{where}: max_label_length must be a positive integer, got {shown(max_length)}")
         if not isinstance(data.get("lowercase_labels", True), bool):
             raise ManifestError(f"{where}: lowercase_labels must be true or false")
         accuracy = data.get("accuracy")
         if accuracy is not None and (type(accuracy) not in (int, float) or not 0 <= accuracy <= 100):
-            raise ManifestError(f"{where}: accuracy must be a percentage, got {accuracy!r}")
+            raise ManifestError(f"{where}: accuracy must be a percentage, got {shown(accuracy)}")
         shape = data.get("input_shape", [-1, 3, 32, 100])
         if not isinstance(shape, (list, tuple)) or len(shape) != 4 or not all(type(v) is int for v in shape):
-            raise ManifestError(f"{where}: input_shape must be 4 integers, got {shape!r}")
+            raise ManifestError(f"{where}: input_shape must be 4 integers, got {shown(shape)}")
         preprocess = Preprocess.from_dict(data.get("preprocess", {}), where)
         if list(shape[1:]) != [3, preprocess.height, preprocess.max_width]:
             raise ManifestError(f"{where}: input_shape {list(shape)} contradicts the preprocessing, which makes "
@@ -269,7 +270,11 @@ def description_problem(values, manifest):
                 "resample": pre.resample, "pad": pre.pad, "color": pre.color}
     for key, want in expected.items():
         if key in values and values[key] != want:
-            return f"its {key} says {values[key]!r} but its manifest {want!r}"
+            said, wanted = shown(values[key]), shown(want)
+            if said == wanted and isinstance(want, str) and isinstance(values[key], str):  # both cut alike
+                first = next(i for i, (a, b) in enumerate(zip(values[key], want)) if a != b)
+                wanted += f" (they differ from symbol {first + 1})"
+            return f"its {key} says {said} but its manifest {wanted}"
     # The weights it says it was exported from: the same file everywhere it names one.
     lineage = values.get("cnnctc_lineage")
     named = {"source_sha256": values.get("source_sha256")}

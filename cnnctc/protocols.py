@@ -17,7 +17,7 @@ Pure Python: no MindSpore, no numpy.
 import dataclasses
 
 from ._checks import MAX_LABEL_LENGTH
-from .errors import CnnctcError
+from .errors import CnnctcError, shown
 
 __all__ = ["BENCHMARK_ALPHABET", "UNREADABLE_LABEL", "PROTOCOLS", "DEFAULT_PROTOCOL", "Protocol", "Scoring", "get_protocol",
            "edit_distance", "icdar2019_similarity", "dtrb_similarity"]
@@ -74,7 +74,7 @@ class Protocol:
         if max_length is None:
             return self
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_LABEL_LENGTH:
-            raise ValueError(f"max_length must be a whole number from 1 to {MAX_LABEL_LENGTH}, got {max_length!r}")
+            raise ValueError(f"max_length must be a whole number from 1 to {MAX_LABEL_LENGTH}, got {shown(max_length)}")
         return dataclasses.replace(self, max_length=max_length)
 
     def for_alphabet(self, alphabet):
@@ -131,7 +131,7 @@ def get_protocol(name=DEFAULT_PROTOCOL, max_length=None):
     if not isinstance(name, str):
         raise TypeError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {type(name).__name__}")
     if name not in _PROTOCOLS:
-        raise CnnctcError(f"unknown evaluation protocol {name!r}; use one of {', '.join(PROTOCOLS)}")
+        raise CnnctcError(f"unknown evaluation protocol {shown(name)}; use one of {', '.join(PROTOCOLS)}")
     return _PROTOCOLS[name].with_max_length(max_length)
 
 

@@ -13,7 +13,7 @@ import importlib
 import os
 from pathlib import Path
 
-from .errors import CnnctcError
+from .errors import CnnctcError, shown
 from .manifest import Manifest, _assets_dir, read_manifest_file
 
 __all__ = ["ModelEntry", "get_model", "list_models", "hub_models", "load_manifest", "bundled_asset", "build_network",
@@ -44,7 +44,7 @@ def _builder(name):
     try:
         module, _, attr = ARCHITECTURES[name.lower()].partition(":")
     except KeyError:
-        raise CnnctcError(f"unknown network {name!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+        raise CnnctcError(f"unknown network {shown(name)}; known: {', '.join(sorted(ARCHITECTURES))}") from None
     return getattr(importlib.import_module(module), attr)
 
 
@@ -192,10 +192,10 @@ def get_model(model=None, *, manifest=None):
     if manifest is not None:
         return ModelEntry(read_manifest_file(manifest))
     if not isinstance(model, str):
-        raise CnnctcError(f"a model is named by its uid (a string), got {model!r}")
+        raise CnnctcError(f"a model is named by its uid (a string), got {shown(model)}")
     entry = _REGISTRY.get(model.strip().strip("/"))
     if entry is None:
-        raise CnnctcError(f"unknown model {model!r}; known: {', '.join(_REGISTRY)}")
+        raise CnnctcError(f"unknown model {shown(model)}; known: {', '.join(_REGISTRY)}")
     return entry
 
 

@@ -7,6 +7,8 @@ import sys
 import textwrap
 import unicodedata
 
+from ..errors import SHOWN_SYMBOLS, shown
+
 __all__ = ["Command", "Parser", "alphabet_arg", "positive_int", "non_negative_int", "int_at_least", "finite_positive_float",
            "seed_arg", "model_arg", "cache_arg", "device_arg", "runtime_arg", "entry", "manifest_of", "progress_bar"]
 
@@ -31,11 +33,23 @@ class Parser(argparse.ArgumentParser):
 
     _intermixing = False
 
+    def error(self, message):
+        """argparse's usage error, with every long value of the command line shortened as :func:`shown`
+        does (argparse quotes an invalid choice or number whole: a 5000-symbol value was one huge line)."""
+        values = set()
+        for arg in getattr(self, "_given", ()):
+            values.update(part for part in (arg, arg.partition("=")[2]) if len(part) > SHOWN_SYMBOLS)
+        for value in sorted(values, key=len, reverse=True):
+            message = message.replace(repr(value), shown(value)).replace(value, shown(value))
+        super().error(message)
+
     def add_check(self, check):
         """``check(namespace)`` -> None, or the usage error's message; run once the command line is parsed."""
         self._checks = [*getattr(self, "_checks", ()), check]
 
     def parse_known_args(self, args=None, namespace=None):
+        if not self._intermixing:
+            self._given = [a for a in (sys.argv[1:] if args is None else args) if isinstance(a, str)]
         positionals = [a for a in self._actions if not a.option_strings]
         if self._intermixing or not positionals or any(a.nargs in (argparse.PARSER, argparse.REMAINDER)
                                                        for a in positionals):
@@ -67,7 +81,7 @@ def int_at_least(low, high=None, why=None):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not a whole number: {shown(text)}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         if high is not None and value > high:
@@ -103,7 +117,7 @@ def finite_positive_float(text):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {shown(text)}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value

@@ -4,7 +4,7 @@ import os
 import sys
 
 from .._checks import MAX_EVAL_BATCH, MAX_LABEL_LENGTH
-from ..errors import CnnctcError
+from ..errors import CnnctcError, shown, shown_list
 from ._args import Command, device_arg, int_at_least, model_arg, progress_bar, runtime_arg
 from ._stdout import finite, json_line, printable, write_line
 
@@ -117,7 +117,7 @@ def predict(args):
     from ..transforms import ImageError, find_images
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
-        raise CnnctcError(f"no image files in {', '.join(args.paths)}" +
+        raise CnnctcError(f"no image files in {shown_list(args.paths)}" +
                           ("" if args.recursive else "; --recursive also reads subfolders"))
     reader = _reader(args)
     show_progress = not args.quiet and sys.stderr.isatty() and any(os.path.isdir(p) for p in args.paths)
@@ -185,7 +185,7 @@ def evaluate(args):
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(total.skipped_by.items())) or "the datasets are empty"
         where = f"; {args.predictions} lists each sample" if args.predictions else ""
         raise CnnctcError(f"no sample could be evaluated under the {args.protocol} protocol ({reasons}; the "
-                          f"alphabet is {reader.alphabet!r}){where}")
+                          f"alphabet is {shown(reader.alphabet)}){where}")
     if args.json:
         print(json.dumps(report(results, total, **settings), indent=2, ensure_ascii=False))
     else:

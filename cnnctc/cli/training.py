@@ -5,7 +5,7 @@ import logging
 import os
 
 from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_STEPS, MIN_LR, output_channel_problem
-from ..errors import CnnctcError
+from ..errors import CnnctcError, shown
 from ._args import Command, alphabet_arg, device_arg, finite_positive_float, int_at_least, positive_int, seed_arg
 
 
@@ -13,7 +13,7 @@ def _channel_width(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {shown(text)}") from None
     problem = output_channel_problem(value)
     if problem:
         raise argparse.ArgumentTypeError(problem)

@@ -3,6 +3,7 @@ import collections.abc
 import dataclasses
 
 from .beam import check_beam_arguments, ctc_beam_decode
+from ..errors import shown
 from .common import MAX_TOP_K, DecoderError, LexiconError, check_count
 from .greedy import ctc_greedy_decode
 from .lexicon import Lexicon, check_lexicon
@@ -64,7 +65,7 @@ def make_decoder(name="greedy", *, beam_width=10, top_k=1, lexicon=None, max_dis
     raise DecoderError (a wrong type of lexicon: TypeError).
     """
     if not isinstance(name, str) or name not in DECODERS:
-        raise DecoderError(f"unknown decoder {name!r}: use one of {', '.join(DECODERS)}")
+        raise DecoderError(f"unknown decoder {shown(name)}: use one of {', '.join(DECODERS)}")
     top_k = check_count("top_k", top_k, largest=MAX_TOP_K)
     if max_distance is not None:
         if lexicon is None:
@@ -79,7 +80,7 @@ def make_decoder(name="greedy", *, beam_width=10, top_k=1, lexicon=None, max_dis
             lexicon = tuple(lexicon)
             for word in lexicon:
                 if not isinstance(word, str):
-                    raise TypeError(f"lexicon words must be strings, got {word!r} ({type(word).__name__})")
+                    raise TypeError(f"lexicon words must be strings, got {shown(word)} ({type(word).__name__})")
             if not any(word.strip() for word in lexicon):
                 raise LexiconError("empty lexicon: give at least one word")
         return Decoder("lexicon", None, top_k, lexicon, max_distance)
@@ -101,7 +102,7 @@ def decoder_for(decoder, options):
         raise TypeError(f"decoder_options must be a dict of {', '.join(_OPTIONS)}, got {type(options).__name__}")
     unknown = sorted(str(key) for key in options if key not in _OPTIONS)
     if unknown:
-        raise TypeError(f"decoder_options: unknown option {unknown[0]!r}; use {', '.join(_OPTIONS)}")
+        raise TypeError(f"decoder_options: unknown option {shown(unknown[0])}; use {', '.join(_OPTIONS)}")
     if callable(decoder):
         return decoder
     if decoder in (None, "greedy") and options.get("lexicon") is None and options.get("top_k", 1) == 1 \

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from ..errors import shown
 from .common import DecoderError, check_alphabet, encode, log_softmax, symbol_index
 
 # Underflow: each operation that leaves float64's normal range errs by at most 2.5e-324, and such an
@@ -320,7 +321,7 @@ def _check_words(words):
         raise TypeError(f"words must be a string or a list of strings, got {type(words).__name__}") from None
     for word in words:
         if not isinstance(word, str):
-            raise TypeError(f"words must be strings, got {word!r}")
+            raise TypeError(f"words must be strings, got {shown(word)}")
     return words
 
 
@@ -337,7 +338,7 @@ def ctc_log_probability(logits, alphabet, words):
     index = symbol_index(alphabet)
     for word in words:
         if any(ch not in index for ch in word):
-            raise DecoderError(f"{word!r} has symbols outside the alphabet {alphabet!r}")
+            raise DecoderError(f"{shown(word)} has symbols outside the alphabet {shown(alphabet)}")
     batch = log_probs.shape[0]
     if not words or not batch:
         return np.empty((batch, len(words)))

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from .._files import NotRegularFile, open_regular
+from ..errors import shown
 from .bounds import WordBounds
 from .common import MAX_WORD_LENGTH, DecoderError, LexiconError, check_alphabet, encode, symbol_index
 from .forward import PrefixTree
@@ -115,7 +116,7 @@ class Lexicon:
         seen, kept, outside, too_long = set(), [], [], []
         for word in words:
             if not isinstance(word, str):
-                raise TypeError(f"lexicon words must be strings, got {word!r} ({type(word).__name__})")
+                raise TypeError(f"lexicon words must be strings, got {shown(word)} ({type(word).__name__})")
             word = word.strip()
             if fold:
                 word = word.lower()
@@ -132,11 +133,11 @@ class Lexicon:
             if too_long and not outside:
                 raise LexiconError(f"all {len(too_long)} lexicon words are {_TOO_LONG}")
             raise LexiconError(f"none of the {len(outside) + len(too_long)} lexicon words can be written with the "
-                               f"alphabet {alphabet!r} (e.g. {(outside or too_long)[0]!r}): check the lexicon and "
-                               "the model")
+                               f"alphabet {shown(alphabet)} (e.g. {shown((outside or too_long)[0])}): check the "
+                               "lexicon and the model")
         if outside:
-            logger.warning("skipping %d of %d lexicon words with symbols outside the alphabet (e.g. %r)",
-                           len(outside), len(seen), outside[0])
+            logger.warning("skipping %d of %d lexicon words with symbols outside the alphabet (e.g. %s)",
+                           len(outside), len(seen), shown(outside[0]))
         if too_long:
             logger.warning("skipping %d of %d lexicon words %s", len(too_long), len(seen), _TOO_LONG)
         self.words = tuple(kept)
@@ -177,8 +178,7 @@ class Lexicon:
             self._unfit_reported.add(columns)
             example = self.words[int(np.flatnonzero(self._need > columns)[0])]
             logger.warning("%d of %d lexicon words need more than the network's %d columns and can never be read "
-                           "(e.g. %r)", len(self.words) - fits.size, len(self.words), columns,
-                           example if len(example) <= 40 else example[:40] + "...")
+                           "(e.g. %s)", len(self.words) - fits.size, len(self.words), columns, shown(example))
         return fits
 
     def within_distance(self, codes, max_distance):
@@ -215,7 +215,8 @@ def check_lexicon(lexicon, alphabet):
     """``lexicon`` as a Lexicon for ``alphabet`` (a list of words is prepared here)."""
     if isinstance(lexicon, Lexicon):
         if lexicon.alphabet != alphabet:
-            raise DecoderError(f"the lexicon was prepared for the alphabet {lexicon.alphabet!r}, not {alphabet!r}")
+            raise DecoderError(f"the lexicon was prepared for the alphabet {shown(lexicon.alphabet)}, not "
+                               f"{shown(alphabet)}")
         return lexicon
     return Lexicon(lexicon, alphabet)
 

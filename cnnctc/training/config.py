@@ -4,7 +4,7 @@ import math
 import numbers
 
 from .._checks import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MIN_LR, MAX_OUTPUT_CHANNEL, MAX_STEPS, output_channel_problem
-from ..errors import CnnctcError
+from ..errors import CnnctcError, shown
 
 __all__ = ["TrainConfig", "DivergenceError", "check_alphabet", "MAX_STEPS", "MAX_EPOCHS", "MAX_BATCH_SIZE",
            "MAX_OUTPUT_CHANNEL", "MAX_SKIPPED_STEPS", "RUN_FIELDS"]
@@ -68,7 +68,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not is_int(value) or value < low or (high is not None and value > high):
                 bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-                raise CnnctcError(f"{flag(name)} must be an integer {bound}, got {value!r}")
+                raise CnnctcError(f"{flag(name)} must be an integer {bound}, got {shown(value)}")
 
         def real(name, low, high=None, *, low_open=True, high_open=False):
             value = getattr(self, name)
@@ -78,7 +78,7 @@ class TrainConfig:
                 limits = f"{'above' if low_open else 'at least'} {low:g}"
                 if high is not None:
                     limits += f" and {'below' if high_open else 'at most'} {high:g}"
-                raise CnnctcError(f"{flag(name)} must be a finite number {limits}, got {value!r}")
+                raise CnnctcError(f"{flag(name)} must be a finite number {limits}, got {shown(value)}")
 
         if self.alphabet is not None:
             check_alphabet(self.alphabet)
@@ -93,7 +93,7 @@ class TrainConfig:
         real("loss_scale", 0)
         if self.amp_level not in _AMP_LEVELS:
             raise CnnctcError(f"amp_level must be one of O0, O1, O2, O3 (or None for the device's), "
-                              f"got {self.amp_level!r}")
+                              f"got {shown(self.amp_level)}")
         integer("save_every", 1)
         integer("keep", 1)
         integer("max_length", 1)

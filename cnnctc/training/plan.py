@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .._checks import output_channel_problem
 from ..data import LabelFilter, LmdbDataset
-from ..errors import CnnctcError
+from ..errors import CnnctcError, shown
 from ..lineage import started_from_none
 from ..registry import get_model, list_models
 from .config import MAX_STEPS, RUN_FIELDS, TrainConfig, check_alphabet, flag, is_int
@@ -313,7 +313,7 @@ class RunPlan:
         if self.train_set.skipped:
             log.info("training data: %d kept, skipped %s", kept, counts(self.train_set.skipped))
         if kept == 0:
-            raise CnnctcError(f"--train: none of its samples fits the alphabet {self.alphabet!r} and length limit "
+            raise CnnctcError(f"--train: none of its samples fits the alphabet {shown(self.alphabet)} and length limit "
                               f"(skipped: {counts(self.train_set.skipped)})")
         self.steps_per_epoch = kept // (config.batch_size * self.world)
         if self.steps_per_epoch == 0:

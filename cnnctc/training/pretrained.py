@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from ..download import TRY_OFFLINE_OPTION, fetch, sha256_file
-from ..errors import CheckpointError, CnnctcError
+from ..errors import CheckpointError, CnnctcError, shown
 from ..lineage import LINEAGE_KEY, started_from_checkpoint, started_from_model
 from ..registry import BUNDLED_MODEL, get_model, list_models
 from .store import first_non_finite
@@ -30,7 +30,7 @@ def pretrained_source(pretrained, *, model=None, manifest=None):
     if pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() == "none"):
         return None, None
     if not isinstance(pretrained, (str, os.PathLike)):
-        raise CnnctcError(f"--pretrained must be hub, a model uid, a checkpoint path or none, got {pretrained!r}")
+        raise CnnctcError(f"--pretrained must be hub, a model uid, a checkpoint path or none, got {shown(pretrained)}")
     text = os.fspath(pretrained)
     if text == "hub":
         return None, get_model(model, manifest=manifest).manifest
