@@ -162,7 +162,10 @@ def test_absurd_numbers_are_one_line(tmp_path, args, message):
 
 def test_scene_options_need_the_scene_style(tmp_path):
     run = cli("render", tmp_path / "out", "--effects", "0.5")
-    assert run.returncode in (1, 2) and "--style scene" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "--effects is a scene-style option; add --style scene" in run.stderr
+    run = cli("render", tmp_path / "out", "--style", "scene", "--noise")
+    assert run.returncode == 2 and "--noise is a plain-style option" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_words_file_that_is_not_text_names_the_line(tmp_path):

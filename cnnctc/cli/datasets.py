@@ -3,7 +3,6 @@ import argparse
 import os
 import sys
 
-from ..errors import CnnctcError
 
 from ._args import Command, alphabet_arg, int_at_least, progress_bar, seed_arg
 
@@ -54,21 +53,31 @@ def render_arguments(p):
                    "or an LMDB (never a folder holding anything else)")
 
 
+    p.add_check(_render_combination_problem)
+
+
 _SCENE_ONLY = {"backgrounds": None, "effects": 1.0, "font_size": None, "workers": 1}
 
 
-def render(args):
+def _render_combination_problem(args):
+    """Options that mean nothing in the chosen style (a usage error, exit 2)."""
     if args.font_size and args.font_size[0] > args.font_size[1]:
-        raise CnnctcError(f"--font-size {args.font_size[0]} {args.font_size[1]}: MIN is larger than MAX")
+        return f"--font-size {args.font_size[0]} {args.font_size[1]}: MIN is larger than MAX"
+    if args.style == "scene":
+        return "--noise is a plain-style option; the scene style has its own effects (--effects)" if args.noise else None
+    given = [name for name, default in _SCENE_ONLY.items() if getattr(args, name) != default]
+    if given:
+        return f"--{given[0].replace('_', '-')} is a scene-style option; add --style scene"
+    return None
+
+
+def render(args):
     words = args.words
     if args.words_file:
         from ..synth.text import read_words_file
         words = read_words_file(args.words_file)
     if args.style == "scene":
         return _render_scene(args, words)
-    given = [name for name, default in _SCENE_ONLY.items() if getattr(args, name) != default]
-    if given:
-        raise CnnctcError(f"--{given[0].replace('_', '-')} is a scene-style option; add --style scene")
     from ..render import MARKER, resolve_fonts, write_word_images
     fonts = resolve_fonts(args.font)
     if words is not None and args.count is not None:
@@ -90,8 +99,6 @@ def render(args):
 
 
 def _render_scene(args, words):
-    if args.noise:
-        raise CnnctcError("--noise is a plain-style option; the scene style has its own effects (--effects)")
     from ..synth.writer import write_scene_images
     count = args.count or (len(words) if words else 100)
     shown = not args.quiet and sys.stderr is not None and sys.stderr.isatty()
@@ -116,7 +123,8 @@ def make_lmdb_arguments(p):
 def make_lmdb(args):
     from ..data import make_lmdb as write
     from ..data.writer import count_label_lines
-    shown = not args.quiet and sys.stderr.isatty()
+    from .._streams import is_terminal
+    shown = not args.quiet and is_terminal(sys.stderr)
     with progress_bar(count_label_lines(args.labels_file) if shown else None, shown) as bar:
         stats = write(args.images_dir, args.labels_file, args.out, overwrite=args.overwrite, progress=bar.update)
     print(f"{args.out}: {stats}")
