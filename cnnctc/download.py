@@ -621,7 +621,8 @@ class _NullBar:
 
 @contextlib.contextmanager
 def _progress(total, initial, name, quiet):
-    if quiet or not sys.stderr.isatty():
+    from ._streams import is_terminal
+    if quiet or not is_terminal(sys.stderr):   # None (2>&-) or closed: no bar
         yield _NullBar()
         return
     from tqdm import tqdm

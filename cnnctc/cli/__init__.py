@@ -44,7 +44,7 @@ def _common_options(parser, *, manifest=True, after_command=False):
 
 def build_parser():
     from .. import __version__
-    parser = argparse.ArgumentParser(
+    parser = Parser(   # its --help and --version cope with a closed or full stdout
         prog="cnnctc", description="CNN-CTC scene-text recognition for MindSpore (hub model "
         "mindspore/1.3/cnnctc_mjstiiit): fetch and verify the checkpoint, read word images, fine-tune.",
         epilog=examples_epilog(("cnnctc predict --model cnnctc/mini-synth word.png", "cnnctc COMMAND --help")),
@@ -111,6 +111,9 @@ def console_main():
 
 
 def main(argv=None):
+    from .._streams import fill_closed_descriptors
+    stdout_open = stdout_usable()   # before a closed descriptor 1 is filled
+    fill_closed_descriptors()   # 2>&-: MindSpore's lines must not go into the next file opened, nor ours to stdout
     for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 still print
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
@@ -124,7 +127,7 @@ def main(argv=None):
     from .._signals import terminate_as_interrupt
     from ..errors import OutputError
     try:
-        if not stdout_usable():
+        if not stdout_open:
             raise OutputError("standard output is closed, so the results could not be written; redirect it to a "
                               "file (or to /dev/null to discard them)")
         # MindSpore turns Ctrl-C into SIGTERM once a graph has run
@@ -138,31 +141,40 @@ def main(argv=None):
             raise output_error(exc) from None
         return status
     except CnnctcError as exc:
-        print(f"cnnctc: error: {_one_line(exc) or _empty_message(exc)}", file=sys.stderr)
+        _tell(f"cnnctc: error: {_one_line(exc) or _empty_message(exc)}")
         if isinstance(exc, OutputError):
             silence_stdout()
         return 1
     except KeyboardInterrupt:
-        print("cnnctc: interrupted", file=sys.stderr)
+        _tell("cnnctc: interrupted")
         return 130
     except BrokenPipeError:  # e.g. `cnnctc predict ... | head`
         silence_stdout()
         return 1
     except MemoryError:
         hint = _MEMORY_HINTS.get(args.command)
-        print(f"cnnctc: error: out of memory in `cnnctc {args.command}`; free memory (or raise the memory limit)"
-              + (f", or ask for less at once ({hint})" if hint else ""), file=sys.stderr)
+        _tell(f"cnnctc: error: out of memory in `cnnctc {args.command}`; free memory (or raise the memory limit)"
+              + (f", or ask for less at once ({hint})" if hint else ""))
         return 1
     except OSError as exc:
         from ..errors import os_error_line
-        print(f"cnnctc: error: {os_error_line(exc)}", file=sys.stderr)
+        _tell(f"cnnctc: error: {os_error_line(exc)}")
         return 1
     except Exception as exc:  # a bug of ours: still one line, with the way to the details
         if os.environ.get("CNNCTC_DEBUG"):
             raise
-        print(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc) or '(no message)'} (a bug in cnnctc; "
-              "run again with CNNCTC_DEBUG=1 for the traceback and report it)", file=sys.stderr)
+        _tell(f"cnnctc: error: unexpected {type(exc).__name__}: {_one_line(exc) or '(no message)'} (a bug in cnnctc; "
+              "run again with CNNCTC_DEBUG=1 for the traceback and report it)")
         return 1
+
+
+def _tell(line):
+    """One line on stderr. A stderr that cannot take it (closed, full) loses it; stdout never gets it
+    (``print(file=None)`` would write it there, among the results)."""
+    if sys.stderr is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def run_captured(argv):

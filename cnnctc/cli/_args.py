@@ -7,6 +7,8 @@ import sys
 import textwrap
 import unicodedata
 
+from .._streams import is_terminal
+
 from ..errors import SHOWN_SYMBOLS, shown
 
 __all__ = ["Command", "Parser", "alphabet_arg", "positive_int", "non_negative_int", "int_at_least", "finite_positive_float",
@@ -32,6 +34,23 @@ class Parser(argparse.ArgumentParser):
     """
 
     _intermixing = False
+
+    def _print_message(self, message, file=None):
+        """argparse's output (--help, --version, usage errors) to ``file`` only. argparse writes it to
+        stderr when stdout is closed (``>&-``): help nobody asked to see there. A stream that cannot take
+        it (closed, /dev/full, a closed pipe) loses it, and the exit status stays argparse's (0 for
+        --help and --version): a full or closed stdout is not an error of the command line."""
+        if not message or file is None:
+            return
+        try:
+            file.write(message)
+            file.flush()
+        except (AttributeError, OSError, ValueError):
+            if file is sys.stdout:   # what is still buffered would fail again at exit, with a traceback
+                from ._stdout import silence_stdout
+                silence_stdout()
+                with contextlib.suppress(OSError, ValueError):
+                    file.flush()
 
     def error(self, message):
         """argparse's usage error, with every long value of the command line shortened as :func:`shown`
@@ -169,12 +188,18 @@ class _NoBar:
         pass
 
     def write(self, line, file):
-        print(line, file=file, flush=file is sys.stderr)
+        if file is None:   # a closed stderr: print(file=None) would put the line among the results
+            return
+        if file is not sys.stderr:
+            print(line, file=file)   # results: a stdout that cannot take them is the caller's error
+            return
+        with contextlib.suppress(OSError, ValueError):   # a message on a stderr that cannot take it is lost
+            print(line, file=file, flush=True)
 
 
 def progress_bar(total, enabled):
     """A tqdm bar on stderr when ``enabled``, else an object with the same update/write."""
-    if not enabled:
+    if not enabled or not is_terminal(sys.stderr):
         return contextlib.nullcontext(_NoBar())
     from tqdm import tqdm
     return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)

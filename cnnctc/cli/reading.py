@@ -6,6 +6,7 @@ import sys
 from .._checks import MAX_EVAL_BATCH, MAX_LABEL_LENGTH
 from ..errors import CnnctcError, shown, shown_list
 from ._args import Command, device_arg, int_at_least, model_arg, progress_bar, runtime_arg
+from .._streams import is_terminal
 from ._stdout import finite, json_line, printable, write_line
 
 
@@ -120,7 +121,7 @@ def predict(args):
         raise CnnctcError(f"no image files in {shown_list(args.paths)}" +
                           ("" if args.recursive else "; --recursive also reads subfolders"))
     reader = _reader(args)
-    show_progress = not args.quiet and sys.stderr.isatty() and any(os.path.isdir(p) for p in args.paths)
+    show_progress = not args.quiet and is_terminal(sys.stderr) and any(os.path.isdir(p) for p in args.paths)
     failed = 0
     with progress_bar(len(paths), show_progress) as bar:
         for path, result in reader.recognize_each(paths, with_chars=args.format == "json"):
