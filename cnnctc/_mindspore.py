@@ -18,7 +18,7 @@ import threading
 from ._signals import interrupt_deferred
 from .errors import CnnctcError
 
-__all__ = ["mindspore", "require_mindspore", "network_run", "refuse_after_fork"]
+__all__ = ["mindspore", "require_mindspore", "network_run", "refuse_after_fork", "mode_kept"]
 
 _run_lock = threading.RLock()   # one MindSpore graph run at a time in this process
 _ran_in = None                  # the process (pid) in which cnnctc ran a MindSpore graph
@@ -53,6 +53,19 @@ def network_run():
     _ran_in = os.getpid()   # before the lock: a fork while another thread runs a graph is refused too
     with _run_lock:
         yield
+
+
+@contextlib.contextmanager
+def mode_kept():
+    """MindSpore's execution mode (GRAPH_MODE or PYNATIVE_MODE) as the caller set it, again after the
+    block: an export compiles in graph mode, and the process that asked for it keeps its own mode."""
+    mindspore = require_mindspore()
+    mode = mindspore.get_context("mode")
+    try:
+        yield
+    finally:
+        if mindspore.get_context("mode") != mode:
+            mindspore.set_context(mode=mode)
 
 
 def _protobuf_blocks_mindspore():

@@ -264,7 +264,8 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
     outputs = [out] if fmt == "onnx" else [out, sidecar_path(out)]
     for path in outputs:
         refuse_inputs(path, [checkpoint, _manifest_file(manifest)])
-    with output_lock(out, what="exporting to"):
+    from ._mindspore import mode_kept
+    with output_lock(out, what="exporting to"), mode_kept():   # graph mode for the export only
         return export_locked(out, fmt=fmt, checkpoint=checkpoint, model=model, manifest=manifest,
                              batch_size=batch_size, device_target=device_target, overwrite=overwrite,
                              network_kwargs=network_kwargs)

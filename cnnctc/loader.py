@@ -20,6 +20,20 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
+def numpy_random_kept():
+    """NumPy's global random state as it was, again after the block. MindSpore's weight initializers
+    draw their seeds from it (``np.random.randint``), so building a network advanced the caller's
+    random numbers; the draws still follow a seed the caller set (an untrained network stays
+    reproducible), and the caller's next numbers are the ones they would have been."""
+    import numpy as np
+    state = np.random.get_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@contextlib.contextmanager
 def _quiet_mindspore_logger():
     # hal.is_available logs a block per missing plugin; silence MindSpore's Python logger just for the probe.
     from mindspore import log as ms_log
@@ -137,19 +151,22 @@ def create_network(name="cnnctc", *args, model=None, **kwargs):
     of ``model`` (a registered uid; default the default hub uid, whatever CNNCTC_MANIFEST says).
 
     Only the cell is built: MindSpore's mode and device stay as the caller set them (the hub card
-    has the user call ``set_context``/``set_device`` first). ``device_target`` is accepted for
-    compatibility and ignored.
+    has the user call ``set_context``/``set_device`` first), and so does NumPy's global random
+    state (the initial weights draw from it, and it is put back). ``device_target`` is accepted
+    for compatibility and ignored.
     """
     if not isinstance(name, str) or name.lower() not in ARCHITECTURES:
         raise ValueError(f"unknown network {shown(name)}; known names: {', '.join(sorted(ARCHITECTURES))}")
     kwargs.pop("device_target", None)
     if args:  # the official positional form, CNNCTC_Model(num_class, hidden_size, final_feature_width)
         from .registry import _builder
-        return _builder(name)(*args, **check_network_options(kwargs, "create_network"))
+        with numpy_random_kept():
+            return _builder(name)(*args, **check_network_options(kwargs, "create_network"))
     manifest = get_model(model or DEFAULT_MODEL).manifest
     try:
-        return build_network(manifest.replace(model_name=name.lower()),
-                             **check_network_options(kwargs, "create_network"))
+        with numpy_random_kept():
+            return build_network(manifest.replace(model_name=name.lower()),
+                                 **check_network_options(kwargs, "create_network"))
     except (ValueError, TypeError) as exc:
         raise CnnctcError(f"cannot build {name}: {exc}") from None
 
@@ -198,7 +215,8 @@ def load_model(checkpoint=None, *, model=None, manifest=None, pretrained=True, d
         state = read_checkpoint(path, weights_only=True)
         manifest = _fit_to_checkpoint(manifest, state, path)
     try:
-        net = build_network(manifest, **network_kwargs)
+        with numpy_random_kept():
+            net = build_network(manifest, **network_kwargs)
     except (ValueError, TypeError) as exc:
         raise CnnctcError(f"cannot build the network: {exc}") from None
     if state is not None:
@@ -215,7 +233,8 @@ def load(checkpoint=None, *, model=None, pretrained=True, device_target=None, ma
     chosen yet, ``set_device`` with ``device_target`` (else Ascend, else GPU, else CPU). A device you
     chose before (``mindspore.set_device``, or ``set_context(device_target="GPU")``) is kept; a
     ``device_target`` that differs from it is an error. To keep a CPU run on a GPU host, call
-    ``mindspore.set_device("CPU")`` first or pass ``device_target="CPU"``.
+    ``mindspore.set_device("CPU")`` first or pass ``device_target="CPU"``. NumPy's global random
+    state is left as it was.
 
     See :func:`load_model` for the arguments; ``pretrained=False`` returns fresh weights.
     The classes are the manifest's (or the checkpoint's saved) alphabet, the blank last.

@@ -225,9 +225,11 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
             return runner
         from ._mindspore import require_mindspore
         require_mindspore()   # a MindSpore that cannot be imported here is said before anything else
+        from ._mindspore import mode_kept
         log.info("exporting %s to ONNX once, for onnxruntime: %s", source.name, out)
-        export_locked(out, fmt="onnx", checkpoint=checkpoint, model=model, manifest=manifest, batch_size=None,
-                      device_target=device_target, overwrite=True, network_kwargs=network_kwargs)
+        with mode_kept():   # the export compiles in graph mode; the caller's process keeps its own mode
+            export_locked(out, fmt="onnx", checkpoint=checkpoint, model=model, manifest=manifest, batch_size=None,
+                          device_target=device_target, overwrite=True, network_kwargs=network_kwargs)
         try:
             _stamp_written(out)
         except (OSError, CnnctcError) as exc:

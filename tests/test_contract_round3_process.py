@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import subprocess_env
+from cnnctc.runtime import cpu_only
 
 WORDS = ("cat", "road", "7up", "hello", "zebra", "42", "mind", "spore", "text", "ocr", "lamp", "q9")
 
@@ -140,3 +141,39 @@ def test_the_advice_works_a_spawned_child_reads_with_mindspore(images, tmp_path)
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "true"
+
+
+STATE = """
+    import os, tempfile
+    import numpy as np
+    import mindspore as ms
+    import cnnctc
+    from cnnctc.loader import create_network
+    from cnnctc.recognizer import Recognizer
+    from cnnctc.registry import get_model
+    checkpoint = str(get_model("cnnctc/mini-synth").bundled)
+    ms.set_context(mode=ms.PYNATIVE_MODE)   # the caller's choice
+
+    def left_alone(call):
+        os.environ["CNNCTC_CACHE_DIR"] = tempfile.mkdtemp()   # no export cached: this call exports
+        np.random.seed(7)
+        expected = np.random.RandomState(7).random_sample(3).tolist()
+        call()
+        return {"pynative": ms.get_context("mode") == ms.PYNATIVE_MODE,
+                "numpy": np.random.random_sample(3).tolist() == expected}
+
+    print(json.dumps({
+        "onnxruntime": left_alone(lambda: Recognizer(checkpoint, runtime="onnxruntime")),
+        "auto": left_alone(lambda: Recognizer(checkpoint, runtime="auto")),
+        "create_network": left_alone(create_network),
+        # load documents that it sets GRAPH_MODE; NumPy's random numbers are the caller's
+        "load": left_alone(lambda: cnnctc.load(checkpoint))["numpy"],
+    }))
+"""
+
+
+@pytest.mark.skipif(not cpu_only(), reason="a GPU or Ascend device is here: auto runs MindSpore, in graph mode")
+def test_the_first_export_leaves_mindspore_mode_and_numpy_random_state_as_the_caller_set_them(images):
+    left = run_script(STATE, images)
+    both = {"pynative": True, "numpy": True}
+    assert left == {"onnxruntime": both, "auto": both, "create_network": both, "load": True}
