@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from ._checks import MAX_RENDER_COUNT
 from .alphabet import alphabet_problem
 from ._files import Busy, exclusive_lock, umask_mode
-from .errors import CnnctcError
+from .errors import CnnctcError, shown
 
 __all__ = ["render_word", "find_fonts", "resolve_fonts", "random_words", "write_word_images", "FONT_CANDIDATES",
            "MAX_COUNT", "MARKER"]
@@ -144,7 +144,7 @@ def _check_text(text, what):
         raise CnnctcError(f"{what} must be text, not {type(text).__name__}")
     for char, name in _BAD_IN_WORDS.items():
         if char in text:
-            raise CnnctcError(f"{what} {text!r} contains {name}, which labels.tsv cannot hold")
+            raise CnnctcError(f"{what} {shown(text)} contains {name}, which labels.tsv cannot hold")
 
 
 def invisible_symbols(text):
@@ -156,8 +156,8 @@ def invisible_symbols(text):
 def _refuse_invisible(text, what):
     found = invisible_symbols(text)
     if found:
-        shown = ", ".join(f"U+{ord(c):04X}" for c in found[:5])
-        raise CnnctcError(f"{what} holds invisible format characters ({shown}) that the image would not show; "
+        codes = ", ".join(f"U+{ord(c):04X}" for c in found[:5])
+        raise CnnctcError(f"{what} holds invisible format characters ({codes}) that the image would not show; "
                           "leave them out")
 
 
@@ -170,11 +170,11 @@ def _check_request(count, alphabet, words):
             raise CnnctcError(f"count must be at most {MAX_COUNT:,} images per set, got {count:,}; render "
                               "several sets and give make-lmdb or finetune each of them")
         if not isinstance(alphabet, str) or not alphabet.strip():
-            raise CnnctcError(f"the alphabet {alphabet!r} has no symbols; give the symbols to draw words from")
+            raise CnnctcError(f"the alphabet {shown(alphabet)} has no symbols; give the symbols to draw words from")
         alphabet = unicodedata.normalize("NFC", alphabet)
         problem = alphabet_problem(alphabet)
         if problem:
-            raise CnnctcError(f"the alphabet {alphabet!r} {problem}")
+            raise CnnctcError(f"the alphabet {shown(alphabet)} {problem}")
         _refuse_invisible(alphabet, "the alphabet")
         return alphabet, None
     if isinstance(words, str):
@@ -350,9 +350,9 @@ def write_word_images(out, count=100, *, alphabet="0123456789abcdefghijklmnopqrs
     for font in fonts:
         missing = missing_glyphs(font, symbols)
         if missing:
-            shown = " ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            listed = " ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
             name = os.path.basename(font) if font else "Pillow's own font"
-            raise CnnctcError(f"{name} has no glyph for {len(missing)} of the symbols ({shown}): it would draw boxes "
+            raise CnnctcError(f"{name} has no glyph for {len(missing)} of the symbols ({listed}): it would draw boxes "
                               "that the labels do not say; give --font files that have them, or leave them out")
     inputs = {"fonts": [_font_record(font) for font in fonts], "pillow": PIL.__version__, "seed": seed,
               "noise": bool(noise)}

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import ImageFont
 
 from .._checks import MAX_SCENE_WORKERS
-from ..errors import CnnctcError
+from ..errors import CnnctcError, shown
 from .scene import SceneConfig, draw_scene
 from .sources import Backgrounds, file_sha256, scene_fonts
 from .text import TextSource, label_for
@@ -121,7 +121,7 @@ def write_scene_images(out, count=None, *, seed=0, words=None, fonts=None, backg
         from ..alphabet import alphabet_problem
         problem = alphabet_problem(alphabet)
         if problem:
-            raise CnnctcError(f"the alphabet {alphabet!r} {problem}")
+            raise CnnctcError(f"the alphabet {shown(alphabet)} {problem}")
     out_path = Path(out)
     lmdb_out = out_path.name.endswith(".lmdb")
     state = None if lmdb_out else render.check_set_out(out_path, overwrite)
