@@ -129,8 +129,9 @@ def verify(args):
 def hub_install_arguments(p):
     model_arg(p)
     p.add_argument("--hub-dir", help="the hub's directory (default: CNNCTC_CACHE_DIR, else ~/.mscache)")
-    p.add_argument("--overwrite", action="store_true", help="also replace code directories and cards this "
-                   "command did not write (e.g. the hub client's own git checkout)")
+    p.add_argument("--overwrite", action="store_true", help="also replace a card that is not the published one, "
+                   "and a code directory this command did not write that holds no file to lose; a code directory "
+                   "holding files it did not write (or that changed since) is never replaced: the first is named")
 
 
 def hub_install(args):
