@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import positive_int
+from ._files import NotRegularFile, open_regular
 from ._native import quiet_native_stderr
 from ._signals import graph_call
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
@@ -67,11 +68,48 @@ def _check_out(out, fmt, overwrite):
         if sidecar_path(out).is_dir():
             raise CnnctcError(f"{sidecar_path(out)}: a folder where the model's description would go; move it")
         refuse_existing(sidecar_path(out), overwrite)
+        _refuse_foreign_sidecar(out, overwrite)
     if not out.parent.is_dir():
         raise CnnctcError(f"{out.parent}: no such folder")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise CnnctcError(f"{out.parent}: permission denied (cannot write there)")
     return out
+
+
+def _foreign_sidecar(side):
+    """Why the file at ``side`` is not a description cnnctc export wrote, or None (also when there is none)."""
+    if not os.path.lexists(side):
+        return None
+    if os.path.islink(side):
+        return "a symbolic link"
+    try:
+        with open_regular(side) as f:
+            text = f.read(_MAX_SIDECAR + 1)
+    except NotRegularFile as exc:
+        return exc.kind
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    if len(text) > _MAX_SIDECAR:
+        return f"larger than {_MAX_SIDECAR >> 20} MiB"
+    from .lineage import loads_with_lineage
+    try:
+        data = loads_with_lineage(text.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return "not JSON"
+    if not isinstance(data, dict) or MANIFEST_KEY not in data:
+        return f"it holds no {MANIFEST_KEY!r}"
+    return None
+
+
+def _refuse_foreign_sidecar(out, overwrite):
+    """--overwrite replaces the description beside a MindIR/AIR file only when export wrote it: a
+    file of another kind at that name (the user's notes.mindir.json) is never lost."""
+    side = sidecar_path(out)
+    why = _foreign_sidecar(side) if overwrite else None
+    if why:
+        raise CnnctcError(f"{side} is not a description cnnctc export wrote ({why}); --overwrite replaces "
+                          f"{out.name} and only its own description beside it: move {side.name} away, or choose "
+                          "another --out")
 
 
 def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name, lineage=None):
@@ -87,8 +125,8 @@ def export_metadata(manifest, *, fmt, batch_size, source_sha256, source_name, li
     if source_sha256 != manifest.sha256:  # a copy of a registered model's own file is that model
         manifest = next((e.manifest for e in list_models() if e.manifest.sha256 == source_sha256), manifest)
     is_asset = source_sha256 == manifest.sha256
-    if lineage is None or lineage.get("origin") == "unknown":
-        lineage = model_lineage(manifest) if is_asset else dict(UNKNOWN)
+    if lineage is None or lineage.get("origin") == "unknown":   # why it is unknown (damaged, ...) is kept
+        lineage = model_lineage(manifest) if is_asset else dict(lineage or UNKNOWN)
     if not is_asset:
         manifest = own_manifest(manifest, file_name=source_name, sha256=source_sha256)
     elif lineage.get("origin") == "finetune":  # a user's manifest for a fine-tuned file: no copied card claims
@@ -389,6 +427,7 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
     os.chmod(raw, file_mode())
     os.chmod(side, file_mode())
     # The description first: a model file never appears without it.
+    _refuse_foreign_sidecar(out, overwrite)   # again: a file may have appeared there while the model was exported
     put_in_place(side, sidecar_path(out), overwrite)
     try:
         put_in_place(raw, out, overwrite)
@@ -401,6 +440,10 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
 
 # MindIR runtime ------------------------------------------------------------------------------
 
+# A description is a few KB, its lineage at most what cnnctc copies (half a MiB): anything this size is not one.
+_MAX_SIDECAR = 16 << 20
+
+
 def read_sidecar(path):
     """(manifest, description dict) of an exported MindIR/AIR file, from ``<file>.json``."""
     path = Path(path)
@@ -408,10 +451,19 @@ def read_sidecar(path):
     if not side.is_file():
         raise CnnctcError(f"{side} is missing: it holds the alphabet and preprocessing of {path.name} "
                           "(cnnctc export writes it beside the model; copy it along)")
+    from .lineage import loads_with_lineage
     try:
-        info = json.loads(side.read_text(encoding="utf-8"))
+        with open(side, "rb") as f:
+            text = f.read(_MAX_SIDECAR + 1)
+        if len(text) > _MAX_SIDECAR:
+            raise CnnctcError(f"{side}: larger than {_MAX_SIDECAR >> 20} MiB, not a cnnctc export description; "
+                              f"export {path.name} again")
+        info = loads_with_lineage(text.decode("utf-8"))   # a lineage too deep to read is damaged, not fatal
     except (OSError, ValueError) as exc:
         raise CnnctcError(f"{side}: cannot read it ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise CnnctcError(f"{side}: cannot read it (nested too deeply to be a cnnctc export description); export "
+                          f"{path.name} again") from None
     if not isinstance(info, dict) or not isinstance(info.get(MANIFEST_KEY), dict):
         raise CnnctcError(f"{side}: not a cnnctc export description (no {MANIFEST_KEY!r} object)")
     from .manifest import Manifest

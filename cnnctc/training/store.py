@@ -164,6 +164,12 @@ class CheckpointStore:
             with contextlib.suppress(OSError):
                 self._mine[path.name] = _identity(path)
 
+    def _is_mine(self, path):
+        try:
+            return self._mine.get(path.name) == _identity(path)
+        except OSError:
+            return False
+
     def save(self, cell, path, metadata):
         """Write ``cell`` with its ``metadata`` to ``path``; never replaces a file this run did not write."""
         path = Path(path)
@@ -186,7 +192,9 @@ class CheckpointStore:
         with interrupt_deferred():
             self.save(cell, path, metadata)
             self.last_saved = path
-            for old in step_checkpoints(self.out_dir)[:-self.keep]:  # an interrupted earlier run's too
+            # Only this run's own files, unchanged (a resumed run adopted its earlier ones): a file of
+            # that name that someone else put or replaced in the folder meanwhile is left alone.
+            for old in [p for p in step_checkpoints(self.out_dir) if self._is_mine(p)][:-self.keep]:
                 old.unlink(missing_ok=True)
                 self._mine.pop(old.name, None)
         return path
