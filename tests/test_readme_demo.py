@@ -1,4 +1,5 @@
-"""The README's demo cannot rot: benchmarks/readme_demo.py runs its very lines, here at a reduced size."""
+"""The documentation's demo cannot rot: benchmarks/readme_demo.py runs its very lines (shown on the fine-tune,
+recognize and deploy pages), here at a reduced size."""
 import re
 import subprocess
 import sys
@@ -12,16 +13,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import readme_demo  # noqa: E402
 
 
-def readme_commands():
-    """The README with each backslash-continued command joined onto one line."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def documented_commands():
+    """The README and the documentation pages, each backslash-continued command joined onto one line."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     return re.sub(r" *\\\n *", " ", text)
 
 
-def test_the_script_runs_the_readmes_own_lines():
-    readme = readme_commands()
-    missing = [line for line in readme_demo.readme_lines() if line not in readme]
-    assert not missing, f"lines the demo script runs that the README does not show: {missing}"
+def test_the_script_runs_the_documentations_own_lines():
+    shown = documented_commands()
+    missing = [line for line in readme_demo.readme_lines() if line not in shown]
+    assert not missing, f"lines the demo script runs that the documentation does not show: {missing}"
 
 
 @pytest.mark.skipif(find_fonts() != list(FONT_CANDIDATES), reason="the demo needs the Debian fonts "
