@@ -14,19 +14,39 @@ A lineage is a JSON object whose ``origin`` says what kind of file it describes:
 An export keeps its checkpoint's lineage and adds ``exported`` (format, tool, the checkpoint's
 file name and SHA-256). A parent's accuracy, training set, URL and hash only ever appear under
 the parent. No MindSpore import here (``info`` on an ``.onnx`` file must not pay for it).
+
+A lineage is data read from a file, so it is read defensively: one longer than ``MAX_CHARS`` or
+nested deeper than ``MAX_DEPTH`` is not read, one of the wrong types is not used, and either
+reads as ``{"origin": "unknown", "damaged": why}``; a lineage whose claims contradict what can be
+checked (the file's own SHA-256, the registry's card of a model it names) reads as ``{"origin":
+"unknown", "contradiction": why}`` and its claims are dropped. Neither ever stops the weights
+from being read. What is copied into a new checkpoint or an export is cut to well under both
+limits (the oldest ancestors go first), so every file cnnctc writes reads back whole.
 """
+import copy
 import importlib.metadata
 import json
 import re
+from json.decoder import scanstring
 from pathlib import Path
 
-__all__ = ["LINEAGE_KEY", "UNKNOWN", "cnnctc_version", "parse_lineage", "model_lineage", "file_lineage",
-           "started_from_none", "started_from_model", "started_from_checkpoint", "export_lineage",
-           "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage"]
+__all__ = ["LINEAGE_KEY", "UNKNOWN", "MAX_CHARS", "MAX_DEPTH", "cnnctc_version", "parse_lineage", "model_lineage",
+           "file_lineage", "checked_lineage", "started_from_none", "started_from_model", "started_from_checkpoint",
+           "export_lineage", "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage",
+           "loads_with_lineage"]
 
 LINEAGE_KEY = "cnnctc_lineage"     # checkpoint entry and ONNX/sidecar metadata key, a JSON object
 UNKNOWN = {"origin": "unknown"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+# What is read: a lineage longer (as JSON text) or deeper than this is damaged. A chain of thirty
+# fine-tunings, each from the last one's checkpoint, is about 60 levels deep and 60 KB long.
+MAX_CHARS = 1 << 20
+MAX_DEPTH = 100
+# What is copied into a new checkpoint (a parent's lineage) or an export: cut to this, so that what
+# cnnctc writes is always read back whole.
+_COPY_CHARS = MAX_CHARS // 2
+_COPY_DEPTH = MAX_DEPTH - 10
+_ORIGINS = ("finetune", "model", "unknown")
 
 
 def cnnctc_version():
@@ -38,17 +58,222 @@ def cnnctc_version():
         return __version__
 
 
+def _damaged(why):
+    return {"origin": "unknown", "damaged": why}
+
+
+def _short(value, limit=80):
+    """``value`` as a short phrase for a message (a file's strings can be of any length)."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _hash(value):
+    """A claimed SHA-256 as a message shows it: its first 12 digits."""
+    return f"{value[:12]}..." if isinstance(value, str) else _short(value, 20)
+
+
+def _kind(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _depth(value):
+    """How deeply ``value`` nests objects and lists (iteratively; stops counting past MAX_DEPTH)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+# The types a lineage's fields must have (a field may be missing; null is always allowed).
+_TEXT, _NUMBER, _INT, _OBJECT, _OBJECTS = "text", "number", "integer", "object", "objects"
+_MODEL_FIELDS = {"uid": _TEXT, "file_name": _TEXT, "sha256": _TEXT, "url": _TEXT, "train_dataset": _TEXT,
+                 "accuracy": _NUMBER}
+_NOTES = ("damaged", "contradiction", "foreign", "omitted")   # why an "unknown" lineage is unknown
+_LINEAGE_FIELDS = {"written_by": _TEXT, "started_from": _OBJECT, "trained_on": _OBJECT, "measured": _OBJECT,
+                   "exported": _OBJECT, **_MODEL_FIELDS, **{note: _TEXT for note in _NOTES}}
+_STARTED_FIELDS = {"kind": _TEXT, "path": _TEXT, "lineage": _OBJECT, **_MODEL_FIELDS}
+_TRAINED_FIELDS = {"datasets": _OBJECTS, "skipped": _OBJECT, "alphabet": _TEXT, "planned_steps": _INT,
+                   "batch_size": _INT, "workers": _INT, "recipe": _OBJECT, "steps": _INT}
+_MEASURED_FIELDS = {"protocol": _TEXT, "accuracy": _NUMBER, "best_accuracy": _NUMBER, "best_step": _INT,
+                    "datasets": _OBJECTS}
+_DATASET_FIELDS = {"path": _TEXT, "num_samples": _INT, "kept": _INT}
+_EXPORTED_FIELDS = {"format": _TEXT, "by": _TEXT, "checkpoint": _TEXT, "checkpoint_sha256": _TEXT}
+
+
+def _fits(value, kind):
+    if value is None:
+        return True
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _NUMBER:
+        return type(value) in (int, float)
+    if kind == _INT:
+        return type(value) is int
+    if kind == _OBJECT:
+        return isinstance(value, dict)
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def _field_problem(obj, fields, where):
+    for key, kind in fields.items():
+        if key in obj and not _fits(obj[key], kind):
+            wanted = {_TEXT: "a string", _NUMBER: "a number", _INT: "an integer", _OBJECT: "an object",
+                      _OBJECTS: "a list of objects"}[kind]
+            return f"{where}{key} is {_kind(obj[key])}, not {wanted}"
+    return None
+
+
+def _shape_problem(lineage):
+    """Where ``lineage`` (a dict) has a field of the wrong type, as a phrase; else None. The chain of
+    parents (``started_from.lineage``) is walked iteratively."""
+    where = ""
+    while True:
+        origin = lineage.get("origin")
+        if not isinstance(origin, str):
+            return f"{where}origin is {_kind(origin)}, not a string" if "origin" in lineage else f"{where}origin is missing"
+        if origin not in _ORIGINS:
+            return f"{where}origin {_short(origin, 40)!r} is not one this cnnctc knows"
+        problem = _field_problem(lineage, _LINEAGE_FIELDS, where)
+        if problem:
+            return problem
+        for key, fields in (("trained_on", _TRAINED_FIELDS), ("measured", _MEASURED_FIELDS),
+                            ("exported", _EXPORTED_FIELDS)):
+            part = lineage.get(key)
+            if isinstance(part, dict):
+                problem = _field_problem(part, fields, f"{where}{key}.")
+                for item in part.get("datasets") or []:
+                    problem = problem or _field_problem(item, _DATASET_FIELDS, f"{where}{key}.datasets[].")
+                if problem:
+                    return problem
+        start = lineage.get("started_from")
+        if not isinstance(start, dict):
+            return None
+        problem = _field_problem(start, _STARTED_FIELDS, f"{where}started_from.")
+        if problem:
+            return problem
+        if not isinstance(start.get("lineage"), dict):
+            return None
+        lineage, where = start["lineage"], f"{where}started_from.lineage."
+
+
+def _checked_shape(value):
+    """``value`` (parsed JSON) when it is a lineage of the right types within the limits, else a damaged one."""
+    if not isinstance(value, dict):
+        return _damaged(f"it is {_kind(value)}, not an object")
+    if _depth(value) > MAX_DEPTH:
+        return _damaged(f"it is nested deeper than {MAX_DEPTH} levels")
+    problem = _shape_problem(value)
+    return _damaged(problem) if problem else value
+
+
 def parse_lineage(text):
-    """The lineage object in ``text`` (JSON), or UNKNOWN when there is none or it is unreadable."""
-    if isinstance(text, dict):
-        return text if isinstance(text.get("origin"), str) else dict(UNKNOWN)
-    if not isinstance(text, str):
+    """The lineage in ``text`` (JSON text, or an object already parsed): UNKNOWN when there is none,
+    a damaged one (``{"origin": "unknown", "damaged": why}``) when it cannot be used as it is: not
+    JSON, longer than MAX_CHARS, nested deeper than MAX_DEPTH, or of the wrong types."""
+    if text is None:
         return dict(UNKNOWN)
+    if isinstance(text, dict):
+        if _depth(text) > MAX_DEPTH:
+            return _damaged(f"it is nested deeper than {MAX_DEPTH} levels")
+        if len(json.dumps(text, ensure_ascii=False, default=str)) > MAX_CHARS:
+            return _damaged(f"it is longer than {MAX_CHARS >> 20} MiB")
+        return _checked_shape(text)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return _damaged(f"it is {_kind(text)}, not JSON text")
+    if len(text) > MAX_CHARS:
+        return _damaged(f"it is {len(text) / 2**20:.1f} MiB long, more than the {MAX_CHARS >> 20} MiB a lineage "
+                        "may take")
     try:
         value = json.loads(text)
+    except RecursionError:
+        return _damaged(f"it is nested deeper than {MAX_DEPTH} levels")
     except ValueError:
-        return dict(UNKNOWN)
-    return value if isinstance(value, dict) and isinstance(value.get("origin"), str) else dict(UNKNOWN)
+        return _damaged("it is not valid JSON")
+    return _checked_shape(value)
+
+
+_SPECIAL = re.compile(r'["\[\]{},]')
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _value_end(text, pos):
+    """The end of the JSON value that starts at ``pos`` (iteratively: any depth; strings respected)."""
+    depth, i = 0, pos
+    while True:
+        match = _SPECIAL.search(text, i)
+        if match is None:
+            if depth:
+                raise ValueError("unterminated value")
+            return len(text)
+        i, char = match.start(), match.group()
+        if char == '"':
+            _, i = scanstring(text, i + 1)
+            if depth == 0:
+                return i
+            continue
+        if char in "[{":
+            depth += 1
+        elif depth == 0:   # a scalar ends at the comma or the brace after it
+            return i
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+
+
+def loads_with_lineage(text):
+    """``json.loads(text)`` for a JSON object that holds a lineage under LINEAGE_KEY (a MindIR's
+    description): a lineage nested too deeply for the parser is kept as its JSON text (which
+    :func:`parse_lineage` calls damaged) and the other members are read. RecursionError when
+    another member is too deep, ValueError when the text is not a JSON object."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        pass
+    found = {}
+    i = _SPACE.match(text, 0).end()
+    if text[i:i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i = _SPACE.match(text, i + 1).end()
+    if text[i:i + 1] == "}":
+        return found
+    while True:
+        if text[i:i + 1] != '"':
+            raise ValueError(f"expected a member name at character {i}")
+        key, i = scanstring(text, i + 1)
+        i = _SPACE.match(text, i).end()
+        if text[i:i + 1] != ":":
+            raise ValueError(f"expected ':' at character {i}")
+        i = _SPACE.match(text, i + 1).end()
+        end = _value_end(text, i)
+        try:
+            found[key] = json.loads(text[i:end])
+        except RecursionError:
+            if key != LINEAGE_KEY:
+                raise
+            found[key] = text[i:end]
+        i = _SPACE.match(text, end).end()
+        if text[i:i + 1] == "}":
+            return found
+        if text[i:i + 1] != ",":
+            raise ValueError(f"expected ',' or '}}' at character {i}")
+        i = _SPACE.match(text, i + 1).end()
 
 
 def model_lineage(manifest):
@@ -67,14 +292,110 @@ def _registered_with_sha256(sha256):
     return next((entry.manifest for entry in list_models() if entry.manifest.sha256 == sha256), None)
 
 
+def _registered_uid(uid):
+    from .registry import list_models
+    return next((entry.manifest for entry in list_models() if entry.manifest.uid == uid), None)
+
+
+def _claims_problem(claims, where, *, own):
+    """Where a model's claims (uid, hash, accuracy) contradict the registry's entry for that uid, as
+    a phrase; None when they agree or the uid is not registered (nothing to check against). ``own``:
+    a file's claims about itself (it is that model's asset), so a registered uid must come with that
+    uid's weights; a run's parent (``started_from``) is checked only where it names the registered
+    weights, since a user's manifest may keep a uid for weights of its own."""
+    uid = claims.get("uid")
+    known = _registered_uid(uid) if isinstance(uid, str) else None
+    if known is None:
+        return None
+    sha256 = claims.get("sha256")
+    if not isinstance(sha256, str) or sha256.lower() != known.sha256:
+        if not own:
+            return None
+        return (f"{where}names model {uid} with sha256 {_hash(sha256)}, but that model's asset is "
+                f"{_hash(known.sha256)}")
+    accuracy = claims.get("accuracy")
+    if accuracy is not None and (known.accuracy is None or abs(accuracy - known.accuracy) > 1e-9):
+        card = f"its card says {known.accuracy}%" if known.accuracy is not None else "its card gives none"
+        return f"{where}gives model {uid} an accuracy of {_short(accuracy, 12)}%, but {card}"
+    return None
+
+
+def _contradiction(lineage, sha256, *, export):
+    """Where a well-formed ``lineage`` contradicts what can be checked, as a phrase, else None: the
+    hash of the file it describes (``sha256``: a checkpoint's own, an export's source checkpoint's;
+    None when not known; for a parent, the hash its child's run recorded), and each model it names
+    against the registry's card of that uid."""
+    if not export and isinstance(lineage.get("exported"), dict):
+        return (f"it says the file was exported to {_short(lineage['exported'].get('format'), 20)}, but the file "
+                "is a checkpoint")
+    where = ""
+    while True:
+        if lineage.get("origin") == "model":
+            claimed, uid = lineage.get("sha256"), _short(lineage.get("uid"), 60)
+            if sha256 and (not isinstance(claimed, str) or claimed.lower() != sha256):
+                if not where:
+                    whose = "the weights it was exported from have sha256" if export else "the file's own sha256 is"
+                    return f"it claims to be the asset of model {uid} (sha256 {_hash(claimed)}), but {whose} {_hash(sha256)}"
+                return (f"its {where} claims to be the asset of model {uid} (sha256 {_hash(claimed)}), but that "
+                        f"checkpoint's sha256 is {_hash(sha256)}")
+            problem = _claims_problem(lineage, f"its {where} " if where else "it ", own=True)
+            if problem:
+                return problem
+        start = lineage.get("started_from")
+        if not isinstance(start, dict):
+            return None
+        where = f"{where}.started_from" if where else "started_from"
+        if start.get("kind") == "model":
+            problem = _claims_problem(start, f"its {where} ", own=False)
+            if problem:
+                return problem
+        if not isinstance(start.get("lineage"), dict):
+            return None
+        sha256 = start["sha256"].lower() if isinstance(start.get("sha256"), str) else None
+        lineage, where = start["lineage"], f"{where}.lineage"
+
+
+def checked_lineage(lineage, sha256, *, export=False):
+    """``lineage`` (from :func:`parse_lineage`) when its claims hold against what can be checked,
+    else ``{"origin": "unknown", "contradiction": why}`` (its claims are dropped, never shown as
+    true). ``sha256``: the file's own (a checkpoint) or its source checkpoint's (an ``export``)."""
+    problem = _contradiction(lineage, sha256.lower() if isinstance(sha256, str) else None, export=export)
+    return {"origin": "unknown", "contradiction": problem} if problem else lineage
+
+
 def file_lineage(saved, sha256):
-    """The lineage of a checkpoint: its saved one, else the registry's when its hash is a registered
-    asset's, else UNKNOWN. ``saved`` is the checkpoint's lineage entry (or None)."""
+    """The lineage of a checkpoint whose SHA-256 is ``sha256``: its saved one (``saved``, the
+    checkpoint's lineage entry or None) checked against the file, else the registry's when its hash
+    is a registered asset's, else UNKNOWN. Damaged or contradicted, it says so (never raises)."""
     lineage = parse_lineage(saved)
-    if lineage["origin"] != "unknown":
-        return lineage
+    if lineage != UNKNOWN:
+        return checked_lineage(lineage, sha256)
     registered = _registered_with_sha256(sha256) if sha256 else None
     return model_lineage(registered) if registered is not None else lineage
+
+
+_OMITTED = "older ancestors are left out: the lineage would be longer or nested deeper than cnnctc copies"
+
+
+def _bounded(lineage, max_depth, max_chars):
+    """``lineage`` cut to at most ``max_depth`` levels and ``max_chars`` of JSON, the oldest ancestors
+    first (what a new checkpoint or an export copies, so that it is always read back whole)."""
+    def fits(value):
+        return _depth(value) <= max_depth and len(json.dumps(value, ensure_ascii=False)) <= max_chars
+    if fits(lineage):
+        return lineage
+    lineage = copy.deepcopy(lineage)
+    while True:
+        chain = [lineage]
+        while isinstance(chain[-1].get("started_from"), dict) and isinstance(
+                chain[-1]["started_from"].get("lineage"), dict):
+            chain.append(chain[-1]["started_from"]["lineage"])
+        if len(chain) == 1:
+            return {"origin": "unknown", "omitted": f"the lineage is longer or nested deeper than cnnctc copies "
+                                                    f"({max_chars >> 10} KiB, {max_depth} levels)"}
+        chain[-2]["started_from"]["lineage"] = {"origin": "unknown", "omitted": _OMITTED}
+        if fits(lineage):
+            return lineage
 
 
 def started_from_none():
@@ -89,12 +410,14 @@ def started_from_model(manifest):
 
 def started_from_checkpoint(path, sha256, saved_lineage):
     """A run started from a local checkpoint: the path as given, its SHA-256 and its own lineage."""
-    return {"kind": "checkpoint", "path": str(path), "sha256": sha256, "lineage": file_lineage(saved_lineage, sha256)}
+    lineage = _bounded(file_lineage(saved_lineage, sha256), _COPY_DEPTH - 2, _COPY_CHARS)
+    return {"kind": "checkpoint", "path": str(path), "sha256": sha256, "lineage": lineage}
 
 
 def export_lineage(checkpoint_lineage, *, fmt, file_name, sha256):
-    """An exported file's lineage: its checkpoint's, and what exported it from which file."""
-    lineage = dict(checkpoint_lineage)
+    """An exported file's lineage: its checkpoint's (cut to what cnnctc copies), and what exported
+    it from which file."""
+    lineage = dict(_bounded(checkpoint_lineage, _COPY_DEPTH, _COPY_CHARS))
     lineage["exported"] = {"format": fmt, "by": f"cnnctc {cnnctc_version()}", "checkpoint": file_name,
                            "checkpoint_sha256": sha256}
     return lineage
@@ -132,15 +455,21 @@ def read_model_lineage(path, base=None):
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from .onnx_runtime import MANIFEST_KEY, OnnxRunner, metadata_values
-        values = metadata_values(OnnxRunner(path).metadata)
-        return "onnx", parse_lineage(values.get(LINEAGE_KEY)), values.get(MANIFEST_KEY)
+        from .onnx_runtime import MANIFEST_KEY, NoCnnctcMetadata, OnnxRunner, metadata_values
+        try:
+            runner = OnnxRunner(path)
+        except NoCnnctcMetadata as exc:   # another exporter's file: say what can be said
+            return "onnx", {"origin": "unknown", "foreign": exc.description}, None
+        values = metadata_values(runner.metadata)
+        lineage = checked_lineage(parse_lineage(values.get(LINEAGE_KEY)), runner.manifest.sha256, export=True)
+        return "onnx", lineage, values.get(MANIFEST_KEY)
     if suffix in (".mindir", ".air"):
         if not path.is_file():
             raise CnnctcError(f"{path}: no such {suffix[1:].upper()} file")
         from .export import MANIFEST_KEY, read_sidecar
-        _, info = read_sidecar(path)
-        return suffix[1:], parse_lineage(info.get(LINEAGE_KEY)), info.get(MANIFEST_KEY)
+        manifest, info = read_sidecar(path)
+        lineage = checked_lineage(parse_lineage(info.get(LINEAGE_KEY)), manifest.sha256, export=True)
+        return suffix[1:], lineage, info.get(MANIFEST_KEY)
     from .checkpoint import read_checkpoint
     from .download import sha256_file
     from .registry import get_model
@@ -154,6 +483,21 @@ def _accuracy(value):
     return "-" if value is None else f"{value:.2f}%"
 
 
+def _unknown_line(lineage):
+    """The one line of a lineage whose origin is unknown: why it is."""
+    if lineage.get("damaged"):
+        return (f"damaged ({_short(lineage['damaged'], 200)}): where this file came from is unknown; its weights "
+                "still load")
+    if lineage.get("contradiction"):
+        return (f"contradicted: {_short(lineage['contradiction'], 300)}; its claims are not shown, where this file "
+                "came from is unknown")
+    if lineage.get("foreign"):
+        return f"unknown ({_short(lineage['foreign'], 300)})"
+    if lineage.get("omitted"):
+        return f"unknown ({_short(lineage['omitted'], 200)})"
+    return "unknown (no lineage recorded: written before cnnctc kept one, or by another tool)"
+
+
 def _origin_lines(lineage, indent):
     pad = " " * indent
     origin = lineage.get("origin")
@@ -162,7 +506,7 @@ def _origin_lines(lineage, indent):
         claims += f", trained on {lineage['train_dataset']}" if lineage.get("train_dataset") else ""
         return [f"{pad}the asset of model {lineage.get('uid')} (sha256 {lineage.get('sha256')}{claims})"]
     if origin != "finetune":
-        return [f"{pad}unknown (no lineage recorded: written before cnnctc kept one, or by another tool)"]
+        return [pad + _unknown_line(lineage)]
     lines = []
     start = lineage.get("started_from") or {}
     kind = start.get("kind")
@@ -179,7 +523,7 @@ def _origin_lines(lineage, indent):
     else:
         lines.append(f"{pad}started from: unknown")
     trained = lineage.get("trained_on") or {}
-    for data in trained.get("datasets", []):
+    for data in trained.get("datasets") or []:
         lines.append(f"{pad}trained on:   {data.get('path')} ({data.get('kept')} of {data.get('num_samples')} "
                      "samples kept)")
     recipe = trained.get("recipe") or {}
@@ -191,7 +535,7 @@ def _origin_lines(lineage, indent):
     if not measured:
         lines.append(f"{pad}measured:     nothing (no --valid)")
     else:
-        names = ", ".join(f"{d.get('path')} ({d.get('kept')} kept)" for d in measured.get("datasets", []))
+        names = ", ".join(f"{d.get('path')} ({d.get('kept')} kept)" for d in measured.get("datasets") or [])
         lines.append(f"{pad}measured:     {_accuracy(measured.get('accuracy'))} at this step, best "
                      f"{_accuracy(measured.get('best_accuracy'))} at step {measured.get('best_step')} "
                      f"({measured.get('protocol')} protocol on {names})")

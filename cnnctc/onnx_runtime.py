@@ -14,8 +14,8 @@ import numpy as np
 from ._checks import positive_int
 from .errors import CnnctcError
 
-__all__ = ["OnnxRunner", "require_onnxruntime", "read_manifest", "metadata_values", "run_in_batches",
-           "check_outputs", "non_finite_tensor", "MANIFEST_KEY"]
+__all__ = ["OnnxRunner", "NoCnnctcMetadata", "require_onnxruntime", "read_manifest", "metadata_values",
+           "run_in_batches", "check_outputs", "non_finite_tensor", "MANIFEST_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,30 @@ def metadata_values(metadata):
     """An exported file's metadata (str -> str) with every value decoded from JSON.
 
     Files written before the lineage was recorded held some values as bare strings (e.g. an
-    ``alphabet`` of digits, which would read as a number): those are kept as written.
+    ``alphabet`` of digits, which would read as a number): those are kept as written, as is a value
+    that is not JSON, is nested too deeply to decode, or (the lineage) is longer than a lineage may
+    be (:func:`cnnctc.lineage.parse_lineage` calls those damaged).
     """
-    from .lineage import LINEAGE_KEY
+    from .lineage import LINEAGE_KEY, MAX_CHARS
     every_value_json = LINEAGE_KEY in metadata
     values = {}
     for key, text in metadata.items():
-        if not every_value_json and key in _BARE_STRING_KEYS:
+        if (not every_value_json and key in _BARE_STRING_KEYS) or (key == LINEAGE_KEY and len(text) > MAX_CHARS):
             values[key] = text
             continue
         try:
             values[key] = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             values[key] = text
     return values
+
+
+class NoCnnctcMetadata(CnnctcError):
+    """An ONNX file without cnnctc's metadata (another exporter's); ``description`` says what it is."""
+
+    def __init__(self, message, description):
+        super().__init__(message)
+        self.description = description
 
 
 def read_manifest(metadata, where):
@@ -85,12 +95,17 @@ def read_manifest(metadata, where):
     from .manifest import Manifest
     text = metadata.get(MANIFEST_KEY)
     if text is None:
-        raise CnnctcError(f"{where}: an ONNX model without cnnctc metadata (no alphabet or preprocessing); "
-                          "export it with 'cnnctc export --format onnx'")
+        raise NoCnnctcMetadata(f"{where}: an ONNX model without cnnctc metadata (no alphabet or preprocessing); "
+                               "export it with 'cnnctc export --format onnx'",
+                               "no cnnctc metadata: not exported by cnnctc, so no alphabet or preprocessing to read "
+                               "it with")
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise CnnctcError(f"{where}: its cnnctc metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CnnctcError(f"{where}: its cnnctc metadata is nested too deeply to be a manifest; export it "
+                          "again") from None
     manifest = Manifest.from_dict(data, source=where)
     from .registry import check_export_description
     check_export_description(metadata_values(metadata), manifest, where, subject="its metadata",
@@ -262,7 +277,11 @@ class OnnxRunner:
             raise CnnctcError(f"{path}: not a readable ONNX model ({_one_line(exc)})") from None
         self.path = path
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.manifest = read_manifest(self.metadata, path)
+        try:
+            self.manifest = read_manifest(self.metadata, path)
+        except NoCnnctcMetadata as exc:
+            exc.description = self._foreign_description()
+            raise
         try:
             damaged = non_finite_tensor(path)
         except (OSError, ValueError) as exc:
@@ -275,6 +294,19 @@ class OnnxRunner:
         if not _announced:
             log.info("onnxruntime %s on CPU", ort.__version__)
             _announced = True
+
+    def _foreign_description(self):
+        """What can be said of another exporter's ONNX file: its producer, input and output."""
+        meta = self.session.get_modelmeta()
+        producer = " ".join(str(meta.producer_name or "").split())[:80]
+
+        def tensor(node):
+            return f"{node.name!r} {node.type} {list(node.shape)}"
+
+        inputs = ", ".join(tensor(node) for node in self.session.get_inputs()[:4])
+        outputs = ", ".join(tensor(node) for node in self.session.get_outputs()[:4])
+        return (f"no cnnctc metadata: made by {producer or 'another tool'}, input {inputs or 'none'}, output "
+                f"{outputs or 'none'}; cnnctc reads only its own exports (cnnctc export --format onnx)")
 
     def _check_graph(self):
         """The graph's input and output must be what its own metadata describes."""
