@@ -1,9 +1,10 @@
-"""Rerun the README's demo (render, make-lmdb, finetune, eval greedy/beam/lexicon, export, quantize,
-msrun) exactly as written there, and print the tables whose numbers the README shows.
+"""Rerun the documentation's demo (render, make-lmdb, finetune, eval greedy/beam/lexicon, export, quantize,
+msrun: docs/finetune.md, docs/recognize.md, docs/deploy.md) exactly as written there, and print the tables
+whose numbers those pages show (the script kept its name from when the README held them).
 
-Every command is a line of the README (tests/test_readme_demo.py checks that they are), run in a
+Every command is a line of those pages (tests/test_readme_demo.py checks that they are), run in a
 work folder as `python -m cnnctc ...`; the numbers printed come from their output and their wall
-times. The images depend on the fonts: the README's numbers need the nine font files of the Debian
+times. The images depend on the fonts: the pages' numbers need the nine font files of the Debian
 packages fonts-dejavu-core, fonts-liberation and fonts-freefont-ttf (`render` then uses all of
 them; the script refuses to run without them unless --fonts-of names a subset, which shows what
 changes with fewer fonts).
@@ -37,7 +38,7 @@ PACKAGES = {"dejavu": "fonts-dejavu-core", "liberation": "fonts-liberation", "fr
 FULL = {"train": 2000, "valid": 200, "hard": 200, "steps": 300, "batch": 32, "words": 10000, "msrun_steps": 100}
 QUICK = {"train": 48, "valid": 8, "hard": 8, "steps": 6, "batch": 8, "words": 300, "msrun_steps": 4}
 
-# The README's lines, with the sizes as fields (FULL fills them as the README has them).
+# The pages' lines, with the sizes as fields (FULL fills them as the pages have them).
 TRAIN = [
     "cnnctc render demo/train --count {train} --alphabet 0123456789",
     "cnnctc render demo/valid --count {valid} --alphabet 0123456789 --seed 5",
@@ -83,7 +84,7 @@ MSRUN = [
 
 
 def readme_lines(sizes=FULL):
-    """Every command line this script runs, as the README must show it."""
+    """Every command line this script runs, as the documentation must show it."""
     return ([line.format(**sizes) for line in TRAIN + [PREDICT] + HARD + [WORDS]] +
             [command.format(**sizes) for _, command in DECODERS] + [line.format(**sizes) for line in DEPLOY + MSRUN])
 
@@ -94,7 +95,7 @@ class Demo:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def run(self, line, show=True):
-        """Run one README line in the work folder; returns (stdout, seconds). With ``in_process`` a
+        """Run one documented line in the work folder; returns (stdout, seconds). With ``in_process`` a
         cnnctc line runs in this process (cnnctc.cli.run_captured): the same command without a new
         process's MindSpore import, for --quick, whose times mean nothing anyway."""
         line = line.format(**self.sizes)
@@ -136,7 +137,7 @@ class Demo:
         return subprocess.CompletedProcess(args, code, out, err)
 
     def msrun(self, line):
-        """The README's msrun lines, run by bash as written: ``.venv`` in the work folder is this
+        """The documentation's msrun lines, run by bash as written: ``.venv`` in the work folder is this
         interpreter's virtual environment, which must have the ``cnnctc`` command installed."""
         venv = Path(self.work) / ".venv"
         if not venv.exists():
@@ -155,7 +156,7 @@ class Demo:
 
 
 def machine():
-    """This machine as the README names it: CPU model, cores, AVX-512, and the versions that matter."""
+    """This machine as the documentation names it: CPU model, cores, AVX-512, and the versions that matter."""
     from importlib.metadata import version
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
@@ -179,7 +180,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="work folder (default: a temporary one, removed at the end)")
     parser.add_argument("--quick", action="store_true", help="reduced size, in this process: checks the pipeline, not the numbers")
-    parser.add_argument("--msrun", action="store_true", help="also run the README's two-worker msrun block")
+    parser.add_argument("--msrun", action="store_true", help="also run the documentation's two-rank msrun block")
     parser.add_argument("--fonts-of", choices=sorted(PACKAGES), nargs="+",
                         help="render with only these packages' font files (what a machine with fewer fonts sees)")
     args = parser.parse_args()
@@ -189,7 +190,7 @@ def main():
         fonts = [f for f in FONT_CANDIDATES if any(f"/{key}/" in f for key in args.fonts_of)]
     missing = [f for f in (fonts or FONT_CANDIDATES) if not os.path.isfile(f)]
     if missing:
-        sys.exit(f"missing fonts: {', '.join(missing)}; install {' '.join(PACKAGES.values())} (the README's numbers "
+        sys.exit(f"missing fonts: {', '.join(missing)}; install {' '.join(PACKAGES.values())} (the documentation's numbers "
                  "need them), or name the installed packages with --fonts-of")
     work = args.work or tempfile.mkdtemp(prefix="readme-demo.")
     os.makedirs(work, exist_ok=True)

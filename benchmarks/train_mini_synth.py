@@ -12,7 +12,7 @@ with relative paths so that nothing of this machine ends up in the file:
 5. eval it on the held-out sets (plain `cnnctc eval`: the model zoo's protocol, which is the
    default and is called `--protocol zoo` once eval has protocols).
 
-It prints the file's SHA-256 and the accuracies (what the registry, the card and the README
+It prints the file's SHA-256 and the accuracies (what the registry, the card and docs/models.md
 hold) and whether the file is byte for byte the one shipped in assets/models/. Training is
 deterministic on one machine: the same MindSpore, Pillow and font files give the same bytes.
 Another CPU or MindSpore build may round differently and give other (equally good) weights.

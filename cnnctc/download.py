@@ -1,6 +1,6 @@
 """Fetch, verify and cache checkpoint assets.
 
-Guarantees (see the README): the file at the final cache path only ever appears by an atomic
+Guarantees (see docs/downloads.md): the file at the final cache path only ever appears by an atomic
 rename after its SHA-256 matched; a cached file is re-verified before use whenever its size,
 mtime, ctime or inode changed since it was last hashed; interrupted downloads resume from a
 ``.part`` file; one process downloads while the others wait on a lock beside the target.
