@@ -442,3 +442,16 @@ def test_the_examples_run_and_print_what_the_page_shows(examples, page):
         check_result(block, command, shown, result)
     if page in ("README.md", "docs/recognize.md", "docs/finetune.md", "docs/deploy.md", "docs/models.md"):
         assert ran, f"{page} ran no example"
+
+
+@pytest.mark.skipif(not ALL_FONTS, reason="needs the nine Debian font files")
+def test_with_only_dejavu_the_first_word_is_drawn_the_same(tmp_path):
+    """The first-word example says: with only fonts-dejavu-core, `fonts:` names three files and the readings
+    are the same. They are, because the two words are drawn with the same first two fonts: the same bytes."""
+    from cnnctc.render import write_word_images
+    dejavu = [path for path in FONT_CANDIDATES if "/dejavu/" in path]
+    assert len(dejavu) == 3
+    write_word_images(tmp_path / "all", words=["offline", "2026"])
+    write_word_images(tmp_path / "dejavu", words=["offline", "2026"], fonts=dejavu)
+    for image in ("00000.png", "00001.png"):
+        assert (tmp_path / "all" / image).read_bytes() == (tmp_path / "dejavu" / image).read_bytes()
