@@ -153,8 +153,8 @@ def _replace_problem(folder, code_dir, overwrite, fresh):
     them = "it" if len(lost) == 1 else "them"
     if ours and lost:
         return (f"{code_dir} holds {_files(len(lost))} that cnnctc hub-install did not write or that changed since "
-                f"(first: {lost[0]}); replacing the folder would lose {them}: move {them} out of the folder, then run again "
-                "(--overwrite never replaces such files)")
+                f"(first: {lost[0]}); replacing the folder would lose {them}: move {them} out of the folder, then run "
+                "again (--overwrite never replaces such files)")
     if not ours and lost:
         return (f"{code_dir} exists and was not written by cnnctc hub-install (the hub client's own checkout, or "
                 f"your files): it holds {_files(len(lost))} that replacing it would lose (first: {lost[0]}); move it "

@@ -143,7 +143,9 @@ def _shape_problem(lineage):
     while True:
         origin = lineage.get("origin")
         if not isinstance(origin, str):
-            return f"{where}origin is {_kind(origin)}, not a string" if "origin" in lineage else f"{where}origin is missing"
+            if "origin" not in lineage:
+                return f"{where}origin is missing"
+            return f"{where}origin is {_kind(origin)}, not a string"
         if origin not in _ORIGINS:
             return f"{where}origin {_short(origin, 40)!r} is not one this cnnctc knows"
         problem = _field_problem(lineage, _LINEAGE_FIELDS, where)
@@ -335,7 +337,8 @@ def _contradiction(lineage, sha256, *, export):
             if sha256 and (not isinstance(claimed, str) or claimed.lower() != sha256):
                 if not where:
                     whose = "the weights it was exported from have sha256" if export else "the file's own sha256 is"
-                    return f"it claims to be the asset of model {uid} (sha256 {_hash(claimed)}), but {whose} {_hash(sha256)}"
+                    return (f"it claims to be the asset of model {uid} (sha256 {_hash(claimed)}), but {whose} "
+                            f"{_hash(sha256)}")
                 return (f"its {where} claims to be the asset of model {uid} (sha256 {_hash(claimed)}), but that "
                         f"checkpoint's sha256 is {_hash(sha256)}")
             problem = _claims_problem(lineage, f"its {where} " if where else "it ", own=True)
