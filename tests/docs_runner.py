@@ -1,6 +1,7 @@
 """Run the examples of the documentation pages in one process: ``python docs_runner.py PLAN RESULTS``.
 
-PLAN is a JSON list of pages, each ``{"page", "folder", "steps": [...]}``; a step is
+PLAN is a JSON list of pages, each ``{"page", "folder", "links", "steps": [...]}`` (``links``: names to
+make in every step's folder, as symbolic links to their targets); a step is
 ``{"kind": "python" | "shell", "code", "folder", "cache"}``. Python steps run here, in page order,
 each page in its own namespace (so MindSpore is imported once for all of them); shell steps run in
 bash. Every step runs in its folder with ``CNNCTC_CACHE_DIR`` set to its cache. RESULTS gets, per
@@ -46,6 +47,10 @@ def main(plan_path, results_path, timeout=600):
         namespace = {"__name__": "__main__"}
         for number, step in enumerate(page["steps"]):
             os.makedirs(step["folder"], exist_ok=True)
+            for link, target in page.get("links", {}).items():   # e.g. examples/ -> docs/examples
+                path = os.path.join(step["folder"], link)
+                if not os.path.lexists(path):
+                    os.symlink(target, path)
             os.chdir(step["folder"])
             os.environ["CNNCTC_CACHE_DIR"] = step["cache"]
             started = time.monotonic()

@@ -28,6 +28,7 @@ from cnnctc.render import FONT_CANDIDATES, find_fonts
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 REFERENCE = {DOCS / "reference" / "cli.md", DOCS / "reference" / "python.md"}
+EXAMPLES = DOCS / "examples"   # files the examples read (e.g. a word photo), seen as examples/ from each folder
 ALL_FONTS = find_fonts() == list(FONT_CANDIDATES)  # the shown renders need the nine Debian font files
 
 spec = importlib.util.spec_from_file_location("docs_reference_hook", DOCS / "_hooks" / "reference.py")
@@ -379,7 +380,8 @@ def examples(tmp_path_factory):
                         continue
                     steps.append({**step, "kind": "shell", "code": command})
                     expected.append((page, block, command, "\n".join(shown) + "\n" if shown else None))
-        plan.append({"page": name(page), "folder": str(folder), "steps": steps})
+        links = {"examples": str(EXAMPLES)} if EXAMPLES.is_dir() else {}
+        plan.append({"page": name(page), "folder": str(folder), "links": links, "steps": steps})
     (root / "plan.json").write_text(json.dumps(plan))
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
