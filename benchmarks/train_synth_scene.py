@@ -50,7 +50,7 @@ SETS = [
 ]
 STAGE1 = ["--pretrained", "none", "--alphabet", ALPHABET, "--output-channel", str(WIDTH), "--steps", "800",
           "--batch-size", "64", "--lr", "2e-3", "--seed", "1", "--save-every", "800", "--log-every", "50"]
-STAGE2_STEPS = 7000
+STAGE2_STEPS = 5000
 STAGE2 = ["--steps", str(STAGE2_STEPS), "--batch-size", "64", "--lr", "1e-3", "--seed", "2",
           "--save-every", "1000", "--log-every", "100"]
 
