@@ -35,6 +35,7 @@ def info(args):
     if manifest.accuracy is not None:
         said_by = "card" if model.card else "as the manifest says"
         print(f"accuracy:     {manifest.accuracy}% ({said_by}; trained on {manifest.train_dataset or '?'})")
+    _print_measurements(manifest)
     print(f"asset:        {manifest.url}")
     print(f"sha256:       {manifest.sha256}")
     print(f"alphabet:     {manifest.alphabet} ({manifest.num_class} classes, blank = {manifest.blank_index})")
@@ -44,6 +45,22 @@ def info(args):
     print(f"mindspore:    {ms.__version__}")
     print(f"device:       {device}")
     return 0
+
+
+def _print_measurements(manifest):
+    """A model measured elsewhere than on a benchmark (the bundled ones): what it was trained on,
+    validated on and measured, as its manifest says (values of the wrong type are left out)."""
+    extra = manifest.extra
+    if manifest.accuracy is None and manifest.train_dataset:
+        print(f"trained on:   {manifest.train_dataset}")
+    if isinstance(extra.get("validated_on"), str):
+        print(f"validated on: {extra['validated_on']}")
+    measured = extra.get("rendered_word_accuracy")
+    if isinstance(measured, dict):
+        shown = [f"{name} {value:.2f}%" for name, value in measured.items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if shown:
+            print(f"measured:     {', '.join(shown)} (held-out rendered words)")
 
 
 def _info_of_file(args):
