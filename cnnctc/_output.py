@@ -25,7 +25,7 @@ from ._files import Busy, exclusive_lock, umask_mode
 from .errors import CnnctcError, disk_full
 
 __all__ = ["output_lock", "work_folder", "put_in_place", "refuse_inputs", "refuse_existing", "full_disk_named",
-           "disk_full_error", "free_bytes", "file_mode"]
+           "disk_full_error", "DiskFullError", "free_bytes", "file_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,18 @@ def full_disk_named(out, folder):
         raise
 
 
+class DiskFullError(CnnctcError):
+    """A full disk while writing ``path``: a caller that did not get the path from --out (the runtime's
+    export cache) catches it and says what moves that path."""
+
+    def __init__(self, message, path):
+        super().__init__(message)
+        self.path = path
+
+
 def disk_full_error(out):
-    return CnnctcError(f"{out}: the disk is full (no space left on {Path(out).parent} while writing it); "
-                       "nothing was written: free some space or choose --out on another disk")
+    return DiskFullError(f"{out}: the disk is full (no space left on {Path(out).parent} while writing it); "
+                         "nothing was written: free some space or choose --out on another disk", out)
 
 
 def free_bytes(folder):

@@ -261,7 +261,19 @@ def _finish_onnx(raw, out_tmp, metadata, dynamic, traced_batch):
     onnx.save(model, str(out_tmp))
 
 
-def _check_onnx_matches(path, network, batch_shape):
+def _check_description(metadata, out, manifest_file):
+    """Refuse, before anything is written, a description that a reader of ``out`` would refuse: one that
+    contradicts itself or the registry (a manifest naming a registered model's weights with another
+    alphabet or preprocessing). The fault is in the manifest the weights were read with, not in a file."""
+    from .manifest import Manifest
+    from .registry import check_export_description
+    named = f"the manifest {manifest_file}" if manifest_file else "the manifest given"
+    check_export_description(metadata, Manifest.from_dict(metadata[MANIFEST_KEY], source=out), f"{out}: {named}",
+                             subject="the description made from it",
+                             ending="nothing was written: correct the manifest (or leave it out)")
+
+
+def _check_onnx_matches(path, network, batch_shape, out=None):
     """Run the file on onnxruntime and compare with the MindSpore network; returns the error."""
     try:
         import onnxruntime  # noqa: F401
@@ -273,7 +285,13 @@ def _check_onnx_matches(path, network, batch_shape):
     batch = np.random.default_rng(0).standard_normal(batch_shape).astype(np.float32)
     with network_run(), graph_call():   # it compiles: a Ctrl-C meanwhile is one line, not MindSpore's trace
         expected = network(ms.Tensor(batch)).asnumpy()
-    actual = OnnxRunner(path)(batch)
+    try:
+        runner = OnnxRunner(path)
+    except CnnctcError as exc:   # its line names the temporary file and says to export again: neither helps here
+        reason = re.sub(r"[;,] [^;,]*export it again$", "", str(exc).removeprefix(f"{path}: "))
+        raise CnnctcError(f"{out or path}: the file just exported does not read back on onnxruntime ({reason}); "
+                          "nothing was written (a bug in cnnctc: report it with the checkpoint's manifest)") from None
+    actual = runner(batch)
     error = _relative_error(actual, expected)
     if not error <= _MAX_RELATIVE_ERROR:
         raise CnnctcError(f"the exported ONNX file's logits differ from MindSpore's (relative error {error:.2g}); "
@@ -339,6 +357,7 @@ def export_locked(out, *, fmt, checkpoint, model, manifest, batch_size, device_t
         lineage = read_lineage(loaded.checkpoint, source_sha256)
     metadata = export_metadata(loaded.manifest, fmt=fmt, batch_size=batch_size, source_sha256=source_sha256,
                                source_name=loaded.checkpoint.name, lineage=lineage)
+    _check_description(metadata, out, _manifest_file(loaded.manifest) or _manifest_file(manifest))
     pre = loaded.manifest.preprocess
     traced = batch_size or _TRACE_BATCH
     shape = (traced, 3, pre.height, pre.max_width)
@@ -415,7 +434,8 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
     if fmt == "onnx":
         final = work / "final.onnx"
         _finish_onnx(raw, final, metadata, batch_size is None, traced)
-        error = _check_onnx_matches(final, loaded.network, (2 if batch_size is None else batch_size, *shape[1:]))
+        error = _check_onnx_matches(final, loaded.network, (2 if batch_size is None else batch_size, *shape[1:]),
+                                    out=out)
         if error is not None:
             log.info("onnxruntime reproduces MindSpore's logits (max relative difference %.1e)", error)
         os.chmod(final, file_mode())

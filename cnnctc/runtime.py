@@ -141,10 +141,47 @@ def _locate(checkpoint, model, manifest, cache_dir, network_kwargs):
 
 
 def _stamp_written(path):
-    """Record the SHA-256 of the export just written at ``path``, with the file's identity."""
-    from .download import _write_stamp, sha256_file
+    """Record the SHA-256 of the export just written at ``path``, with the file's identity (the stamp
+    download.py writes for a verified asset); a stamp that cannot be written is an error saying why:
+    without it the export would never be used, and every run would export again."""
+    from ._output import disk_full_error
+    from .download import _identity, _stamp_path, sha256_file
+    from .errors import disk_full
     st = os.stat(path)
-    _write_stamp(path, sha256_file(path), st)
+    stamp = _stamp_path(path)
+    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(dict(_identity(st), sha256=sha256_file(path))))
+        os.replace(tmp, stamp)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if disk_full(exc):
+            raise disk_full_error(stamp) from None
+        raise CnnctcError(f"{stamp}: cannot record the export's SHA-256 there ({exc.strerror or exc}); without it "
+                          f"the export is never used: make {stamp.parent} writable") from None
+
+
+def _clear_stamp_place(path):
+    """The name of the export's stamp must be free for a file before exporting: an empty folder there (made by
+    mistake) is removed; a folder holding anything is the user's, and is said once instead of exporting in vain."""
+    from .download import _stamp_path
+    stamp = _stamp_path(path)
+    if not stamp.is_dir() or stamp.is_symlink():
+        return   # a file or a link there is replaced when the stamp is written
+    try:
+        stamp.rmdir()
+    except OSError:
+        raise CnnctcError(f"{stamp}: a folder, where the cached export's stamp (the SHA-256 it was written with) "
+                          "goes; without the stamp an export is never used, so none is made: move the folder "
+                          "away") from None
+    log.info("removed the empty folder %s, where the export's stamp goes", stamp)
+
+
+def _cache_disk_full(out):
+    return CnnctcError(f"{out}: the disk of the ONNX export cache is full (no space left on {out.parent}); nothing "
+                       "was written: free some space there, or set CNNCTC_CACHE_DIR to a folder on another disk "
+                       "(--runtime mindspore needs no export)")
 
 
 def _unchanged_since_written(path):
@@ -213,16 +250,32 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
         return runner
     if not onnx_extra_installed():
         raise CnnctcError("exporting to ONNX needs the onnx package; pip install 'cnnctc[onnx]'")
-    from ._output import output_lock
+    from ._output import DiskFullError
+    try:
+        runner = _export_into_cache(out, sha256, source, expected, checkpoint=checkpoint, model=model,
+                                    manifest=manifest, device_target=device_target, network_kwargs=network_kwargs)
+    except DiskFullError:   # it said "--out", which the cache has not: its folder is what to move
+        raise _cache_disk_full(out) from None
+    if runner is None:
+        raise CnnctcError(f"{out}: the export just written cannot be used")
+    return runner
+
+
+def _export_into_cache(out, sha256, source, expected, *, checkpoint, model, manifest, device_target, network_kwargs):
+    from ._output import disk_full_error, output_lock
+    from .errors import disk_full
     from .export import export_locked
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if disk_full(exc):
+            raise disk_full_error(out) from None
         raise CnnctcError(f"cannot write the ONNX export to {out.parent}: {exc.strerror or exc}") from None
     with output_lock(out, wait=True, what="exporting"):
         runner = _usable(out, sha256, expected, say=False)   # another process exported it while this one waited
         if runner is not None:
             return runner
+        _clear_stamp_place(out)
         from ._mindspore import require_mindspore
         require_mindspore()   # a MindSpore that cannot be imported here is said before anything else
         from ._mindspore import mode_kept
@@ -232,9 +285,6 @@ def cached_onnx(checkpoint=None, *, model=None, manifest=None, device_target=Non
                           device_target=device_target, overwrite=True, network_kwargs=network_kwargs)
         try:
             _stamp_written(out)
-        except (OSError, CnnctcError) as exc:
-            raise CnnctcError(f"{out}: cannot record the export's SHA-256 beside it: {exc}") from None
-        runner = _usable(out, sha256, expected)
-    if runner is None:
-        raise CnnctcError(f"{out}: the export just written cannot be used")
-    return runner
+        except OSError as exc:   # the export, read to hash it, vanished or cannot be read
+            raise CnnctcError(f"{out}: cannot record the export's SHA-256 beside it: {exc.strerror or exc}") from None
+        return _usable(out, sha256, expected)
