@@ -27,7 +27,7 @@ from .data.dataset import crash_reason, decode_record, encode_label
 from .errors import CnnctcError, shown
 from .transforms import ImageError
 
-__all__ = ["epoch_order", "BatchLoader", "default_workers", "MAX_WORKERS"]
+__all__ = ["epoch_order", "BatchLoader", "WorkerDied", "default_workers", "MAX_WORKERS"]
 
 log = logging.getLogger(__name__)
 MAX_WORKERS = 64
@@ -52,6 +52,10 @@ def default_workers(world=1):
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(MAX_WORKERS, cores // max(1, world)))
+
+
+class WorkerDied(CnnctcError):
+    """A data-loading worker ended: which one, how, and what it was reading (the trainer adds how to go on)."""
 
 
 class _Worker:
@@ -204,13 +208,21 @@ class BatchLoader:
             path = self.dataset.paths[number]
             where = f"{path} image-{key:09d}"
         kind, how = crash_reason(returncode)
+        which = f"data-loading worker {worker.number + 1} of {len(self._pool)} (pid {worker.proc.pid})"
         self.close()
         if kind == "crash" and where:
             path, record = where.rsplit(" ", 1)
             raise CnnctcError(f"{path}: the LMDB is damaged (reading {record} crashes a data-loading worker with "
                               f"{how}); rebuild it")
-        raise CnnctcError(f"a data-loading worker ended ({how}){' while reading ' + where if where else ''}; if it "
-                          "ran out of memory, use fewer --workers; run again (with --resume DIR to continue)")
+        if where:
+            doing = f"while reading {where}"
+        elif rows:   # between two records, or before the first: the batch it had been given
+            number, key, _ = rows[0]
+            doing = (f"with a batch of {len(rows)} records to make (the first: {self.dataset.paths[number]} "
+                     f"image-{key:09d})")
+        else:
+            doing = "while waiting for its next batch"
+        raise WorkerDied(f"{which} ended ({how}) {doing}; if it ran out of memory, use fewer --workers")
 
     def close(self):
         """Stop the workers (the next batches start them again)."""

@@ -50,6 +50,9 @@ def hub_conf(uid):
 
 
 def _check_writable(root):
+    if root.is_symlink() and not root.exists():   # mkdir would say only "File exists"
+        raise CnnctcError(f"hub directory {root} is a symbolic link to {os.readlink(root)}, which does not exist; "
+                          "create that folder, or pass an existing folder as --hub-dir")
     if root.exists() and not root.is_dir():
         raise CnnctcError(f"hub directory {root} is a file; pass a folder as --hub-dir")
     try:

@@ -17,7 +17,7 @@ from .._mindspore import mindspore as ms, network_run
 from mindspore import nn
 
 from .._signals import graph_call, terminate_as_interrupt
-from ..batches import BatchLoader, default_workers, epoch_order
+from ..batches import BatchLoader, WorkerDied, default_workers, epoch_order
 from ..checkpoint import ALPHABET_KEY, load_weights
 from ..errors import CheckpointError, CnnctcError
 from ..evaluation import evaluate
@@ -300,12 +300,24 @@ class Trainer:
                         with contextlib.suppress(OSError):  # a run that failed before its first checkpoint
                             self.out_dir.rmdir()            # leaves no trace (only when still empty)
                     raise
+            except WorkerDied as exc:
+                raise CnnctcError(f"{exc}; {self._how_to_go_on()}") from None
             finally:
                 if self._lock is not None:
                     self._lock.release()
                 if getattr(self, "loader", None) is not None:
                     self.loader.close()
                 self.plan.train_set.close()
+
+    def _how_to_go_on(self):
+        """After a failure that running again fixes: the command that continues the run, as it now stands."""
+        newest = latest_checkpoint(self.out_dir) if self.out_dir.is_dir() else None
+        if newest is None:
+            return (f"no checkpoint was saved yet (the first comes at step {self.config.save_every}), so run the "
+                    "same command again")
+        if self.plan.resume_dir is not None:
+            return f"run the same command again to continue from {newest}"
+        return f"run the same command with --resume {self.out_dir} added to continue from {newest}"
 
     def _lock_out_dir(self):
         """Rank 0 holds the run folder for the whole run, and checks it again under the lock."""

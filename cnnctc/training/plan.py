@@ -20,7 +20,7 @@ from ..lineage import started_from_none
 from ..registry import get_model, list_models
 from .config import MAX_STEPS, RUN_FIELDS, TrainConfig, check_alphabet, flag, is_int
 from .pretrained import fetch_pretrained, pretrained_source, read_pretrained
-from .store import holds_run, latest_checkpoint, read_resume_point
+from .store import BEST_NAME, best_checkpoint_problem, holds_run, latest_checkpoint, read_resume_point, step_checkpoints
 
 __all__ = ["RunPlan", "cluster_size", "resolve_rank"]
 
@@ -147,6 +147,10 @@ class RunPlan:
         self.checked = True
 
     def holds_run_error(self):
+        problem = best_checkpoint_problem(self.out_dir)
+        if problem and not step_checkpoints(self.out_dir):   # no run's: a file of the user's under a run's name
+            return CnnctcError(f"--out {self.out_dir} holds a {BEST_NAME} that is {problem}, where a run writes its "
+                               f"best checkpoint; move {BEST_NAME} away, or choose another --out")
         try:
             point = read_resume_point(self.out_dir)
         except CnnctcError:

@@ -24,7 +24,8 @@ from ..errors import CheckpointError, CnnctcError
 from ..lineage import LINEAGE_KEY, parse_lineage
 from .config import TrainConfig
 
-__all__ = ["TRAIN_STATE_KEY", "step_checkpoints", "latest_checkpoint", "holds_run", "first_non_finite",
+__all__ = ["TRAIN_STATE_KEY", "step_checkpoints", "latest_checkpoint", "holds_run", "best_checkpoint_problem",
+           "first_non_finite",
            "ResumePoint", "read_resume_point", "RunFolderLock", "CheckpointStore"]
 
 TRAIN_STATE_KEY = "cnnctc_train_state"
@@ -46,6 +47,33 @@ def latest_checkpoint(directory):
     """The periodic checkpoint with the highest step in ``directory``, or None."""
     found = step_checkpoints(directory)
     return found[-1] if found else None
+
+
+def best_checkpoint_problem(directory):
+    """What the ``best.ckpt`` in ``directory`` is when it cannot be a checkpoint (a folder, an empty or a
+    text file, ...), as a phrase; None when there is none or it may be one. Only its first bytes are read:
+    a MindSpore checkpoint is a protobuf message whose first field is a value (byte 0x0a)."""
+    best = Path(directory) / BEST_NAME
+    if not os.path.lexists(best):
+        return None
+    if best.is_dir():
+        return "a folder"
+    if not best.is_file():
+        return "a broken symbolic link" if best.is_symlink() else "not a regular file"
+    try:
+        with open(best, "rb") as f:
+            head = f.read(256)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if not head:
+        return "an empty file"
+    if head[:1] == b"\x0a":
+        return None
+    try:
+        head.decode("utf-8")
+        return "a text file, not a checkpoint"
+    except UnicodeDecodeError:
+        return "not a MindSpore checkpoint"
 
 
 def holds_run(directory):
@@ -86,8 +114,13 @@ def read_resume_point(directory):
         raise CnnctcError(f"--resume {directory}: {'not a folder' if directory.exists() else 'no such folder'}")
     found = step_checkpoints(directory)
     if not found:
-        hint = (f"; its best.ckpt can start a new run: --pretrained {directory / BEST_NAME}"
-                if (directory / BEST_NAME).exists() else "; start the run without --resume")
+        problem = best_checkpoint_problem(directory)
+        if problem:
+            hint = f"; its {BEST_NAME} is {problem}, so start the run without --resume, into another --out"
+        elif (directory / BEST_NAME).exists():
+            hint = f"; its best.ckpt can start a new run: --pretrained {directory / BEST_NAME}"
+        else:
+            hint = "; start the run without --resume"
         raise CnnctcError(f"--resume {directory}: no cnnctc-<step>.ckpt checkpoint to resume from{hint}")
     last = found[-1]
     try:
