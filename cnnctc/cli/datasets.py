@@ -101,7 +101,8 @@ def render(args):
 def _render_scene(args, words):
     from ..synth.writer import write_scene_images
     count = args.count or (len(words) if words else 100)
-    shown = not args.quiet and sys.stderr is not None and sys.stderr.isatty()
+    from .._streams import is_terminal
+    shown = not args.quiet and is_terminal(sys.stderr)
     with progress_bar(count if shown else None, shown) as bar:
         result = write_scene_images(args.out, args.count, seed=args.seed, words=words, fonts=args.font,
                                     backgrounds=args.backgrounds, alphabet=args.alphabet, effects=args.effects,
