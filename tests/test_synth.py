@@ -188,3 +188,118 @@ def test_the_plain_style_writes_an_lmdb_too(tmp_path):
     assert [found[b"label-%09d" % i].decode() for i in range(1, 6)] == [line.split("\t")[1] for line in lines]
     assert Image.open(__import__("io").BytesIO(found[b"image-000000001"])).tobytes() == \
         Image.open(tmp_path / "plain" / "00000.png").tobytes()
+
+
+def test_a_fifo_as_font_or_words_file_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "fifo.ttf"
+    os.mkfifo(fifo)
+    run = cli("render", tmp_path / "out", "--style", "scene", "--count", 2, "--font", fifo)
+    assert run.returncode == 1 and "not a regular file" in one_error_line(run)
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    os.symlink(scene_fonts()[0], fonts / "real.ttf")
+    os.mkfifo(fonts / "zz.ttf")   # inside a folder: skipped
+    run = cli("render", tmp_path / "from-folder", "--style", "scene", "--count", 2, "--font", fonts)
+    assert run.returncode == 0, run.stderr
+    words = tmp_path / "words.txt"
+    os.mkfifo(words)
+    for style in ("scene", "plain"):
+        run = cli("render", tmp_path / f"w-{style}", "--style", style, "--words-file", words)
+        assert run.returncode == 1 and "FIFO" in one_error_line(run)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("he\x1b[31mllo\n", "control or line-break character (U+001B)"),
+    ("one\x85two\n", "control or line-break character (U+0085)"),
+    ("\u2800\n", "draws nothing"),
+    ("a" * 300 + "\n", "300 symbols long"),
+])
+def test_words_a_label_cannot_hold_or_an_image_cannot_show_are_refused_naming_the_line(tmp_path, content, message):
+    words = tmp_path / "words.txt"
+    words.write_text("fine\n" + content, encoding="utf-8")
+    run = cli("render", tmp_path / "out", "--style", "scene", "--words-file", words)
+    line = one_error_line(run)
+    assert run.returncode == 1 and "line 2" in line and message in line and len(line) < 400
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_word(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_bytes("\ufeffSTOP\nGO\n".encode("utf-8"))
+    run = cli("render", tmp_path / "out", "--style", "scene", "--words-file", words)
+    assert run.returncode == 0, run.stderr
+    assert [l.split("\t")[1] for l in (tmp_path / "out" / "labels.tsv").read_text().splitlines()] == ["STOP", "GO"]
+
+
+def test_a_word_whose_label_would_be_empty_is_refused(tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("---\nabc\n")
+    run = cli("render", tmp_path / "out.lmdb", "--style", "scene", "--words-file", words,
+              "--alphabet", "0123456789abcdefghijklmnopqrstuvwxyz")
+    assert run.returncode == 1 and "'---' has no symbol of the alphabet" in one_error_line(run)
+    assert not (tmp_path / "out.lmdb").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"font_size": (0, 0)}, "font size must be a whole number from 6"),
+    ({"font_size": (60, 10)}, "largest font size must be a whole number from 60"),
+    ({"seed": -1}, "seed must be"),
+    ({"workers": "2"}, "workers must be"),
+    ({"workers": 0}, "workers must be"),
+    ({"workers": 10**9}, "workers must be a whole number from 1 to 64"),
+    ({"effects": float("nan")}, "effects must be"),
+])
+def test_the_api_refuses_absurd_settings_before_drawing(tmp_path, kwargs, message):
+    from cnnctc.errors import CnnctcError
+    with pytest.raises(CnnctcError, match=message):
+        write_scene_images(tmp_path / "out", 2, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_only_an_lmdb_render_drew(tmp_path):
+    from cnnctc.data import write_lmdb
+    mine = tmp_path / "mine.lmdb"
+    write_lmdb(mine, [(b"\x89PNG", "hand"), (b"\x89PNG", "labelled")])
+    before = records(mine)
+    run = cli("render", mine, "--style", "scene", "--count", 3, "--overwrite")
+    assert run.returncode == 1 and "did not draw" in one_error_line(run)
+    assert records(mine) == before
+
+
+def test_backgrounds_are_read_lazily_and_junk_is_skipped_quietly(tmp_path):
+    folder = tmp_path / "bg"
+    folder.mkdir()
+    for i in range(40):
+        Image.new("RGB", (300, 200), (i * 6, 100, 200 - i * 4)).save(folder / f"{i:02d}.png")
+    (folder / "junk.png").write_bytes(b"not an image")
+    os.mkfifo(folder / "pipe.png")
+    run = cli("render", tmp_path / "out", "--style", "scene", "--count", 30, "--backgrounds", folder, "--workers", 2)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    from cnnctc.synth import Backgrounds
+    backgrounds = Backgrounds(folder)
+    assert len(backgrounds.paths) == 40 and len(backgrounds._cache) == 0   # nothing decoded until drawn from
+    for i in range(50):
+        backgrounds.crop(np.random.default_rng(i), 40, 20)
+    assert len(backgrounds._cache) <= 32
+
+
+def test_killing_a_render_with_workers_leaves_no_tracebacks_and_no_workers(tmp_path):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctc", "render", str(tmp_path / "k.lmdb"), "--style", "scene",
+                             "--count", "3000", "--workers", "2"], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(p.name.startswith(".k.lmdb.") for p in tmp_path.iterdir()):
+        time.sleep(0.1)
+    time.sleep(2)
+    proc.kill()
+    _, stderr = proc.communicate(timeout=60)   # the workers hold stderr until they are gone
+    assert "Traceback" not in stderr and "leaked" not in stderr, stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:   # the workers see the parent's end of their pipes close, and go
+        left = subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if not left:
+            break
+        time.sleep(0.2)
+    assert left == []   # no worker outlived its parent for long
+    assert not (tmp_path / "k.lmdb").exists()

@@ -1,14 +1,17 @@
 """What scene images are drawn with: font files that have every glyph the text needs, and
 background photographs (the user's folder, else scikit-image's sample photos, public domain and CC0)."""
+import collections
 import hashlib
 import os
 import re
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFont
 
-from ..errors import CnnctcError
+from ..errors import CnnctcError, shown
 
 __all__ = ["scene_fonts", "font_files", "Backgrounds", "FONT_FOLDERS", "NEEDED_SYMBOLS", "SKIMAGE_PHOTOS"]
 
@@ -39,12 +42,23 @@ def font_files(paths):
         if os.path.isdir(path):
             for folder, dirs, names in os.walk(path):
                 dirs.sort()
-                found += [os.path.join(folder, n) for n in sorted(names) if n.lower().endswith(_FONT_SUFFIXES)]
-        elif os.path.exists(path):
-            found.append(path)
-        else:
+                found += [os.path.join(folder, n) for n in sorted(names)
+                          if n.lower().endswith(_FONT_SUFFIXES) and _regular(os.path.join(folder, n))]
+        elif not os.path.exists(path):
             raise CnnctcError(f"{path}: no such font file or folder")
+        elif not _regular(path):
+            raise CnnctcError(f"{path}: not a regular file; give font files (or folders of them)")
+        else:
+            found.append(path)
     return sorted(dict.fromkeys(found))
+
+
+def _regular(path):
+    """Whether ``path`` is a regular file (a FIFO or a device would block or never end when read)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _usable(path, symbols):
@@ -68,7 +82,7 @@ def scene_fonts(fonts=None, *, symbols=NEEDED_SYMBOLS):
     usable = [path for path in candidates if _usable(path, symbols)]
     if not usable:
         where = "the given fonts" if fonts is not None else f"the installed fonts ({', '.join(FONT_FOLDERS)})"
-        raise CnnctcError(f"none of {where} draws all of the symbols {symbols!r}; install Debian's fonts-dejavu-core "
+        raise CnnctcError(f"none of {where} draws all of the symbols {shown(symbols)}; install Debian's fonts-dejavu-core "
                           "fonts-liberation fonts-noto-core (or more), or give --font files that do")
     return usable
 
@@ -91,43 +105,53 @@ def _skimage_photos():
 
 
 class Backgrounds:
-    """Background photographs as RGB arrays: the images in ``folder``, else scikit-image's
-    sample photos when scikit-image is installed (the ``synth`` extra), else none (gradients,
-    noise and textures are drawn either way)."""
+    """Background photographs: the images in ``folder``, else scikit-image's sample photos when
+    scikit-image is installed (the ``synth`` extra), else none (gradients, noise and textures are
+    drawn either way). Photos are decoded when first drawn from, shrunk to at most 640 pixels a
+    side, and at most ``_CACHED`` are kept decoded, so a large folder costs little memory."""
 
     def __init__(self, folder=None):
         if folder is not None:
             if not os.path.isdir(folder):
                 raise CnnctcError(f"{folder}: no such folder of background images")
-            paths = sorted(Path(folder).rglob("*"))
-            paths = [p for p in paths if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()][:_MAX_BACKGROUNDS]
+            paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and _regular(p))
             self.source = str(folder)
         else:
             paths = _skimage_photos()
             self.source = "scikit-image sample photos" if paths else None
-        self.paths = paths
-        self.images = []
-        for path in paths:
-            try:
-                with Image.open(path) as image:
-                    image.draft("RGB", (_BACKGROUND_SIDE, _BACKGROUND_SIDE))
-                    image = image.convert("RGB")
-                    image.thumbnail((_BACKGROUND_SIDE, _BACKGROUND_SIDE))
-                    if min(image.size) >= 16:
-                        self.images.append(np.asarray(image))
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue
-        if folder is not None and not self.images:
-            raise CnnctcError(f"{folder}: holds no readable background image (PNG, JPEG, ...) of at least 16 pixels")
+        self.paths = [p for p in paths[:_MAX_BACKGROUNDS] if _load(p) is not None]
+        if folder is not None and not self.paths:
+            raise CnnctcError(f"{folder}: holds no readable background image (PNG, JPEG, ... of 16 to "
+                              f"{_MAX_PIXELS // 10**6} million pixels)")
+        self._cache = collections.OrderedDict()
+
+    def __getstate__(self):  # worker processes decode what they draw from themselves
+        return {"paths": self.paths, "source": self.source}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _cache=collections.OrderedDict())
+
+    @property
+    def images(self):
+        return self.paths
 
     def describe(self):
         return {"source": self.source, "images": [{"file": p.name, "sha256": file_sha256(p)} for p in self.paths]}
 
+    def _photo(self, index):
+        photo = self._cache.pop(index, None)
+        if photo is None:
+            photo = _load(self.paths[index])
+        self._cache[index] = photo
+        while len(self._cache) > _CACHED:
+            self._cache.popitem(last=False)
+        return photo
+
     def crop(self, rng, width, height):
         """A random crop of a random photo, resized to ``width`` x ``height`` (None when there are none)."""
-        if not self.images:
+        if not self.paths:
             return None
-        photo = self.images[rng.integers(len(self.images))]
+        photo = self._photo(int(rng.integers(len(self.paths))))
         ph, pw = photo.shape[:2]
         scale = rng.uniform(0.3, 1.0)
         ch = max(8, min(ph, int(ph * scale * rng.uniform(0.15, 0.5))))
@@ -135,3 +159,26 @@ class Backgrounds:
         y, x = rng.integers(0, ph - ch + 1), rng.integers(0, pw - cw + 1)
         patch = Image.fromarray(photo[y:y + ch, x:x + cw])
         return np.asarray(patch.resize((width, height), Image.BILINEAR), dtype=np.float32)
+
+
+_CACHED = 32
+_MAX_PIXELS = 50_000_000  # a larger "photo" is skipped before it is decoded
+
+
+def _load(path):
+    """``path`` decoded as RGB and shrunk to at most 640 pixels a side, or None when it is not a usable
+    image (unreadable, under 16 pixels a side, or over 50 million pixels). Pillow's warnings stay quiet."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                if image.width * image.height > _MAX_PIXELS:
+                    return None
+                image.draft("RGB", (_BACKGROUND_SIDE, _BACKGROUND_SIDE))
+                image = image.convert("RGB")
+                image.thumbnail((_BACKGROUND_SIDE, _BACKGROUND_SIDE))
+                if min(image.size) < 16:
+                    return None
+                return np.asarray(image)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return None

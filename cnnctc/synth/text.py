@@ -2,11 +2,15 @@
 numbers, dates, prices and codes, in upper, lower or title case; and the label that goes with it."""
 import os
 import re
+import unicodedata
 from pathlib import Path
 
-from ..errors import CnnctcError
+from .._checks import MAX_WORD_LENGTH
+from .._files import NotRegularFile, open_regular
+from ..errors import CnnctcError, shown
 
-__all__ = ["TextSource", "label_for", "dictionary_words", "SYSTEM_DICTIONARY", "MAX_WORDS_FILE_BYTES"]
+__all__ = ["TextSource", "label_for", "dictionary_words", "read_words_file", "word_problem", "SYSTEM_DICTIONARY",
+           "MAX_WORDS_FILE_BYTES"]
 
 SYSTEM_DICTIONARY = "/usr/share/dict/words"  # Debian's wamerican (and its siblings)
 _SHIPPED = Path(__file__).with_name("words.txt")
@@ -20,14 +24,21 @@ DEFAULT_MIX = (("word", 0.78), ("digits", 0.07), ("date", 0.04), ("price", 0.04)
 CASES = (("upper", 0.42), ("title", 0.30), ("lower", 0.28))
 
 
+# Characters that draw nothing although they are not white space (Braille blank, Hangul fillers).
+_BLANK = {"\u2800", "\u3164", "\u115f", "\u1160", "\uffa0"}
+
+
 def _read_lines(path):
+    """The lines of a UTF-8 words file (a regular file: a FIFO would block), split at newlines only."""
     try:
-        size = os.stat(path).st_size
-        if size > MAX_WORDS_FILE_BYTES:
-            raise CnnctcError(f"{path}: {size / 2**20:.0f} MB is too large for a vocabulary (at most "
-                              f"{MAX_WORDS_FILE_BYTES // 2**20} MB); give a shorter list")
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_WORDS_FILE_BYTES:
+                raise CnnctcError(f"{path}: {size / 2**20:.0f} MB is too large for a vocabulary (at most "
+                                  f"{MAX_WORDS_FILE_BYTES // 2**20} MB); give a shorter list")
             raw = f.read(MAX_WORDS_FILE_BYTES + 1)
+    except NotRegularFile as exc:
+        raise CnnctcError(f"{path}: {exc.kind}, not a words file; give a text file") from None
     except OSError as exc:
         raise CnnctcError(f"{path}: cannot read the words file ({exc.strerror or exc})") from None
     try:
@@ -35,7 +46,8 @@ def _read_lines(path):
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise CnnctcError(f"{path}: line {line} is not UTF-8 text; save the words file as UTF-8") from None
-    return text.splitlines()
+    # Only a newline ends a line (splitlines would also split a word at U+0085, U+2028, a form feed...).
+    return [line[:-1] if line.endswith("\r") else line for line in text.removeprefix("\ufeff").split("\n")]
 
 
 def dictionary_words(path=None, *, max_length=13):
@@ -59,13 +71,27 @@ def read_words_file(path):
         word = line.strip()
         if not word:
             continue
-        for bad, name in (("\t", "a tab"), ("\0", "a NUL")):
-            if bad in word:
-                raise CnnctcError(f"{path}: line {number} holds {name}, which a label cannot hold")
+        problem = word_problem(word)
+        if problem:
+            raise CnnctcError(f"{path}: line {number} {problem}")
         words.append(word)
     if not words:
         raise CnnctcError(f"{path}: holds no words (one per line)")
     return words
+
+
+def word_problem(word):
+    """What makes ``word`` undrawable as a labelled image (as a phrase), or None."""
+    controls = sorted({c for c in word if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")})
+    if controls:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in controls[:5])
+        return (f"holds a control or line-break character ({codes}), which a label cannot hold and no font "
+                "draws; remove it")
+    if len(word) > MAX_WORD_LENGTH:
+        return f"is {len(word):,} symbols long; a word image holds at most {MAX_WORD_LENGTH}"
+    if all(c.isspace() or c in _BLANK or unicodedata.category(c) == "Cf" for c in word):
+        return f"({shown(word)}) draws nothing: every symbol in it is blank"
+    return None
 
 
 def _pick(rng, table):

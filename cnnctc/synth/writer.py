@@ -12,7 +12,7 @@ from .._checks import MAX_SCENE_WORKERS
 from ..errors import CnnctcError, shown
 from .scene import SceneConfig, draw_scene
 from .sources import Backgrounds, file_sha256, scene_fonts
-from .text import TextSource, label_for
+from .text import TextSource, label_for, word_problem
 
 __all__ = ["SceneRecipe", "scene_images", "write_scene_images", "MAX_SCENE_WORKERS"]
 
@@ -70,7 +70,32 @@ def _init_worker(recipe):
     global _WORKER_RECIPE
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    # A worker's failures reach the parent with its results; what it would print itself (a broken
+    # pipe's traceback when the parent was killed) is noise on the user's terminal.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     _WORKER_RECIPE = recipe
+
+
+def _quiet_resource_tracker():
+    """Start multiprocessing's resource tracker (if not yet running) with its stderr on /dev/null: when
+    the parent is killed with SIGKILL it would warn about the pool's semaphores on the user's terminal.
+    The tracker inherits descriptor 2, so it points at /dev/null for the moment the tracker starts."""
+    from multiprocessing import resource_tracker
+    saved = devnull = None
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    except Exception:  # the tracker is a nicety; the pool starts one itself otherwise
+        pass
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if devnull is not None:
+            os.close(devnull)
 
 
 def _draw_chunk(task):
@@ -86,6 +111,7 @@ def scene_images(recipe, count, seed, *, workers=1, start=0):
         return
     tasks = [(seed, i, min(i + _CHUNK, count)) for i in range(start, count, _CHUNK)]
     context = multiprocessing.get_context("spawn")  # safe whatever threads the caller runs
+    _quiet_resource_tracker()
     pool = context.Pool(workers, initializer=_init_worker, initargs=(recipe,))
     try:
         for chunk in pool.imap(_draw_chunk, tasks):
@@ -98,6 +124,34 @@ def scene_images(recipe, count, seed, *, workers=1, start=0):
             pool.join()
 
 
+MIN_FONT_SIZE, MAX_FONT_SIZE = 6, 200  # pixels; --font-size's bounds
+
+
+def _check_number(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CnnctcError(f"{name} must be a whole number from {low:,} to {high:,}, got {shown(value)}")
+
+
+def _check_lmdb_out(out, overwrite):
+    """With ``overwrite``, an existing LMDB at ``out`` is replaced only when render drew it (its
+    ``cnnctc-render`` record): a dataset made otherwise (make-lmdb, the user's own) is refused."""
+    if not overwrite or not os.path.isdir(out) or not os.path.isfile(out / "data.mdb"):
+        return  # nothing there, or make-lmdb's writer refuses it in its own words
+    import lmdb
+    try:
+        env = lmdb.open(str(out), readonly=True, lock=False, max_readers=1)
+        try:
+            with env.begin() as txn:
+                ours = txn.get(RECIPE_KEY) is not None
+        finally:
+            env.close()
+    except lmdb.Error:
+        ours = False
+    if not ours:
+        raise CnnctcError(f"{out} is an LMDB that `cnnctc render` did not draw; --overwrite replaces only sets it "
+                          "drew: choose another OUT, or move that dataset away first")
+
+
 def write_scene_images(out, count=None, *, seed=0, words=None, fonts=None, backgrounds=None, alphabet=None,
                        effects=1.0, font_size=None, workers=1, overwrite=False, progress=None):
     """Draw a scene set: ``out`` ending in ``.lmdb`` becomes an LMDB (streamed), anything else a
@@ -107,14 +161,27 @@ def write_scene_images(out, count=None, *, seed=0, words=None, fonts=None, backg
     these symbols (see :func:`label_for`); None keeps them as drawn. Returns the labels file or LMDB."""
     from pathlib import Path
     from .. import render
+    ordered = words is not None and count is None
     if words is not None:
         words = render._check_request(1, None, words)[1]
+        for number, word in enumerate(words, 1):
+            problem = word_problem(word)
+            if problem:
+                raise CnnctcError(f"word {number} {problem}")
     if count is None:
         count = len(words) if words is not None else 100
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= render.MAX_COUNT:
-        raise CnnctcError(f"count must be a whole number from 1 to {render.MAX_COUNT:,}, got {count!r}")
-    if not 0 <= effects <= 1:
-        raise CnnctcError(f"effects must be from 0 (flat, upright, sharp) to 1 (the full scene look), got {effects}")
+    _check_number("count", count, 1, render.MAX_COUNT)
+    _check_number("seed", seed, 0, 2**63 - 1)
+    _check_number("workers", workers, 1, MAX_SCENE_WORKERS)
+    if isinstance(effects, bool) or not isinstance(effects, (int, float)) or not 0 <= effects <= 1:
+        raise CnnctcError(f"effects must be from 0 (flat, upright, sharp) to 1 (the full scene look), got {effects!r}")
+    if font_size is not None:
+        try:
+            low, high = font_size
+        except (TypeError, ValueError):
+            raise CnnctcError(f"font_size must be (MIN, MAX) in pixels, got {font_size!r}") from None
+        _check_number("the smallest font size", low, MIN_FONT_SIZE, MAX_FONT_SIZE)
+        _check_number("the largest font size", high, low, MAX_FONT_SIZE)
     config = SceneConfig(effects=float(effects), **({} if font_size is None else
                                                     {"min_font_size": font_size[0], "max_font_size": font_size[1]}))
     if alphabet is not None:
@@ -122,11 +189,20 @@ def write_scene_images(out, count=None, *, seed=0, words=None, fonts=None, backg
         problem = alphabet_problem(alphabet)
         if problem:
             raise CnnctcError(f"the alphabet {shown(alphabet)} {problem}")
+        if words is not None:
+            empty = next((w for w in words if not label_for(w, alphabet)), None)
+            if empty is not None:
+                raise CnnctcError(f"the word {shown(empty)} has no symbol of the alphabet {shown(alphabet)}: its "
+                                  "label would be empty; leave it out, or widen --alphabet")
+    if not os.fspath(out):
+        raise CnnctcError("OUT is empty; name a folder, or an LMDB ending in .lmdb")
     out_path = Path(out)
     lmdb_out = out_path.name.endswith(".lmdb")
+    if lmdb_out:
+        _check_lmdb_out(out_path, overwrite)
     state = None if lmdb_out else render.check_set_out(out_path, overwrite)
     recipe = SceneRecipe(words=words, fonts=fonts, backgrounds=backgrounds, alphabet=alphabet, config=config)
-    recipe.ordered = words is not None and count == len(words)
+    recipe.ordered = ordered
     drawn = scene_images(recipe, count, seed, workers=workers)
 
     def items():
