@@ -19,13 +19,16 @@ A lineage is data read from a file, so it is read defensively: one longer than `
 nested deeper than ``MAX_DEPTH`` is not read, one of the wrong types is not used, and either
 reads as ``{"origin": "unknown", "damaged": why}``; a lineage whose claims contradict what can be
 checked (the file's own SHA-256, the registry's card of a model it names) reads as ``{"origin":
-"unknown", "contradiction": why}`` and its claims are dropped. Neither ever stops the weights
+"unknown", "contradiction": why}`` and its claims are dropped. What ``info`` shows of a lineage is
+data: every string with its control characters escaped and cut short, a count that is no count
+(negative, more than 15 digits, NaN) shown as damaged; its JSON is always valid JSON. Neither ever stops the weights
 from being read. What is copied into a new checkpoint or an export is cut to well under both
 limits (the oldest ancestors go first), so every file cnnctc writes reads back whole.
 """
 import copy
 import importlib.metadata
 import json
+import math
 import re
 from json.decoder import scanstring
 from pathlib import Path
@@ -33,7 +36,7 @@ from pathlib import Path
 __all__ = ["LINEAGE_KEY", "UNKNOWN", "MAX_CHARS", "MAX_DEPTH", "cnnctc_version", "parse_lineage", "model_lineage",
            "file_lineage", "checked_lineage", "started_from_none", "started_from_model", "started_from_checkpoint",
            "export_lineage", "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage",
-           "loads_with_lineage"]
+           "loads_with_lineage", "lineage_json", "MAX_COUNT"]
 
 LINEAGE_KEY = "cnnctc_lineage"     # checkpoint entry and ONNX/sidecar metadata key, a JSON object
 UNKNOWN = {"origin": "unknown"}
@@ -47,6 +50,11 @@ MAX_DEPTH = 100
 _COPY_CHARS = MAX_CHARS // 2
 _COPY_DEPTH = MAX_DEPTH - 10
 _ORIGINS = ("finetune", "model", "unknown")
+# A count (samples, steps, a batch) above this, or below zero, is shown as damaged, never as a count.
+MAX_COUNT = 10 ** 15
+# At most this many datasets and ancestors are shown by ``info`` (``--json`` has them all).
+_SHOWN_DATASETS = 10
+_SHOWN_ANCESTORS = 20
 
 
 def cnnctc_version():
@@ -62,16 +70,50 @@ def _damaged(why):
     return {"origin": "unknown", "damaged": why}
 
 
+def _escaped(text):
+    """``text`` with every character that is not printable escaped as Python writes it (``\\x1b``,
+    ``\\n``, ``\\u202e``): a file's string never moves the cursor, clears the screen, sets the
+    terminal's title or starts a line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def _finite(value):
+    """True for an integer (of any size) or a finite float; math.isfinite overflows on 10**400."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _number_phrase(value):
+    """A number as a phrase, whatever its size (an integer of 5000 digits cannot even be printed)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("infinity" if value > 0 else "minus infinity")
+    if isinstance(value, int) and abs(value) > MAX_COUNT:
+        return f"{'minus ' if value < 0 else ''}a number of more than 15 digits"
+    return repr(value)
+
+
 def _short(value, limit=80):
-    """``value`` as a short phrase for a message (a file's strings can be of any length)."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+    """``value`` as a short phrase for a message or a line of ``info``: a file's strings can be of any
+    length and hold any character, so control characters are escaped and what is longer than
+    ``limit`` symbols is cut, saying how long it was."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = _number_phrase(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except ValueError:   # a number JSON cannot write (NaN, 5000 digits) somewhere inside
+            text = f"{_kind(value)} that cannot be shown"
+    shown = _escaped(text)   # a newline in a file's string is shown as \\n, never as a line of its own
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text):,} symbols)"
 
 
 def _hash(value):
     """A claimed SHA-256 as a message shows it: its first 12 digits."""
-    return f"{value[:12]}..." if isinstance(value, str) else _short(value, 20)
+    return f"{_short(value[:12], 12)}..." if isinstance(value, str) else _short(value, 20)
 
 
 def _kind(value):
@@ -147,7 +189,8 @@ def _shape_problem(lineage):
                 return f"{where}origin is missing"
             return f"{where}origin is {_kind(origin)}, not a string"
         if origin not in _ORIGINS:
-            return f"{where}origin {_short(origin, 40)!r} is not one this cnnctc knows"
+            from .errors import shown
+            return f"{where}origin {shown(origin, 40)} is not one this cnnctc knows"
         problem = _field_problem(lineage, _LINEAGE_FIELDS, where)
         if problem:
             return problem
@@ -316,7 +359,8 @@ def _claims_problem(claims, where, *, own):
         return (f"{where}names model {uid} with sha256 {_hash(sha256)}, but that model's asset is "
                 f"{_hash(known.sha256)}")
     accuracy = claims.get("accuracy")
-    if accuracy is not None and (known.accuracy is None or abs(accuracy - known.accuracy) > 1e-9):
+    if accuracy is not None and (known.accuracy is None or not _finite(accuracy)
+                                 or abs(accuracy - known.accuracy) > 1e-9):
         card = f"its card says {known.accuracy}%" if known.accuracy is not None else "its card gives none"
         return f"{where}gives model {uid} an accuracy of {_short(accuracy, 12)}%, but {card}"
     return None
@@ -482,8 +526,71 @@ def read_model_lineage(path, base=None):
     return "ckpt", file_lineage(state.get(LINEAGE_KEY), sha256), manifest.to_dict()
 
 
+# --- what ``info --checkpoint`` shows: every value from the file as data, never as the terminal's ---
+
+def _damaged_value(value, what):
+    """A value of the file where ``what`` was expected, shown as what it is: '? (damaged: -5, not a count)'."""
+    if type(value) in (int, float):
+        phrase = _number_phrase(value)
+    else:
+        from .errors import shown
+        phrase = _kind(value) + (f" {shown(value, 24)}" if isinstance(value, str) else "")
+    return f"? (damaged: {phrase}, not {what})"
+
+
+def _count(value, most=MAX_COUNT, what="a count"):
+    """A count from the file (samples, steps, a batch, a width, a seed): '?' when it is not given,
+    '? (damaged: ...)' when it is no whole number from 0 to ``most``."""
+    if value is None:
+        return "?"
+    if type(value) is int and 0 <= value <= most:
+        return str(value)
+    return _damaged_value(value, what)
+
+
+def _percent(value, missing="-", digits=None):
+    """An accuracy from the file: a finite number from 0 to 100, else 'damaged (...)'."""
+    if value is None:
+        return missing
+    if _finite(value) and 0 <= value <= 100:
+        return f"{value:.{digits}f}%" if digits is not None else f"{value}%"
+    return _damaged_value(value, "a percentage")
+
+
 def _accuracy(value):
-    return "-" if value is None else f"{value:.2f}%"
+    return _percent(value, digits=2)
+
+
+def _rate(value):
+    """A learning rate from the file: a finite number from 0 to 1000, else 'damaged (...)'."""
+    if value is None:
+        return "?"
+    if _finite(value) and 0 <= value <= 1000:
+        return repr(value)
+    return _damaged_value(value, "a learning rate")
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _sha256(value):
+    """A SHA-256 from the file: its 64 hex digits, else 'damaged (...)'."""
+    if value is None:
+        return "?"
+    if isinstance(value, str) and _SHA256.fullmatch(value):
+        return value
+    return _damaged_value(value, "a SHA-256")
+
+
+def _text(value, limit=80):
+    """A string from the file, as one printable line of at most ``limit`` symbols ('?' when not given)."""
+    return "?" if value is None else _short(value, limit)
+
+
+def _shown_alphabet(value):
+    """An alphabet from the file, quoted: control characters escaped, cut after 60 symbols."""
+    from .errors import shown
+    return shown(value, 60) if isinstance(value, str) else _short(value, 24)
 
 
 def _unknown_line(lineage):
@@ -501,61 +608,113 @@ def _unknown_line(lineage):
     return "unknown (no lineage recorded: written before cnnctc kept one, or by another tool)"
 
 
-def _origin_lines(lineage, indent):
+def _model_claims(claims, prefix=""):
+    text = f"; {prefix}accuracy {_percent(claims['accuracy'])}" if claims.get("accuracy") is not None else ""
+    text += f", trained on {_text(claims['train_dataset'], 120)}" if claims.get("train_dataset") else ""
+    return text
+
+
+def _dataset_lines(datasets, pad):
+    lines = [f"{pad}trained on:   {_text(data.get('path'), 200)} ({_count(data.get('kept'))} of "
+             f"{_count(data.get('num_samples'))} samples kept)" for data in datasets[:_SHOWN_DATASETS]]
+    if len(datasets) > _SHOWN_DATASETS:
+        lines.append(f"{pad}trained on:   and {len(datasets) - _SHOWN_DATASETS:,} more datasets (--json lists them)")
+    return lines
+
+
+def _origin_lines(lineage, indent, ancestors=0):
     pad = " " * indent
     origin = lineage.get("origin")
     if origin == "model":
-        claims = f"; accuracy {lineage['accuracy']}%" if lineage.get("accuracy") is not None else ""
-        claims += f", trained on {lineage['train_dataset']}" if lineage.get("train_dataset") else ""
-        return [f"{pad}the asset of model {lineage.get('uid')} (sha256 {lineage.get('sha256')}{claims})"]
+        return [f"{pad}the asset of model {_text(lineage.get('uid'))} (sha256 {_sha256(lineage.get('sha256'))}"
+                f"{_model_claims(lineage)})"]
     if origin != "finetune":
         return [pad + _unknown_line(lineage)]
     lines = []
     start = lineage.get("started_from") or {}
     kind = start.get("kind")
     if kind == "model":
-        claims = f"; its accuracy {start['accuracy']}%" if start.get("accuracy") is not None else ""
-        claims += f", trained on {start['train_dataset']}" if start.get("train_dataset") else ""
-        lines.append(f"{pad}started from: model {start.get('uid')} (sha256 {start.get('sha256')}{claims})")
+        lines.append(f"{pad}started from: model {_text(start.get('uid'))} (sha256 {_sha256(start.get('sha256'))}"
+                     f"{_model_claims(start, 'its ')})")
     elif kind == "checkpoint":
-        lines.append(f"{pad}started from: checkpoint {start.get('path')} (sha256 {start.get('sha256')}), whose "
-                     "lineage is:")
-        lines += _origin_lines(start.get("lineage") or UNKNOWN, indent + 4)
+        lines.append(f"{pad}started from: checkpoint {_text(start.get('path'), 200)} (sha256 "
+                     f"{_sha256(start.get('sha256'))}), whose lineage is:")
+        if ancestors >= _SHOWN_ANCESTORS:
+            lines.append(f"{pad}    (older ancestors are not shown: --json has them)")
+        else:
+            lines += _origin_lines(start.get("lineage") or UNKNOWN, indent + 4, ancestors + 1)
     elif kind == "none":
         lines.append(f"{pad}started from: random weights")
     else:
         lines.append(f"{pad}started from: unknown")
     trained = lineage.get("trained_on") or {}
-    for data in trained.get("datasets") or []:
-        lines.append(f"{pad}trained on:   {data.get('path')} ({data.get('kept')} of {data.get('num_samples')} "
-                     "samples kept)")
-    recipe = trained.get("recipe") or {}
-    lines.append(f"{pad}training:     step {trained.get('steps')} of {trained.get('planned_steps')}, batch "
-                 f"{trained.get('batch_size')} x {trained.get('workers', 1)} workers, lr {recipe.get('lr')}, "
-                 f"width {recipe.get('output_channel')}, seed {trained.get('seed')}, alphabet "
-                 f"{trained.get('alphabet')!r}")
+    lines += _dataset_lines(trained.get("datasets") or [], pad)
+    recipe = trained.get("recipe") if isinstance(trained.get("recipe"), dict) else {}
+    lines.append(f"{pad}training:     step {_count(trained.get('steps'))} of {_count(trained.get('planned_steps'))}, "
+                 f"batch {_count(trained.get('batch_size'))} x {_count(trained.get('workers', 1))} workers, lr "
+                 f"{_rate(recipe.get('lr'))}, width {_count(recipe.get('output_channel'))}, seed "
+                 f"{_count(trained.get('seed'), 2 ** 64, 'a seed')}, alphabet "
+                 f"{_shown_alphabet(trained.get('alphabet'))}")
     measured = lineage.get("measured")
     if not measured:
         lines.append(f"{pad}measured:     nothing (no --valid)")
     else:
-        names = ", ".join(f"{d.get('path')} ({d.get('kept')} kept)" for d in measured.get("datasets") or [])
+        datasets = measured.get("datasets") or []
+        names = ", ".join(f"{_text(d.get('path'), 120)} ({_count(d.get('kept'))} kept)"
+                          for d in datasets[:_SHOWN_DATASETS])
+        if len(datasets) > _SHOWN_DATASETS:
+            names += f" and {len(datasets) - _SHOWN_DATASETS:,} more"
         lines.append(f"{pad}measured:     {_accuracy(measured.get('accuracy'))} at this step, best "
-                     f"{_accuracy(measured.get('best_accuracy'))} at step {measured.get('best_step')} "
-                     f"({measured.get('protocol')} protocol on {names})")
+                     f"{_accuracy(measured.get('best_accuracy'))} at step {_count(measured.get('best_step'))} "
+                     f"({_text(measured.get('protocol'), 40)} protocol on {names})")
     return lines
 
 
 def describe_lineage(path, kind, lineage):
-    """The lines ``cnnctc info --checkpoint`` prints for a file's lineage."""
-    lines = [f"file:         {path} ({kind})"]
+    """The lines ``cnnctc info --checkpoint`` prints for a file's lineage. Every value comes from the
+    file, so each is shown as data: control characters escaped, strings cut, a count that is no
+    count (negative, 401 digits, NaN) shown as damaged."""
+    lines = [f"file:         {_escaped(str(path))} ({kind})"]
     exported = lineage.get("exported")
     if exported:
-        lines.append(f"exported:     {exported.get('format')} by {exported.get('by')} from "
-                     f"{exported.get('checkpoint')} (sha256 {exported.get('checkpoint_sha256')})")
+        lines.append(f"exported:     {_text(exported.get('format'), 20)} by {_text(exported.get('by'), 80)} from "
+                     f"{_text(exported.get('checkpoint'), 200)} (sha256 {_sha256(exported.get('checkpoint_sha256'))})")
     if lineage.get("origin") == "finetune":
-        lines.append(f"written by:   {lineage.get('written_by')}")
+        lines.append(f"written by:   {_text(lineage.get('written_by'))}")
     lines.append("lineage:" + ("" if lineage.get("origin") == "finetune" else
                               " " + _origin_lines(lineage, 0)[0].strip()))
     if lineage.get("origin") == "finetune":
         lines += _origin_lines(lineage, 2)
     return lines
+
+
+def _json_safe(value):
+    """``value`` with what JSON cannot hold made JSON: NaN and infinities as the strings "NaN",
+    "Infinity", "-Infinity", an integer too long to write as a string saying so."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if type(value) is int and value.bit_length() > 10_000:
+        return f"{'-' if value < 0 else ''}a number of more than 3,000 digits"
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _json_escape(char):
+    if ord(char) > 0xFFFF:
+        code = ord(char) - 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{ord(char):04x}"
+
+
+def lineage_json(value, *, ensure_ascii=False, indent=2):
+    """``value`` (a lineage, or a report holding one) as valid JSON text that any terminal shows as
+    text: NaN or an integer of thousands of digits made JSON (:func:`_json_safe`), and every
+    character that is not printable (C1 controls, bidi overrides, U+2028, lone surrogates) written as
+    a ``\\u`` escape; json already escapes C0 controls."""
+    text = json.dumps(_json_safe(value), indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(c if c == "\n" or c.isprintable() else _json_escape(c) for c in text)

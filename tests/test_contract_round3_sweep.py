@@ -1,0 +1,121 @@
+"""The contract, round three: what a hostile user's sweep found, each on real files and processes.
+
+- ``info --checkpoint`` shows a lineage as data: a file's control characters never reach the
+  terminal, its strings are cut short, a count that is no count (401 digits, negative, NaN) reads
+  as damaged, and ``--json`` is valid JSON that still holds the data;
+- a lineage that contradicts the file it is in (the alphabet the file holds, its network's width)
+  is shown as ``contradicted``, its claims never as true, also in an export of that file;
+- ``eval`` says in one warning line per dataset that images could not be read, and how they were
+  scored, instead of printing an accuracy that silently counts them as misreadings;
+- a MindSpore ``Recognizer`` leaves the caller's PYNATIVE_MODE alone (it compiles its network with
+  ``mindspore.jit``), and a script that exits with one alive exits quietly (no ``Cell.__del__``
+  tracebacks, even after ``import multiprocessing``).
+"""
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import lmdb
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import subprocess_env
+from cnnctc.registry import BUNDLED_MODEL, get_model
+
+ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+WIDTH = 64   # cnnctc/mini-synth's Prediction.weight is (37, 64)
+
+
+def cnnctc(*args, timeout=600):
+    run = subprocess.run([sys.executable, "-m", "cnnctc", *map(str, args)], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in run.stderr, run.stderr
+    return run
+
+
+def info(path, *args):
+    run = cnnctc("-q", "info", "--checkpoint", path, *args)
+    assert run.returncode == 0 and run.stderr == "", (run.returncode, run.stderr)
+    return run.stdout
+
+
+def strict_json(text):
+    """JSON as the standard has it: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def honest_lineage():
+    """A fine-tune's lineage that agrees with the bundled model's weights."""
+    return {"origin": "finetune", "written_by": "cnnctc 0.1.0", "started_from": {"kind": "none"},
+            "trained_on": {"datasets": [{"path": "flip.lmdb", "num_samples": 20, "kept": 20}], "skipped": {},
+                           "alphabet": ALPHABET, "planned_steps": 5, "batch_size": 8, "workers": 1,
+                           "recipe": {"lr": 0.0005, "output_channel": WIDTH}, "seed": 1, "steps": 5},
+            "measured": None}
+
+
+@pytest.fixture(scope="module")
+def lineages(tmp_path_factory):
+    """The bundled model's weights saved again, each with another lineage entry: {name: path}."""
+    import mindspore as ms
+    folder = tmp_path_factory.mktemp("sweep_lineages")
+    state = ms.load_checkpoint(str(get_model(BUNDLED_MODEL).bundled))
+    weights = [{"name": k, "data": v} for k, v in state.items() if not isinstance(v, str)]
+    meta = {k: v for k, v in state.items() if isinstance(v, str) and k != "cnnctc_lineage"}
+    assert meta["alphabet"] == ALPHABET and state["Prediction.weight"].shape == (37, WIDTH)
+
+    hostile = honest_lineage()
+    hostile["written_by"] = "cnnctc 0.1.0\x1b[2J\x1b[31mPWNED\nmeasured:     99.99% accuracy on IIIT5K" + "X" * 3000
+    hostile["trained_on"]["datasets"] = [{"path": "\x1b]0;evil title\x07clean.lmdb", "num_samples": 10 ** 400,
+                                          "kept": -3}]
+    hostile["trained_on"]["recipe"]["lr"] = float("inf")
+    hostile["measured"] = {"protocol": "zoo\u202e", "accuracy": float("nan"), "best_accuracy": 250.0,
+                           "best_step": 10 ** 30, "datasets": [{"path": "valid\x9b2J.lmdb", "kept": 3}]}
+    wrong_alphabet = honest_lineage()
+    wrong_alphabet["trained_on"]["alphabet"] = "abc"
+    wrong_alphabet["trained_on"]["recipe"]["output_channel"] = 512
+    wrong_width = honest_lineage()
+    wrong_width["trained_on"]["recipe"]["output_channel"] = 512
+    paths = {}
+    for name, lineage in (("hostile", hostile), ("alphabet", wrong_alphabet), ("width", wrong_width),
+                          ("honest", honest_lineage())):
+        paths[name] = folder / f"{name}.ckpt"
+        text = json.dumps(lineage)   # NaN and infinity as Python writes them: what a file may hold
+        ms.save_checkpoint(weights, str(paths[name]), append_dict={**meta, "cnnctc_lineage": text})
+    return paths
+
+
+# --- 1. A lineage is shown as data, never as the terminal's commands ----------------------------
+
+def test_info_shows_a_lineage_as_data_never_as_the_terminals_commands(lineages):
+    text = info(lineages["hostile"])
+    lines = text.splitlines()
+    assert all(line.isprintable() for line in lines), [line for line in lines if not line.isprintable()]
+    assert all(len(line) <= 400 for line in lines), max(map(len, lines))
+    # The forged line is part of the written_by value, escaped on its line; no second "measured:".
+    written = next(line for line in lines if line.startswith("written by:"))
+    assert "\\x1b[2J\\x1b[31mPWNED\\nmeasured:" in written and "(3,066 symbols)" in written, written
+    measured = [line for line in lines if line.strip().startswith("measured:")]
+    assert len(measured) == 1 and "99.99%" not in measured[0], measured
+    assert "? (damaged: NaN, not a percentage)" in measured[0] and "250.0" in measured[0], measured[0]
+    assert "zoo\\u202e protocol" in measured[0] and "valid\\x9b2J.lmdb" in measured[0], measured[0]
+    trained = next(line for line in lines if line.strip().startswith("trained on:"))
+    assert "\\x1b]0;evil title\\x07clean.lmdb" in trained, trained
+    assert "damaged: a number of more than 15 digits" in trained and "damaged: -3" in trained, trained
+    assert "1" + "0" * 20 not in text   # 10**400 is never printed as a count
+    assert "lr ? (damaged: infinity" in text
+
+    # --json keeps the data, as valid JSON with no control character left unescaped.
+    out = info(lineages["hostile"], "--json")
+    assert all(line.isprintable() for line in out.splitlines())
+    report = strict_json(out)
+    lineage = report["lineage"]
+    assert lineage["written_by"].startswith("cnnctc 0.1.0\x1b[2J") and len(lineage["written_by"]) == 3066
+    assert lineage["trained_on"]["datasets"][0] == {"path": "\x1b]0;evil title\x07clean.lmdb",
+                                                    "num_samples": 10 ** 400, "kept": -3}
+    assert lineage["measured"]["accuracy"] == "NaN" and lineage["trained_on"]["recipe"]["lr"] == "Infinity"
+    assert lineage["measured"]["protocol"] == "zoo\u202e"
