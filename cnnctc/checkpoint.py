@@ -86,19 +86,21 @@ def read_checkpoint(path, *, weights_only=False):
 
 
 def read_lineage(path, sha256):
-    """The lineage of the checkpoint at ``path`` (whose SHA-256 is ``sha256``): its saved one, the
-    registry's for a registered asset, else ``{"origin": "unknown"}`` (see :mod:`cnnctc.lineage`).
-    Only the lineage entry is read."""
-    from .lineage import LINEAGE_KEY, file_lineage
+    """The lineage of the checkpoint at ``path`` (whose SHA-256 is ``sha256``): its saved one, checked
+    against the file's hash, alphabet and head width, the registry's for a registered asset, else
+    ``{"origin": "unknown"}`` (see :mod:`cnnctc.lineage`). Only those entries are read."""
+    from .lineage import LINEAGE_KEY, file_lineage, state_facts
     _check_readable(Path(path))
+    wanted = {LINEAGE_KEY, ALPHABET_KEY, "Prediction.weight"}
     try:
         with interrupt_deferred():
-            state = ms.load_checkpoint(str(path), choice_func=lambda name: name == LINEAGE_KEY)
+            state = ms.load_checkpoint(str(path), choice_func=lambda name: name in wanted)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception:  # noqa: BLE001  no such entry ("dict is empty"): written before lineage was kept
         state = {}
-    return file_lineage(state.get(LINEAGE_KEY), sha256)
+    alphabet, width = state_facts(state)
+    return file_lineage(state.get(LINEAGE_KEY), sha256, alphabet=alphabet, width=width)
 
 
 def split_state(state):

@@ -18,7 +18,8 @@ the parent. No MindSpore import here (``info`` on an ``.onnx`` file must not pay
 A lineage is data read from a file, so it is read defensively: one longer than ``MAX_CHARS`` or
 nested deeper than ``MAX_DEPTH`` is not read, one of the wrong types is not used, and either
 reads as ``{"origin": "unknown", "damaged": why}``; a lineage whose claims contradict what can be
-checked (the file's own SHA-256, the registry's card of a model it names) reads as ``{"origin":
+checked (the file's own SHA-256, the alphabet it holds, its network's width from its Prediction.weight,
+an export's source checkpoint hash, the registry's card of a model it names) reads as ``{"origin":
 "unknown", "contradiction": why}`` and its claims are dropped. What ``info`` shows of a lineage is
 data: every string with its control characters escaped and cut short, a count that is no count
 (negative, more than 15 digits, NaN) shown as damaged; its JSON is always valid JSON. Neither ever stops the weights
@@ -36,7 +37,7 @@ from pathlib import Path
 __all__ = ["LINEAGE_KEY", "UNKNOWN", "MAX_CHARS", "MAX_DEPTH", "cnnctc_version", "parse_lineage", "model_lineage",
            "file_lineage", "checked_lineage", "started_from_none", "started_from_model", "started_from_checkpoint",
            "export_lineage", "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage",
-           "loads_with_lineage", "lineage_json", "MAX_COUNT"]
+           "loads_with_lineage", "state_facts", "lineage_json", "MAX_COUNT"]
 
 LINEAGE_KEY = "cnnctc_lineage"     # checkpoint entry and ONNX/sidecar metadata key, a JSON object
 UNKNOWN = {"origin": "unknown"}
@@ -366,14 +367,44 @@ def _claims_problem(claims, where, *, own):
     return None
 
 
-def _contradiction(lineage, sha256, *, export):
+def _own_claims_problem(lineage, sha256, *, export, alphabet, width):
+    """Where what ``lineage`` says about the very file it is in contradicts that file, as a phrase,
+    else None: the alphabet it was trained with (``alphabet``: the file's own entry), the network's
+    width (``width``: that of the file's Prediction.weight) and, for an export, the SHA-256 of the
+    checkpoint it was exported from. None for what the file does not tell."""
+    exported = lineage.get("exported")
+    if isinstance(exported, dict) and export and sha256:
+        claimed = exported.get("checkpoint_sha256")
+        if isinstance(claimed, str) and claimed.lower() != sha256:
+            return (f"it says it was exported from a checkpoint with sha256 {_hash(claimed)}, but the file says its "
+                    f"weights are those of {_hash(sha256)}")
+    if lineage.get("origin") != "finetune" or not isinstance(lineage.get("trained_on"), dict):
+        return None
+    trained = lineage["trained_on"]
+    claimed = trained.get("alphabet")
+    if isinstance(alphabet, str) and claimed is not None and claimed != alphabet:
+        return (f"it says it was trained with the alphabet {_shown_alphabet(claimed)}, but the file's alphabet is "
+                f"{_shown_alphabet(alphabet)}")
+    recipe = trained.get("recipe")
+    claimed = recipe.get("output_channel") if isinstance(recipe, dict) else None
+    if isinstance(width, int) and claimed is not None and (type(claimed) is not int or claimed != width):
+        return (f"it says the network is {_short(claimed, 20)} wide (output_channel), but the file's weights are "
+                f"{width} wide (its Prediction.weight)")
+    return None
+
+
+def _contradiction(lineage, sha256, *, export, alphabet=None, width=None):
     """Where a well-formed ``lineage`` contradicts what can be checked, as a phrase, else None: the
     hash of the file it describes (``sha256``: a checkpoint's own, an export's source checkpoint's;
-    None when not known; for a parent, the hash its child's run recorded), and each model it names
-    against the registry's card of that uid."""
+    None when not known; for a parent, the hash its child's run recorded), what it says of the file
+    itself (``alphabet`` and ``width``, the file's own, when known) and each model it names against
+    the registry's card of that uid."""
     if not export and isinstance(lineage.get("exported"), dict):
         return (f"it says the file was exported to {_short(lineage['exported'].get('format'), 20)}, but the file "
                 "is a checkpoint")
+    problem = _own_claims_problem(lineage, sha256, export=export, alphabet=alphabet, width=width)
+    if problem:
+        return problem
     where = ""
     while True:
         if lineage.get("origin") == "model":
@@ -402,21 +433,35 @@ def _contradiction(lineage, sha256, *, export):
         lineage, where = start["lineage"], f"{where}.lineage"
 
 
-def checked_lineage(lineage, sha256, *, export=False):
+def checked_lineage(lineage, sha256, *, export=False, alphabet=None, width=None):
     """``lineage`` (from :func:`parse_lineage`) when its claims hold against what can be checked,
     else ``{"origin": "unknown", "contradiction": why}`` (its claims are dropped, never shown as
-    true). ``sha256``: the file's own (a checkpoint) or its source checkpoint's (an ``export``)."""
-    problem = _contradiction(lineage, sha256.lower() if isinstance(sha256, str) else None, export=export)
+    true). ``sha256``: the file's own (a checkpoint) or its source checkpoint's (an ``export``);
+    ``alphabet``: the alphabet the file holds, ``width``: its network's width (its Prediction.weight's),
+    each None when the file does not say."""
+    problem = _contradiction(lineage, sha256.lower() if isinstance(sha256, str) else None, export=export,
+                             alphabet=alphabet, width=width)
     return {"origin": "unknown", "contradiction": problem} if problem else lineage
 
 
-def file_lineage(saved, sha256):
+def state_facts(state):
+    """(alphabet, width) a checkpoint's entries tell about its own weights, each None when they do
+    not: its alphabet entry and the width of its Prediction.weight (what a lineage is checked against)."""
+    alphabet = state.get("alphabet")
+    head = state.get("Prediction.weight")
+    shape = getattr(head, "shape", None)
+    width = int(shape[1]) if shape is not None and len(shape) == 2 else None
+    return (alphabet if isinstance(alphabet, str) else None), width
+
+
+def file_lineage(saved, sha256, *, alphabet=None, width=None):
     """The lineage of a checkpoint whose SHA-256 is ``sha256``: its saved one (``saved``, the
-    checkpoint's lineage entry or None) checked against the file, else the registry's when its hash
-    is a registered asset's, else UNKNOWN. Damaged or contradicted, it says so (never raises)."""
+    checkpoint's lineage entry or None) checked against the file (its hash, and ``alphabet`` and
+    ``width`` from :func:`state_facts` when known), else the registry's when its hash is a registered
+    asset's, else UNKNOWN. Damaged or contradicted, it says so (never raises)."""
     lineage = parse_lineage(saved)
     if lineage != UNKNOWN:
-        return checked_lineage(lineage, sha256)
+        return checked_lineage(lineage, sha256, alphabet=alphabet, width=width)
     registered = _registered_with_sha256(sha256) if sha256 else None
     return model_lineage(registered) if registered is not None else lineage
 
@@ -508,14 +553,16 @@ def read_model_lineage(path, base=None):
         except NoCnnctcMetadata as exc:   # another exporter's file: say what can be said
             return "onnx", {"origin": "unknown", "foreign": exc.description}, None
         values = metadata_values(runner.metadata)
-        lineage = checked_lineage(parse_lineage(values.get(LINEAGE_KEY)), runner.manifest.sha256, export=True)
+        lineage = checked_lineage(parse_lineage(values.get(LINEAGE_KEY)), runner.manifest.sha256, export=True,
+                                  alphabet=runner.manifest.alphabet)
         return "onnx", lineage, values.get(MANIFEST_KEY)
     if suffix in (".mindir", ".air"):
         if not path.is_file():
             raise CnnctcError(f"{path}: no such {suffix[1:].upper()} file")
         from .export import MANIFEST_KEY, read_sidecar
         manifest, info = read_sidecar(path)
-        lineage = checked_lineage(parse_lineage(info.get(LINEAGE_KEY)), manifest.sha256, export=True)
+        lineage = checked_lineage(parse_lineage(info.get(LINEAGE_KEY)), manifest.sha256, export=True,
+                                  alphabet=manifest.alphabet)
         return suffix[1:], lineage, info.get(MANIFEST_KEY)
     from .checkpoint import read_checkpoint
     from .download import sha256_file
@@ -523,7 +570,8 @@ def read_model_lineage(path, base=None):
     state = read_checkpoint(path, weights_only=True)
     sha256 = sha256_file(path)
     manifest = checkpoint_manifest(base or get_model().manifest, state, file_name=path.name, sha256=sha256)
-    return "ckpt", file_lineage(state.get(LINEAGE_KEY), sha256), manifest.to_dict()
+    alphabet, width = state_facts(state)
+    return "ckpt", file_lineage(state.get(LINEAGE_KEY), sha256, alphabet=alphabet, width=width), manifest.to_dict()
 
 
 # --- what ``info --checkpoint`` shows: every value from the file as data, never as the terminal's ---

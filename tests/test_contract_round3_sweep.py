@@ -119,3 +119,29 @@ def test_info_shows_a_lineage_as_data_never_as_the_terminals_commands(lineages):
                                                     "num_samples": 10 ** 400, "kept": -3}
     assert lineage["measured"]["accuracy"] == "NaN" and lineage["trained_on"]["recipe"]["lr"] == "Infinity"
     assert lineage["measured"]["protocol"] == "zoo\u202e"
+
+
+# --- 2. A lineage that contradicts its own file ---------------------------------------------------
+
+def test_a_lineage_contradicting_the_files_alphabet_or_width_is_never_shown_as_true(lineages, tmp_path):
+    text = info(lineages["alphabet"])
+    assert "contradicted: it says it was trained with the alphabet 'abc'" in text, text
+    assert f"the file's alphabet is '{ALPHABET}'" in text, text
+    assert "training:" not in text and "width 512" not in text and "written by:" not in text, text
+    lineage = strict_json(info(lineages["alphabet"], "--json"))["lineage"]
+    assert lineage["origin"] == "unknown" and "'abc'" in lineage["contradiction"] and "trained_on" not in lineage
+
+    text = info(lineages["width"])
+    assert "contradicted: it says the network is 512 wide" in text and f"are {WIDTH} wide" in text, text
+    assert "training:" not in text, text
+
+    # The same weights with a lineage that agrees: shown, with its width and alphabet.
+    text = info(lineages["honest"])
+    assert "contradicted" not in text and f"width {WIDTH}" in text and f"alphabet '{ALPHABET}'" in text, text
+
+    # An export copies the verdict, not the claims.
+    onnx = tmp_path / "alphabet.onnx"
+    run = cnnctc("-q", "export", "--checkpoint", lineages["alphabet"], "--format", "onnx", "--out", onnx)
+    assert run.returncode == 0, run.stderr
+    text = info(onnx)
+    assert "contradicted: it says it was trained with the alphabet 'abc'" in text and "width 512" not in text, text
