@@ -43,6 +43,7 @@ class EvalResult:
     unreadable: int = 0
     skipped_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     lexicon_fallbacks: int = 0  # kept samples whose per-image lexicon held no usable word: read without it
+    first_unreadable: int = dataclasses.field(default=None, compare=False)  # LMDB number of the first unreadable
 
     @property
     def accuracy(self):
@@ -60,6 +61,8 @@ class EvalResult:
         self.correct += other.correct
         self.ned_sum += other.ned_sum
         self.unreadable += other.unreadable
+        if self.first_unreadable is None:
+            self.first_unreadable = other.first_unreadable
         self.skipped_by.update(other.skipped_by)
         self.lexicon_fallbacks += other.lexicon_fallbacks
 
@@ -227,6 +230,8 @@ class _Evaluation:
             row["image"] = f"unreadable, scored as a black image: {exc}"
             truth = self.scoring.unreadable_truth()
             result.unreadable += 1
+            if result.first_unreadable is None:
+                result.first_unreadable = row["index"]
         row["truth"] = truth
         if self.per_image_lexicon and "image" not in row:
             row["lexicon"] = dataset.lexicon(index)
@@ -329,6 +334,9 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
             out.discard()
         for dataset in datasets:
             dataset.close()
+    for result in results:
+        if result.unreadable:
+            _warn_unreadable(result, rules.name, run.scoring.unreadable_truth())
     if run.dropped_words:
         log.warning("left out %d per-image lexicon words: %s", sum(run.dropped_words.values()),
                     ", ".join(f"{n} {why}" for why, n in sorted(run.dropped_words.items())))
@@ -340,6 +348,19 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
                  "s hold" if count > 1 else " holds", "they were" if count > 1 else "it was",
                  "; the first is" if count > 1 else ":", number, name)
     return results, total
+
+
+def _warn_unreadable(result, protocol, truth):
+    """One warning line for a dataset with images that do not decode: how many, the first one's
+    key, and how the protocol scored them (they are in its accuracy as misreadings)."""
+    name = result.name if result.name.isprintable() else result.name.encode("unicode_escape",
+                                                                           "backslashreplace").decode("ascii")
+    many = result.unreadable > 1
+    log.warning("warning: %s: %d of its %d scored images could not be read (%s image-%09d); the %s protocol reads "
+                "%s as a black image against the truth %r, so %s counted wrong in its accuracy (--predictions "
+                "lists %s)", name, result.unreadable, result.kept, "the first:" if many else "key",
+                result.first_unreadable, protocol, "each" if many else "it", truth, "they are" if many else "it is",
+                "them" if many else "it")
 
 
 def _protocol_line(protocol, max_length, drop_last):

@@ -145,3 +145,59 @@ def test_a_lineage_contradicting_the_files_alphabet_or_width_is_never_shown_as_t
     assert run.returncode == 0, run.stderr
     text = info(onnx)
     assert "contradicted: it says it was trained with the alphabet 'abc'" in text and "width 512" not in text, text
+
+
+# --- 3. eval says that images could not be read ---------------------------------------------------
+
+def _png(word):
+    image = Image.new("RGB", (100, 32), "white")
+    ImageDraw.Draw(image).text((8, 10), word, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_lmdb(path, samples):
+    """An LMDB the way make-lmdb writes one: image-/label-NNNNNNNNN (1-based) and num-samples."""
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for number, (image, label) in enumerate(samples, 1):
+            txn.put(b"image-%09d" % number, image)
+            txn.put(b"label-%09d" % number, label.encode())
+        txn.put(b"num-samples", str(len(samples)).encode())
+    env.close()
+    return path
+
+
+def test_eval_says_how_many_images_could_not_be_read_and_how_they_were_scored(tmp_path):
+    words = [f"w{i}" for i in range(20)]
+    damaged = {3, 7, 8, 15, 20}   # LMDB numbers (1-based)
+    good = [(_png(word), word) for word in words]
+    broken = [(b"not an image at all" if number in damaged else _png(word), word)
+              for number, word in enumerate(words, 1)]
+    good_path = write_lmdb(tmp_path / "good.lmdb", good)
+    broken_path = write_lmdb(tmp_path / "broken.lmdb", broken)
+
+    run = cnnctc("-q", "eval", "--model", BUNDLED_MODEL, "--data", good_path, broken_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr   # one line per dataset with unreadable images, none for good.lmdb
+    line = lines[0]
+    assert line.startswith("cnnctc: warning: broken.lmdb: 5 of its 20 scored images could not be read"), line
+    assert "(the first: image-000000003)" in line, line
+    assert "zoo protocol" in line and "'[dummy_label]'" in line and "counted wrong" in line, line
+    # The table keeps its format.
+    table = run.stdout.splitlines()
+    assert table[1].split() == ["dataset", "kept", "skipped", "accuracy", "%", "1-N.E.D."], table
+    assert table[3].split()[:3] == ["good.lmdb", "20", "0"] and table[4].split()[:3] == ["broken.lmdb", "20", "0"]
+
+    # --json already counts them; the warning says it there too, and names the protocol's truth.
+    run = cnnctc("-q", "eval", "--model", BUNDLED_MODEL, "--data", broken_path, "--json", "--protocol", "dtrb")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["total"]["unreadable"] == 5
+    assert len(run.stderr.splitlines()) == 1 and "dtrb protocol" in run.stderr and "'dummylabel'" in run.stderr
+
+    # A single unreadable image is named by its key.
+    one = write_lmdb(tmp_path / "one.lmdb", [(b"\x89PNG\r\n\x1a\n broken", "w0"), *good[1:4]])
+    run = cnnctc("-q", "eval", "--model", BUNDLED_MODEL, "--data", one)
+    assert run.returncode == 0 and "1 of its 4 scored images could not be read (key image-000000001)" in run.stderr
