@@ -10,15 +10,18 @@ runs are not thread-safe (two threads running one network end in SIGSEGV), so th
 process-wide lock; and MindSpore's runtime does not survive a fork (a child forked after a
 graph ran in its parent waits forever in its first run), so such a child is refused at once.
 """
+import atexit
 import contextlib
+import gc
 import os
 import sys
 import threading
+import weakref
 
 from ._signals import interrupt_deferred
 from .errors import CnnctcError
 
-__all__ = ["mindspore", "require_mindspore", "network_run", "refuse_after_fork", "mode_kept"]
+__all__ = ["mindspore", "require_mindspore", "network_run", "refuse_after_fork", "mode_kept", "release_at_exit"]
 
 _run_lock = threading.RLock()   # one MindSpore graph run at a time in this process
 _ran_in = None                  # the process (pid) in which cnnctc ran a MindSpore graph
@@ -53,6 +56,35 @@ def network_run():
     _ran_in = os.getpid()   # before the lock: a fork while another thread runs a graph is refused too
     with _run_lock:
         yield
+
+
+_held = weakref.WeakSet()   # what holds cnnctc's own MindSpore networks: released at exit
+_hook_registered = False
+
+
+def release_at_exit(holder):
+    """Call ``holder.release()`` when the interpreter exits (an atexit hook, registered once), while
+    modules are still whole. MindSpore's ``Cell.__del__`` needs the ``weakref`` module, which
+    teardown may have emptied by the time a network still alive then is freed: each Cell of it
+    would print 'Exception ignored in: Cell.__del__ ... TypeError' (101 lines of tracebacks for
+    one CNN-CTC). A released holder refuses to run; ``holder`` is held weakly until then."""
+    global _hook_registered
+    _held.add(holder)
+    if not _hook_registered:
+        atexit.register(_release_held)
+        _hook_registered = True
+
+
+def _release_held():
+    holders = list(_held)
+    _held.clear()
+    for holder in holders:
+        try:
+            holder.release()
+        except Exception:  # noqa: BLE001  never an error at exit: the rest is still released
+            pass
+    if holders:
+        gc.collect()   # a network's cells hold one another: freed now, not in teardown
 
 
 @contextlib.contextmanager

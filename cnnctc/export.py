@@ -511,15 +511,17 @@ class MindIRRunner:
         self.path = path
         self.manifest, info = read_sidecar(path)
         self.batch_size = info.get("batch_size")
-        from ._mindspore import mindspore as ms
+        from ._mindspore import mindspore as ms, mode_kept, release_at_exit
         from .loader import configure_context
-        configure_context(device_target)
+        with mode_kept():   # a GraphCell runs as a graph in either mode: the caller's mode stays
+            configure_context(device_target)
         try:
             with quiet_native_stderr():   # MindSpore's C++ core prints '[ERROR] CORE(...)' for a damaged file
                 graph = ms.load(str(path))
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
             raise CnnctcError(f"{path}: not a loadable MindIR file ({str(exc).splitlines()[0]})") from None
         self.network = ms.nn.GraphCell(graph)
+        release_at_exit(self)   # freed at exit while MindSpore's modules are whole (cnnctc._mindspore)
         for name, parameter in self.network.parameters_dict().items():
             if not np.isfinite(parameter.asnumpy()).all():
                 raise CnnctcError(f"{path}: the weight {name!r} holds NaN or infinite values; the file is damaged, "
@@ -539,11 +541,19 @@ class MindIRRunner:
                               "description claims")
         check_outputs(logits, self.manifest, path)
 
+    def release(self):
+        """Drop the network (at interpreter exit), so that its Cell is freed while Python can free it."""
+        self.network = None
+
     def __call__(self, batch):
         from ._mindspore import mindspore as ms, network_run
         batch = np.ascontiguousarray(batch, dtype=np.float32)
 
         def run(chunk):
             with network_run():   # one MindSpore run at a time; refused in a forked child
-                return self.network(ms.Tensor(chunk)).asnumpy().astype(np.float32, copy=False)
+                network = self.network
+                if network is None:
+                    raise CnnctcError(f"{self.path}: its MindSpore network was released as the interpreter exits; "
+                                      "read before exit, or create a new Recognizer")
+                return network(ms.Tensor(chunk)).asnumpy().astype(np.float32, copy=False)
         return run_in_batches(run, batch, self.batch_size)

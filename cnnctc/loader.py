@@ -229,8 +229,10 @@ def load(checkpoint=None, *, model=None, pretrained=True, device_target=None, ma
          **network_kwargs):
     """The network with weights, in eval mode.
 
-    What it sets in MindSpore: ``set_context(mode=GRAPH_MODE)``, always; and, only when no device was
-    chosen yet, ``set_device`` with ``device_target`` (else Ascend, else GPU, else CPU). A device you
+    What it sets in MindSpore: ``set_context(mode=GRAPH_MODE)``, always (a :class:`~cnnctc.Recognizer`
+    leaves the mode as it is and compiles its network with ``mindspore.jit`` instead); and, only
+    when no device was chosen yet, ``set_device`` with ``device_target`` (else Ascend, else GPU,
+    else CPU). A device you
     chose before (``mindspore.set_device``, or ``set_context(device_target="GPU")``) is kept; a
     ``device_target`` that differs from it is an error. To keep a CPU run on a GPU host, call
     ``mindspore.set_device("CPU")`` first or pass ``device_target="CPU"``. NumPy's global random

@@ -37,16 +37,48 @@ def padded_batch_size(n, batch_size):
     return min(size, batch_size)
 
 
+def _compiled_call(network):
+    """``network`` as a function MindSpore compiles to a graph (``mindspore.jit``), whatever the
+    process's mode: a PYNATIVE_MODE process gets graph-mode runs without its mode being changed."""
+    from ._mindspore import mindspore as ms
+
+    def run(images):
+        return network(images)
+    return ms.jit(run)
+
+
 class MindSporeRunner:
     """Runs a MindSpore Cell on numpy batches, in padded batch shapes so graph mode compiles few.
 
     Safe to call from several threads: the MindSpore runs take turns (:func:`cnnctc._mindspore.network_run`).
+    ``owned``: the network is cnnctc's own (a Recognizer loaded it): in a PYNATIVE_MODE process it
+    runs as a compiled graph through ``mindspore.jit`` (the process's mode is left as it is), and it
+    is released when the interpreter exits (:func:`cnnctc._mindspore.release_at_exit`), before
+    MindSpore's modules are torn down. A network the caller gave runs in the caller's mode and is
+    the caller's to keep.
     """
 
-    def __init__(self, network, batch_size=32):
+    def __init__(self, network, batch_size=32, *, owned=False):
         self.network = network
         self.batch_size = batch_size
-        self._compiled = set()   # the batch shapes graph mode has compiled
+        self.owned = owned
+        self._compiled = set()   # (mode, batch shape) pairs MindSpore has compiled
+        self._jitted = None      # the owned network compiled with mindspore.jit, for PYNATIVE_MODE
+        if owned:
+            from ._mindspore import release_at_exit
+            release_at_exit(self)
+
+    def release(self):
+        """Drop the network (at interpreter exit): its Cells are freed while Python can still free them."""
+        self.network = self._jitted = None
+
+    def _run(self, network, tensor):
+        from ._mindspore import mindspore as ms
+        if self.owned and ms.get_context("mode") == ms.PYNATIVE_MODE:
+            if self._jitted is None:
+                self._jitted = _compiled_call(network)
+            return self._jitted(tensor)
+        return network(tensor)
 
     def __call__(self, batch):
         from ._mindspore import mindspore as ms, network_run
@@ -59,10 +91,15 @@ class MindSporeRunner:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
             # One MindSpore run at a time (threads sharing a reader), refused in a forked child.
             with network_run():
+                network = self.network
+                if network is None:
+                    raise CnnctcError("this reader's MindSpore network was released as the interpreter exits; "
+                                      "read before exit, or create a new Recognizer")
                 # A new batch shape compiles: only then are a Ctrl-C and MindSpore's lines handled for it.
-                with contextlib.nullcontext() if chunk.shape in self._compiled else graph_call():
-                    outputs.append(self.network(ms.Tensor(chunk)).asnumpy()[:count])
-                self._compiled.add(chunk.shape)
+                key = (ms.get_context("mode"), chunk.shape)
+                with contextlib.nullcontext() if key in self._compiled else graph_call():
+                    outputs.append(self._run(network, ms.Tensor(chunk)).asnumpy()[:count])
+                self._compiled.add(key)
         return np.concatenate(outputs)
 
 
@@ -111,11 +148,14 @@ def _open_model(checkpoint, *, model, manifest, batch_size, device_target, netwo
             if runtime == "onnxruntime":
                 raise
             why_not_onnx = exc   # auto: MindSpore reads it (and says what is wrong with it, if anything)
+    from ._mindspore import mode_kept
     from .loader import load_model
-    loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target, **network_kwargs)
+    with mode_kept():   # the caller's mode stays: the runner compiles the network itself in PYNATIVE_MODE
+        loaded = load_model(checkpoint, model=model, manifest=manifest, device_target=device_target,
+                            **network_kwargs)
     if why_not_onnx is not None:
         log.info("running on MindSpore: no ONNX export (%s)", why_not_onnx)
-    return MindSporeRunner(loaded.network, batch_size), loaded.manifest
+    return MindSporeRunner(loaded.network, batch_size, owned=True), loaded.manifest
 
 
 def _one_or_many(images):
@@ -157,6 +197,14 @@ class Recognizer:
     not survive a fork: in a child forked after MindSpore ran in its parent, a MindSpore reader
     raises :class:`CnnctcError` at once; start such workers with
     ``multiprocessing.get_context("spawn")`` and create the Recognizer in each.
+
+    MindSpore's mode is left as the process set it (unlike :func:`cnnctc.load`, which sets
+    GRAPH_MODE): in PYNATIVE_MODE, MindSpore's default, a network the Recognizer loads runs as a
+    graph compiled with ``mindspore.jit``; in GRAPH_MODE as a Cell; a ``network`` you give runs in
+    your mode. The device is chosen as :func:`cnnctc.load` chooses it. The MindSpore networks a
+    Recognizer loads are released when the interpreter exits (an ``atexit`` hook; a reader used
+    after it raises :class:`CnnctcError`), so that a script's exit prints none of MindSpore's
+    ``Cell.__del__`` errors for them.
     """
 
     def __init__(self, checkpoint=None, *, model=None, manifest=None, batch_size=32, device_target=None,

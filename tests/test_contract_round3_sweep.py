@@ -201,3 +201,79 @@ def test_eval_says_how_many_images_could_not_be_read_and_how_they_were_scored(tm
     one = write_lmdb(tmp_path / "one.lmdb", [(b"\x89PNG\r\n\x1a\n broken", "w0"), *good[1:4]])
     run = cnnctc("-q", "eval", "--model", BUNDLED_MODEL, "--data", one)
     assert run.returncode == 0 and "1 of its 4 scored images could not be read (key image-000000001)" in run.stderr
+
+
+# --- 4 and 5. A MindSpore Recognizer leaves the caller's process alone ---------------------------
+
+def run_script(tmp_path, body, *args, timeout=400):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script), *map(str, args)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def mindir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep_mindir") / "mini.mindir"
+    run = cnnctc("-q", "export", "--model", BUNDLED_MODEL, "--format", "mindir", "--out", out)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def word(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep_word") / "word.png"
+    path.write_bytes(_png("hello"))
+    return path
+
+
+MODE = """
+    import json, sys
+    import numpy as np
+    import mindspore as ms
+    ms.set_context(mode=ms.PYNATIVE_MODE)   # the caller's choice
+    import cnnctc
+    from cnnctc.transforms import preprocess_image
+    from PIL import Image
+    reader = cnnctc.Recognizer(model="cnnctc/mini-synth", runtime="mindspore")
+    after_init = ms.get_context("mode")
+    batch = np.stack([preprocess_image(Image.open(sys.argv[1]), reader.manifest.preprocess)] * 3)
+    pynative = reader.logits(batch)
+    after_run = ms.get_context("mode")
+    mindir = cnnctc.Recognizer(sys.argv[2])
+    after_mindir = ms.get_context("mode")
+    from_mindir = mindir.logits(batch)
+    ms.set_context(mode=ms.GRAPH_MODE)   # the same reader in graph mode reads the same
+    graph = reader.logits(batch)
+    print(json.dumps({"modes": [after_init, after_run, after_mindir], "pynative": ms.PYNATIVE_MODE,
+                      "same": float(np.abs(pynative - graph).max()),
+                      "same_mindir": float(np.abs(from_mindir - graph).max())}))
+"""
+
+
+def test_a_mindspore_recognizer_leaves_pynative_mode_and_reads_the_same(tmp_path, word, mindir):
+    run = run_script(tmp_path, MODE, word, mindir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    assert outcome["modes"] == [outcome["pynative"]] * 3, outcome
+    assert outcome["same"] < 1e-4 and outcome["same_mindir"] < 1e-3, outcome
+
+
+EXIT = """
+    import atexit, sys
+    import multiprocessing   # changes the order of the interpreter's teardown: MindSpore's Cells then complain
+    import cnnctc
+    reader = cnnctc.Recognizer(sys.argv[1], runtime="mindspore") if sys.argv[1] != "-" else \\
+        cnnctc.Recognizer(model="cnnctc/mini-synth", runtime="mindspore")
+    print(reader.recognize([sys.argv[2]])[0].text)
+    atexit.register(lambda: print("at exit:", reader.recognize([sys.argv[2]])[0].text))   # the user's own hook
+"""
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "mindir"])
+def test_a_script_with_a_mindspore_recognizer_exits_quietly(tmp_path, word, mindir, source):
+    run = run_script(tmp_path, EXIT, mindir if source == "mindir" else "-", word)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+    first, at_exit = run.stdout.splitlines()
+    assert at_exit == f"at exit: {first}"   # a hook registered after the Recognizer still reads with it
