@@ -68,7 +68,6 @@ def _check_out(out, fmt, overwrite):
         if sidecar_path(out).is_dir():
             raise CnnctcError(f"{sidecar_path(out)}: a folder where the model's description would go; move it")
         refuse_existing(sidecar_path(out), overwrite)
-        _refuse_foreign_sidecar(out, overwrite)
     if not out.parent.is_dir():
         raise CnnctcError(f"{out.parent}: no such folder")
     if not os.access(out.parent, os.W_OK | os.X_OK):
@@ -320,6 +319,8 @@ def export_model(out, *, format="onnx", checkpoint=None, model=None, manifest=No
     outputs = [out] if fmt == "onnx" else [out, sidecar_path(out)]
     for path in outputs:
         refuse_inputs(path, [checkpoint, _manifest_file(manifest)])
+    if fmt != "onnx":   # after the inputs: a description path that is the input says so, not "not ours"
+        _refuse_foreign_sidecar(out, overwrite)
     from ._mindspore import mode_kept
     with output_lock(out, what="exporting to"), mode_kept():   # graph mode for the export only
         return export_locked(out, fmt=fmt, checkpoint=checkpoint, model=model, manifest=manifest,

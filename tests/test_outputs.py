@@ -143,8 +143,16 @@ def test_the_mindir_description_obeys_overwrite(models, tmp_path):
     with pytest.raises(CnnctcError, match=r"m.mindir.json already exists; use --overwrite"):
         export_model(out, format="mindir", checkpoint=ckpt)
     assert sidecar_path(out).read_text() == "the user's own notes" and not out.exists()
-    export_model(out, format="mindir", checkpoint=ckpt, overwrite=True)
+    # --overwrite replaces only a description export wrote: the user's notes are never lost.
+    with pytest.raises(CnnctcError, match=r"m.mindir.json is not a description cnnctc export wrote"):
+        export_model(out, format="mindir", checkpoint=ckpt, overwrite=True)
+    assert sidecar_path(out).read_text() == "the user's own notes" and not out.exists()
+    sidecar_path(out).unlink()
+    export_model(out, format="mindir", checkpoint=ckpt)
+    os.utime(sidecar_path(out), (0, 0))
+    export_model(out, format="mindir", checkpoint=ckpt, overwrite=True)   # its own description: replaced
     assert json.loads(sidecar_path(out).read_text())["model_file"] == "m.mindir" and out.is_file()
+    assert sidecar_path(out).stat().st_mtime > 0
 
 
 # --- two writers, a rename that re-checks, a killed run ----------------------------------------

@@ -138,15 +138,12 @@ def finetune(args):
 
 COMMANDS = [
     Command("finetune", "train a model on your own LMDB datasets (make them with render or make-lmdb): from the hub "
-            "weights (default), another registered model such as the bundled cnnctc/mini-synth, a checkpoint of "
+            "weights (default), another registered model such as the bundled cnnctc/synth-scene, a checkpoint of "
             "yours, or random weights; with your own alphabet too (a new head, the same backbone). Official recipe: "
             "centered RMSProp, warm-up then cosine, loss scale 8096; under msrun, data-parallel over its ranks. Every "
             "setting and path is checked before training starts; a run whose loss or weights become NaN stops with "
             "its last good checkpoint kept",
             finetune_arguments, finetune,
             ("cnnctc finetune --train data/train.lmdb --valid data/valid.lmdb --out run",
-             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained cnnctc/mini-synth "
-             "--steps 300 --batch-size 32",
-             "cnnctc finetune --train demo/train.lmdb --out demo/run --pretrained none --alphabet 0123456789 "
-             "--output-channel 64")),
+             "cnnctc finetune --train mine.lmdb --out run --pretrained cnnctc/synth-scene --steps 300 --batch-size 32")),
 ]
