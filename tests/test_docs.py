@@ -380,7 +380,8 @@ def examples(tmp_path_factory):
                         continue
                     steps.append({**step, "kind": "shell", "code": command})
                     expected.append((page, block, command, "\n".join(shown) + "\n" if shown else None))
-        links = {"examples": str(EXAMPLES)} if EXAMPLES.is_dir() else {}
+        # examples/ as a page sees it, docs/examples/ as the README (read from the repository's root) does
+        links = {"examples": str(EXAMPLES), "docs": str(DOCS)} if EXAMPLES.is_dir() else {}
         plan.append({"page": name(page), "folder": str(folder), "links": links, "steps": steps})
     (root / "plan.json").write_text(json.dumps(plan))
     bin_dir = os.path.dirname(sys.executable)

@@ -60,10 +60,10 @@ def test_finetune_help_tells_every_way_to_start():
     run = run_in_process("finetune", "--help")
     text = " ".join(run.stdout.split())
     assert run.returncode == 0
-    for story in ("from the hub weights (default)", "cnnctc/mini-synth", "a checkpoint of yours", "random weights",
-                  "your own alphabet"):
+    for story in ("from the hub weights (default)", "cnnctc/synth-scene", "cnnctc/mini-synth", "a checkpoint of yours",
+                  "random weights", "your own alphabet"):
         assert story in text, story
-    assert "--pretrained cnnctc/mini-synth --steps 300" in text   # no --output-channel needed any more
+    assert "--pretrained cnnctc/synth-scene --steps 300" in text   # no --output-channel needed any more
     assert "default: the --pretrained weights' width" in text
 
 
