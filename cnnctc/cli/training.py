@@ -43,8 +43,8 @@ def finetune_arguments(p):
                    "files in it are left alone)")
     p.add_argument("--pretrained", default="hub", metavar="hub|UID|PATH|none",
                    help="start from the selected model's hub checkpoint (default), another registered model's "
-                   "(e.g. mindspore/1.8/cnnctc_mjstiiit, or the bundled cnnctc/synth-scene and cnnctc/mini-synth), a checkpoint file, or "
-                   "random weights; the width and alphabet come from these weights")
+                   "(e.g. mindspore/1.8/cnnctc_mjstiiit, or the bundled cnnctc/synth-scene and cnnctc/mini-synth), "
+                   "a checkpoint file, or random weights; the width and alphabet come from these weights")
     p.add_argument("--alphabet", type=alphabet_arg(" to read, or leave it out for the pretrained model's alphabet"),
                    help="symbols to read (default: the pretrained checkpoint's); a "
                    "new alphabet gets a new head, the backbone still comes from the pretrained weights")
