@@ -1,7 +1,6 @@
 """What scene images are drawn with: font files that have every glyph the text needs, and
 background photographs (the user's folder, else scikit-image's sample photos, public domain and CC0)."""
 import collections
-import hashlib
 import os
 import re
 import stat
@@ -88,11 +87,8 @@ def scene_fonts(fonts=None, *, symbols=NEEDED_SYMBOLS):
 
 
 def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from ..download import sha256_file   # the package's one way of hashing a file
+    return sha256_file(path)
 
 
 def _skimage_photos():
