@@ -47,7 +47,7 @@ def build_parser():
     parser = Parser(   # its --help and --version cope with a closed or full stdout
         prog="cnnctc", description="CNN-CTC scene-text recognition for MindSpore (hub model "
         "mindspore/1.3/cnnctc_mjstiiit): fetch and verify the checkpoint, read word images, fine-tune.",
-        epilog=examples_epilog(("cnnctc predict --model cnnctc/mini-synth word.png", "cnnctc COMMAND --help")),
+        epilog=examples_epilog(("cnnctc predict --model cnnctc/synth-scene word.png", "cnnctc COMMAND --help")),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_options(parser)
     parser.add_argument("--version", action="version", version=f"cnnctc {__version__}")

@@ -144,8 +144,8 @@ def finite_positive_float(text):
 
 def model_arg(p):
     p.add_argument("--model", metavar="UID", help="uid of a registered model (default: "
-                   "mindspore/1.3/cnnctc_mjstiiit; cnnctc/mini-synth is shipped in the package and reads "
-                   "offline; `cnnctc list` shows all)")
+                   "mindspore/1.3/cnnctc_mjstiiit; cnnctc/synth-scene and cnnctc/mini-synth are shipped in the "
+                   "package and read offline; `cnnctc list` shows all)")
 
 
 def cache_arg(p):

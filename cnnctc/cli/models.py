@@ -177,7 +177,8 @@ COMMANDS = [
             "--checkpoint, where a file came from", info_arguments, info,
             ("cnnctc info --model mindspore/1.8/cnnctc_mjstiiit", "cnnctc info --checkpoint run/best.ckpt --json")),
     Command("list", "list every registered model with its accuracy, size and state: the hub uids (missing, "
-            "verified or corrupt in the cache) and cnnctc/mini-synth (bundled in the package)", cache_arg, list_models, ("cnnctc list",)),
+            "verified or corrupt in the cache) and the bundled cnnctc/synth-scene and cnnctc/mini-synth", cache_arg,
+            list_models, ("cnnctc list",)),
     Command("download", "download and verify the checkpoint; prints its local path", download_arguments, download,
             ("cnnctc download", "cnnctc download --model mindspore/1.8/cnnctc_mjstiiit --url https://mirror.example/"
              "cnnctc.ckpt")),

@@ -196,7 +196,7 @@ def evaluate(args):
 
 COMMANDS = [
     Command("predict", "read the words in images: files, folders and globs; one line per image", predict_arguments,
-            predict, ("cnnctc predict --model cnnctc/mini-synth word.png",
+            predict, ("cnnctc predict --model cnnctc/synth-scene word.png",
                       "cnnctc predict photos/ --recursive --checkpoint run/best.ckpt --format json")),
     Command("eval", "word accuracy and normalized edit distance per dataset and in total, under the protocol of "
             "the model zoo (default) or of DTRB", eval_arguments, evaluate,
