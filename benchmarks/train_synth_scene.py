@@ -10,8 +10,9 @@ Every step is resumable (run the same command again after a stop; finished steps
 2. finetune from cnnctc/mini-synth (itself trained only on plain renders: the curriculum's first
    stage; from random weights on scene images the CTC loss does not move, SPEC section 12, and a
    width-96 start from random weights on flat scene renders stayed at 25-26 for 200 steps here);
-3. evaluate each saved checkpoint on the held-out sets and, when --realwords DIR is given, on
-   those real crops (validation only: they choose the checkpoint, never train);
+3. evaluate the saved checkpoints (finetune keeps the newest two) on the held-out sets and, when
+   --realwords DIR is given, on those real crops (validation only: they choose the checkpoint,
+   never train);
 4. slim the chosen checkpoint to weights only: cnnctc_synth_scene.ckpt.
 
     python benchmarks/train_synth_scene.py --work DIR [--realwords DIR] [--workers N] [--install]
@@ -133,8 +134,9 @@ def main():
     if args.realwords:
         datasets.append(str(realwords_lmdb(work, Path(args.realwords))))
     scores = {}
-    for step in range(SAVE_EVERY, STEPS + 1, SAVE_EVERY):
-        checkpoint = work / "run" / f"cnnctc-{step:07d}.ckpt"
+    # finetune keeps the newest step checkpoints (two): the choice is among those.
+    for checkpoint in sorted((work / "run").glob("cnnctc-*.ckpt")):
+        step = int(checkpoint.stem.split("-")[1])
         scores[step] = evaluate(work, checkpoint, datasets)
         print(step, scores[step], flush=True)
     # The checkpoint: the most real crops read when they were given, else the held-out scene set.

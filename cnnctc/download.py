@@ -412,10 +412,11 @@ def _reason(exc, host=None):
     return proxy + type(causes[-1]).__name__, True
 
 
-TRY_OFFLINE_OPTION = "--model cnnctc/mini-synth"   # finetune names it its own way (training.pretrained)
+TRY_OFFLINE_OPTION = "--model cnnctc/synth-scene"   # finetune names it its own way (training.pretrained)
 # Said of a folder (or FIFO...) named as a checkpoint: the user's own folder is never to be removed.
 _NAME_THE_FILE = "name the file itself (if it stands where the cache keeps a file, move it away)"
-_TRY_OFFLINE = f"{TRY_OFFLINE_OPTION} (a small model shipped with cnnctc, trained on rendered words only)"
+_TRY_OFFLINE = (f"{TRY_OFFLINE_OPTION} (a small model shipped with cnnctc, trained only on synthetic words; "
+                "it reads photographs, less well than the hub model)")
 
 
 def _ways_out(target, sha256):

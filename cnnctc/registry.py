@@ -2,8 +2,9 @@
 
 An entry holds its card (the hub's, byte for byte, or the bundled model's), the manifest (asset,
 hash, alphabet, preprocessing, network configuration, accuracy, dataset) and the architecture it
-builds. The seven MindSpore Hub uids are downloaded; ``cnnctc/mini-synth`` ships inside the
-package. A user's own manifest (``CNNCTC_MANIFEST`` or ``--manifest``) becomes an entry of the
+builds. The seven MindSpore Hub uids are downloaded; ``cnnctc/mini-synth`` and
+``cnnctc/synth-scene`` ship inside the package. A user's own manifest (``CNNCTC_MANIFEST`` or
+``--manifest``) becomes an entry of the
 same kind without a card. Adding a hub version, or another model, is one more entry here.
 This module owns the manifests it resolves (``load_manifest``); ``manifest`` never imports it.
 No MindSpore import here.
@@ -17,11 +18,12 @@ from .errors import CnnctcError, shown
 from .manifest import Manifest, _assets_dir, read_manifest_file
 
 __all__ = ["ModelEntry", "get_model", "list_models", "hub_models", "load_manifest", "bundled_asset", "build_network",
-           "DEFAULT_MODEL", "BUNDLED_MODEL", "ARCHITECTURES"]
+           "DEFAULT_MODEL", "BUNDLED_MODEL", "SCENE_MODEL", "ARCHITECTURES"]
 
 DEFAULT_MODEL = "mindspore/1.3/cnnctc_mjstiiit"
 # Shipped inside the package; only ever used when asked for by name (never in place of the hub model).
-BUNDLED_MODEL = "cnnctc/mini-synth"
+BUNDLED_MODEL = "cnnctc/mini-synth"   # the smallest and fastest: plain rendered words (tests, demos)
+SCENE_MODEL = "cnnctc/synth-scene"    # reads real photographs: the way to read offline
 
 # Architecture name (a manifest's ``model_name``, what the hub passes to create_network) -> builder.
 ARCHITECTURES = {"cnnctc": "cnnctc.network:CNNCTC"}
@@ -113,6 +115,23 @@ _MINI_SYNTH = dict(
     rendered_word_accuracy=_MINI_SYNTH_ACCURACY)
 
 
+# The bundled model that reads photographs: cnnctc/mini-synth fine-tuned on synthetic scene words
+# (`cnnctc render --style scene`), never on a photograph. benchmarks/train_synth_scene.py builds it and
+# measured the numbers below; the real crops only chose the checkpoint (validation). Card:
+# assets/cards/cnnctc/synth-scene.md.
+_SYNTH_SCENE_SHA256 = '91046240b5e78c13496e3e4aff776865ad9b844a38ab37275c4e474466d60f6c'
+_SYNTH_SCENE = dict(
+    _CNNCTC_MJSTIIIT, uid=SCENE_MODEL, file_name="cnnctc_synth_scene.ckpt",
+    url="bundled:models/cnnctc_synth_scene.ckpt", sha256=_SYNTH_SCENE_SHA256,
+    network={"final_feature_width": 26, "output_channel": 64}, mindspore_version="2.8.0",
+    train_dataset="synthetic scene words only (cnnctc render --style scene: 240,000 images, 170 Debian "
+                  "font files, scikit-image photo backgrounds), after cnnctc/mini-synth's plain renders",
+    validated_on="11 of 26 real word crops (PaddleOCR and mmocr docs and tests), which chose the checkpoint: "
+                 "an optimistic number",
+    real_word_accuracy={'correct': 11, 'crops': 26, 'accuracy': 42.31},
+    rendered_word_accuracy={'held-out scene words': 80.7, 'unseen fonts and sizes': 64.6})
+
+
 def _bundled_path(manifest):
     return _assets_dir() / "models" / manifest.file_name
 
@@ -124,10 +143,13 @@ for _data in _ENTRIES:
 _manifest = Manifest.from_dict(_MINI_SYNTH, source=f"registry:{BUNDLED_MODEL}")
 _REGISTRY[BUNDLED_MODEL] = ModelEntry(_manifest, _assets_dir() / "cards" / "cnnctc" / "mini-synth.md",
                                       _bundled_path(_manifest))
+_manifest = Manifest.from_dict(_SYNTH_SCENE, source=f"registry:{SCENE_MODEL}")
+_REGISTRY[SCENE_MODEL] = ModelEntry(_manifest, _assets_dir() / "cards" / "cnnctc" / "synth-scene.md",
+                                    _bundled_path(_manifest))
 
 
 def list_models():
-    """The registered entries, in registry order: the hub's uids, then the bundled model."""
+    """The registered entries, in registry order: the hub's uids, then the bundled models."""
     return list(_REGISTRY.values())
 
 

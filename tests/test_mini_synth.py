@@ -62,17 +62,17 @@ def test_it_is_served_offline_from_the_package_and_never_chosen_silently(tmp_pat
     assert check_cached(ENTRY.manifest, cache) == "bundled"
     assert not cache.exists()  # nothing copied, nothing downloaded
     assert get_model().uid == DEFAULT_MODEL != BUNDLED_MODEL
-    with pytest.raises(OfflineError, match="--model cnnctc/mini-synth"):  # offers it, does not use it
+    with pytest.raises(OfflineError, match="--model cnnctc/synth-scene"):  # offers a bundled model, uses none
         fetch(get_model().manifest, cache)
 
 
-def test_a_failed_download_names_the_bundled_model_as_the_way_to_try_offline(tmp_path):
+def test_a_failed_download_names_the_bundled_scene_model_as_the_way_to_try_offline(tmp_path):
     with socket_closed_port() as port:
         manifest = get_model().manifest.replace(url=f"http://127.0.0.1:{port}/x.ckpt")
         with pytest.raises(DownloadError) as caught:
             fetch(manifest, tmp_path / "cache", allow_http=True, quiet=True, retries=0)
     message = str(caught.value)
-    assert "\n" not in message and "--model cnnctc/mini-synth" in message
+    assert "\n" not in message and "--model cnnctc/synth-scene" in message   # the bundled model that reads photos
 
 
 def test_finetune_without_the_hub_asset_names_the_bundled_model_as_finetune_takes_it(tmp_path, monkeypatch):
@@ -84,7 +84,7 @@ def test_finetune_without_the_hub_asset_names_the_bundled_model_as_finetune_take
                          "--batch-size", 4)
     [line] = [line for line in run.stderr.splitlines() if line.startswith("cnnctc: error:")]
     assert run.returncode == 1 and "offline" in line and not (tmp_path / "run").exists()
-    assert f"try the package offline with --pretrained {BUNDLED_MODEL} " in line
+    assert "try the package offline with --pretrained cnnctc/synth-scene " in line
     assert "--model" not in line and "--output-channel" not in line   # finetune has no --model, reads the width
 
 

@@ -35,7 +35,7 @@ def cnnctc(*args, **env):
 
 def test_every_hub_version_is_registered_once():
     assert [e.uid for e in hub_models()] == [f"mindspore/{v}/cnnctc_mjstiiit" for v in VERSIONS]
-    assert [e.uid for e in list_models()] == [e.uid for e in hub_models()] + [BUNDLED_MODEL]
+    assert [e.uid for e in list_models()] == [e.uid for e in hub_models()] + [BUNDLED_MODEL, "cnnctc/synth-scene"]
     assert all(e.bundled is None for e in hub_models()) and get_model(BUNDLED_MODEL).bundled is not None
     assert get_model().uid == DEFAULT_MODEL == "mindspore/1.3/cnnctc_mjstiiit"  # never the bundled one
 

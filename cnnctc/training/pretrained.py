@@ -13,7 +13,7 @@ from ..checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from ..download import TRY_OFFLINE_OPTION, fetch, sha256_file
 from ..errors import CheckpointError, CnnctcError, shown
 from ..lineage import LINEAGE_KEY, started_from_checkpoint, started_from_model
-from ..registry import BUNDLED_MODEL, get_model, list_models
+from ..registry import SCENE_MODEL, get_model, list_models
 from .store import first_non_finite
 
 __all__ = ["resolve_pretrained", "init_from_pretrained"]
@@ -68,7 +68,7 @@ def fetch_pretrained(source):
         text = str(exc)
         if TRY_OFFLINE_OPTION not in text:
             raise
-        raise type(exc)(text.replace(TRY_OFFLINE_OPTION, f"--pretrained {BUNDLED_MODEL}")) from None
+        raise type(exc)(text.replace(TRY_OFFLINE_OPTION, f"--pretrained {SCENE_MODEL}")) from None
 
 
 @dataclasses.dataclass
