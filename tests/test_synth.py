@@ -303,3 +303,14 @@ def test_killing_a_render_with_workers_leaves_no_tracebacks_and_no_workers(tmp_p
         time.sleep(0.2)
     assert left == []   # no worker outlived its parent for long
     assert not (tmp_path / "k.lmdb").exists()
+
+
+def test_a_huge_backgrounds_tree_is_refused_soon_not_walked_whole(tmp_path, monkeypatch):
+    import cnnctc.synth.sources as sources
+    from cnnctc.errors import CnnctcError
+    for i in range(30):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "notes.txt").write_text("x")
+    monkeypatch.setattr(sources, "_MAX_VISITED", 20)
+    with pytest.raises(CnnctcError, match="more than 20 files and folders to look through"):
+        sources.Backgrounds(tmp_path)

@@ -110,7 +110,7 @@ class Backgrounds:
         if folder is not None:
             if not os.path.isdir(folder):
                 raise CnnctcError(f"{folder}: no such folder of background images")
-            paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and _regular(p))
+            paths = _image_files(folder)
             self.source = str(folder)
         else:
             paths = _skimage_photos()
@@ -157,6 +157,21 @@ class Backgrounds:
         return np.asarray(patch.resize((width, height), Image.BILINEAR), dtype=np.float32)
 
 
+def _image_files(folder):
+    """The image files under ``folder`` (sorted), looking at no more than ``_MAX_VISITED`` entries: a
+    backgrounds folder given by mistake (``/``) is refused soon, not walked whole."""
+    found, visited = [], 0
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        visited += len(dirs) + len(names)
+        if visited > _MAX_VISITED:
+            raise CnnctcError(f"{folder}: more than {_MAX_VISITED:,} files and folders to look through; give a "
+                              f"folder of background photos (at most {_MAX_BACKGROUNDS:,} are used)")
+        found += [Path(root) / n for n in names if n.lower().endswith(_IMAGE_SUFFIXES) and _regular(Path(root) / n)]
+    return sorted(found)
+
+
+_MAX_VISITED = 200_000
 _CACHED = 32
 _MAX_PIXELS = 50_000_000  # a larger "photo" is skipped before it is decoded
 
