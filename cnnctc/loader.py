@@ -4,7 +4,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ._checks import DEVICES, device_name
+from ._checks import DEVICES, MAX_OUTPUT_CHANNEL, device_name
 from ._mindspore import mindspore as ms
 from .checkpoint import ALPHABET_KEY, load_weights, read_checkpoint
 from .download import fetch
@@ -118,9 +118,8 @@ def configure_context(device_target=None):
 
 
 _NETWORK_OPTIONS = ("num_class", "hidden_size", "final_feature_width", "output_channel")
-# 8x the published width; far wider networks exhaust memory as they are built. Wider than a run may
-# train (training.MAX_OUTPUT_CHANNEL, 1024): building and reading need no gradients or optimizer state.
-MAX_BUILD_OUTPUT_CHANNEL = 4096
+# One bound on the width for building, reading and training: twice the published 512 (_checks).
+MAX_BUILD_OUTPUT_CHANNEL = MAX_OUTPUT_CHANNEL
 
 
 def check_network_options(options, caller):

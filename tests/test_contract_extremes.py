@@ -410,7 +410,7 @@ def test_load_names_a_wrong_network_option():
         load(output_channel="64", pretrained=False)
     with pytest.raises(TypeError, match=r"load\(\): output_channel must be a whole number, got bool"):
         load(output_channel=True, pretrained=False)
-    with pytest.raises(ValueError, match=r"load\(\): output_channel must be a multiple of 16 from 16 to 4096"):
+    with pytest.raises(ValueError, match=r"load\(\): output_channel must be a multiple of 16 from 16 to 1024"):
         load(output_channel=16384, pretrained=False)
     with pytest.raises(TypeError, match=r"load\(\) got an unexpected keyword argument 'top_k'"):
         load(top_k=3, pretrained=False)
