@@ -1,6 +1,7 @@
 """Drawing a scene set: image ``i`` comes from its own seed ``(seed, i)``, so worker processes draw
 disjoint chunks and the set is the same bytes whatever their number."""
 import contextlib
+import dataclasses
 import io
 import multiprocessing
 import os
@@ -42,8 +43,7 @@ class SceneRecipe:
         """What a set's marker records: fonts with their SHA-256, backgrounds, text source, settings."""
         return {"style": "scene", "text": self.text.describe(), "label_alphabet": self.alphabet,
                 "fonts": [{"file": os.path.abspath(p), "sha256": file_sha256(p)} for p in self.fonts],
-                "backgrounds": self.backgrounds.describe(), "config": vars(self.config) if hasattr(self.config, "__dict__")
-                else {f: getattr(self.config, f) for f in self.config.__dataclass_fields__}}
+                "backgrounds": self.backgrounds.describe(), "config": dataclasses.asdict(self.config)}
 
     def draw(self, seed, index):
         """(PNG bytes, label, text) of image ``index`` of the set seeded ``seed``."""
