@@ -5,14 +5,9 @@ The rules (which samples are kept, the truth compared, unreadable images, the fo
 the datasets, runs the recognizer and adds up the scores.
 """
 import collections
-import contextlib
 import dataclasses
-import errno
-import json
 import logging
 import os
-import secrets
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +15,7 @@ import numpy as np
 from ._checks import MAX_EVAL_BATCH, MAX_WORD_LENGTH
 from .data import LabelFilter, LmdbDataset
 from .decoding import ctc_lexicon_decode
-from .errors import CnnctcError
+from ._result_files import ResultFile, check_result_path, written_by_eval
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS, edit_distance, get_protocol
 from .transforms import ImageError, preprocess_image
 
@@ -166,10 +161,18 @@ def _number(value):
 
 
 class _Evaluation:
-    """One evaluate() call: the recognizer, the protocol's rules and the optional predictions file."""
+    """One evaluate() call: the recognizer, the protocol's rules and the optional predictions file.
 
-    def __init__(self, recognizer, scoring, *, per_image_lexicon, max_distance, drop_last, out, progress):
-        self.recognizer, self.scoring = recognizer, scoring
+    The work runs in three steps so that msrun's ranks can share it and still give one process's
+    answer: :meth:`plan` decides from the labels alone which samples are scored (the protocol,
+    ``max_length`` and ``drop_last`` over the whole dataset); :meth:`read` reads one batch of
+    them (a unit of work, on whichever rank holds it); :meth:`tally` adds the readings up in the
+    datasets' order, in one process.
+    """
+
+    def __init__(self, recognizer, scoring, datasets, *, per_image_lexicon, max_distance, drop_last, out,
+                 progress):
+        self.recognizer, self.scoring, self.datasets = recognizer, scoring, datasets
         self.per_image_lexicon, self.max_distance = per_image_lexicon, max_distance
         self.drop_last, self.out, self.progress = drop_last, out, progress
         self.dropped_words = collections.Counter()
@@ -179,99 +182,107 @@ class _Evaluation:
         config = recognizer.manifest.preprocess
         self.black_image = preprocess_image(Image.new("RGB", (config.max_width, config.height)), config)
 
-    def dataset(self, dataset, name):
-        path = os.path.abspath(dataset.paths[0])
-        result = EvalResult(name, path=path)
+    def plan(self, dataset):
+        """(position in the dataset or None, LMDB number, label, truth, why skipped or None) of every
+        record, in order; a record the reader could not decode (label missing, not UTF-8) is skipped."""
         scored_limit = None
         if self.drop_last:
             kept = sum(self.scoring.truth(dataset.label(i))[0] is not None for i in range(len(dataset)))
             scored_limit = kept // self.drop_last * self.drop_last
+        rows, next_key, scored = [], 1, 0
+        for position in range(len(dataset)):
+            key = dataset.key(position)
+            rows += [(None, missing, None, None, "corrupt record") for missing in range(next_key, key)]
+            next_key = max(next_key, key + 1)
+            label = dataset.label(position)
+            truth, reason = self.scoring.truth(label)
+            if reason is None and scored_limit is not None and scored >= scored_limit:
+                reason = f"after the last full batch of {self.drop_last}"
+            scored += reason is None
+            rows.append((position, key, label, truth, reason))
         declared = len(dataset) + sum(dataset.skipped.values())  # records the reader could not decode
-        state = {"next_key": 1, "scored": 0}
-        batch = self.recognizer.batch_size
-        for start in range(0, len(dataset), batch):
-            rows = []
-            for index in range(start, min(start + batch, len(dataset))):
-                rows += self._corrupt_rows(result, path, state, dataset.key(index))
-                rows.append(self._row(result, path, dataset, index, state, scored_limit))
-            self._read([row for row in rows if "image_array" in row], dataset)
-            for row in rows:
-                self._finish(result, row)
-            if self.progress:
-                self.progress(len(rows))
-        for row in self._corrupt_rows(result, path, state, declared + 1):
-            self._finish(result, row)
-        return result
-
-    def _corrupt_rows(self, result, path, state, key):
-        """Rows for the records before ``key`` that the reader skipped (a label that is missing or not UTF-8)."""
-        rows = []
-        for missing in range(state["next_key"], key):
-            result._skip("corrupt record")
-            rows.append({"dataset": path, "index": missing, "label": None, "skipped": "corrupt record"})
-        state["next_key"] = max(state["next_key"], key + 1)
+        rows += [(None, missing, None, None, "corrupt record") for missing in range(next_key, declared + 1)]
         return rows
 
-    def _row(self, result, path, dataset, index, state, scored_limit):
-        label = dataset.label(index)
-        row = {"dataset": path, "index": dataset.key(index), "label": label}
-        truth, reason = self.scoring.truth(label)
-        if reason is None and scored_limit is not None and state["scored"] >= scored_limit:
-            reason = f"after the last full batch of {self.drop_last}"
-        if reason is not None:
-            result._skip(reason)
-            row["skipped"] = reason
-            return row
-        state["scored"] += 1
-        try:
-            row["image_array"] = dataset.load(index)[0]
-        except ImageError as exc:
-            row["image_array"] = self.black_image
-            row["image"] = f"unreadable, scored as a black image: {exc}"
+    def units(self, plans):
+        """The batches to read: (dataset number, positions of its scored samples), in order."""
+        batch = self.recognizer.batch_size
+        units = []
+        for number, plan in enumerate(plans):
+            scored = [row[0] for row in plan if row[4] is None]
+            units += [(number, scored[start:start + batch]) for start in range(0, len(scored), batch)]
+        return units
+
+    def read(self, unit):
+        """The readings of one batch of scored samples: decoded text and confidence, and whether the
+        image was unreadable (read as the references do, as a black image) or its lexicon unusable."""
+        dataset = self.datasets[unit[0]]
+        readings, arrays = [], []
+        for position in unit[1]:
+            reading = {}
+            try:
+                arrays.append(dataset.load(position)[0])
+            except ImageError as exc:
+                arrays.append(self.black_image)
+                reading["unreadable"] = str(exc)
+            if self.per_image_lexicon and "unreadable" not in reading:
+                reading["lexicon"] = dataset.lexicon(position)
+            readings.append(reading)
+        recognizer, alphabet = self.recognizer, self.recognizer.alphabet
+        logits = recognizer.logits(np.stack(arrays))
+        predictions = recognizer.decode(logits, alphabet)
+        for i, reading in enumerate(readings):
+            words = reading.pop("lexicon", None)
+            if words:
+                kept, dropped = _per_image_lexicon(words, alphabet, logits.shape[1])
+                if dropped:
+                    reading["dropped"] = dict(dropped)
+                if kept:
+                    predictions[i] = ctc_lexicon_decode(logits[i:i + 1], alphabet, kept,
+                                                        max_distance=self.max_distance)[0]
+                else:  # as a lexicon with no usable word: the greedy reading (the recognizer's decoder)
+                    reading["fallback"] = True
+            reading["decoded"] = predictions[i].text
+            reading["confidence"] = _number(predictions[i].confidence)
+        if self.progress:
+            self.progress(len(readings))
+        return readings
+
+    def tally(self, name, path, plan, readings):
+        """The dataset's EvalResult from its plan and the readings of its scored samples, in order;
+        each record goes to the predictions file."""
+        result = EvalResult(name, path=path)
+        for position, key, label, truth, reason in plan:
+            row = {"dataset": path, "index": key, "label": label}
+            if reason is not None:
+                result._skip(reason)
+                row["skipped"] = reason
+            else:
+                self._score(result, row, truth, next(readings))
+            if self.out is not None:
+                self.out.write_json(_line(row))
+        return result
+
+    def _score(self, result, row, truth, reading):
+        if "unreadable" in reading:
+            row["image"] = f"unreadable, scored as a black image: {reading['unreadable']}"
             truth = self.scoring.unreadable_truth()
             result.unreadable += 1
             if result.first_unreadable is None:
                 result.first_unreadable = row["index"]
         row["truth"] = truth
-        if self.per_image_lexicon and "image" not in row:
-            row["lexicon"] = dataset.lexicon(index)
-            row["name"] = result.name
-        return row
-
-    def _read(self, rows, dataset):
-        """Fill in each row's prediction (one network call for the rows of a batch)."""
-        if not rows:
-            return
-        recognizer, alphabet = self.recognizer, self.recognizer.alphabet
-        logits = recognizer.logits(np.stack([row.pop("image_array") for row in rows]))
-        predictions = recognizer.decode(logits, alphabet)
-        for i, row in enumerate(rows):
-            words, name = row.pop("lexicon", None), row.pop("name", None)
-            if words:
-                kept, dropped = _per_image_lexicon(words, alphabet, logits.shape[1])
-                self.dropped_words.update(dropped)
-                if kept:
-                    predictions[i] = ctc_lexicon_decode(logits[i:i + 1], alphabet, kept,
-                                                        max_distance=self.max_distance)[0]
-                else:  # as a lexicon with no usable word: the greedy reading (the recognizer's decoder)
-                    row["lexicon_fallback"] = True
-                    self.first_fallback = self.first_fallback or (name, row["index"])
-            row["decoded"] = predictions[i].text
-            row["confidence"] = _number(predictions[i].confidence)
-
-    def _finish(self, result, row):
-        if "decoded" in row:
-            truth = row["truth"]
-            prediction = self.scoring.prediction(row["decoded"])
-            row["prediction"] = prediction
-            row["correct"] = prediction == truth and "image" not in row  # an unreadable image is wrong
-            row["edit_distance"] = edit_distance(prediction, truth)
-            result.kept += 1
-            result.correct += row["correct"]
-            result.lexicon_fallbacks += row.pop("lexicon_fallback", False)
-            result.ned_sum += self.scoring.similarity(truth, prediction)
-        if self.out is not None:
-            self.out.write(_line(row))
+        self.dropped_words.update(reading.get("dropped", {}))
+        if reading.get("fallback"):
+            result.lexicon_fallbacks += 1
+            self.first_fallback = self.first_fallback or (result.name, row["index"])
+        row["decoded"], row["confidence"] = reading["decoded"], reading["confidence"]
+        prediction = self.scoring.prediction(row["decoded"])
+        row["prediction"] = prediction
+        row["correct"] = prediction == truth and "image" not in row  # an unreadable image is wrong
+        row["edit_distance"] = edit_distance(prediction, truth)
+        result.kept += 1
+        result.correct += row["correct"]
+        result.ned_sum += self.scoring.similarity(truth, prediction)
 
 
 _FIELDS = ("dataset", "index", "label", "truth", "prediction", "decoded", "confidence", "correct", "edit_distance",
@@ -282,8 +293,16 @@ def _line(row):
     return {name: row.get(name) for name in _FIELDS}
 
 
+def _task(recognizer, paths, plans, settings):
+    """What every msrun rank must agree on: the inputs as this rank sees them and the settings."""
+    return {"command": "eval", "paths": [os.path.abspath(p) for p in paths], "settings": settings,
+            "records": [[len(plan), sum(row[4] is None for row in plan)] for plan in plans],
+            "model": [recognizer._source, recognizer.alphabet, recognizer.batch_size]}
+
+
 def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, drop_last=None, progress=None,
-             per_image_lexicon=False, max_distance=None, predictions=None, overwrite=False, inputs=()):
+             per_image_lexicon=False, max_distance=None, predictions=None, overwrite=False, inputs=(),
+             ranks="msrun"):
     """Evaluate a :class:`~cnnctc.recognizer.Recognizer` on LMDBs; returns (per-dataset results, total).
 
     Each is an :class:`EvalResult`; one of which no sample was kept (every label skipped, or all
@@ -303,7 +322,17 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     label, truth as compared, prediction, confidence, correct, edit distance, why skipped). It is
     written under a temporary name and moved into place at the end; an existing file is refused
     unless ``overwrite``, as is a path that is one of ``paths`` or ``inputs`` or lies inside one.
+
+    ``ranks="msrun"`` (default): under ``msrun --worker_num=N`` (N > 1) each worker reads its share
+    of the batches and the results are exactly one process's: rank 0 returns them and writes
+    ``predictions``; the other ranks return None, and so does msrun's scheduler process, where
+    this call relays the readings to rank 0 (see :mod:`cnnctc.ranks`). ``ranks=None``: this
+    process evaluates everything, wherever it runs.
     """
+    from . import ranks as ranks_module
+    if ranks not in ("msrun", None):
+        raise ValueError(f"ranks must be 'msrun' or None, got {ranks!r}")
+    launch = ranks_module.msrun_launch() if ranks == "msrun" else None
     rules = get_protocol(protocol, max_length)
     _whole_number("drop_last", drop_last, 1, MAX_EVAL_BATCH)
     if max_distance is not None:
@@ -314,21 +343,34 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise ValueError("paths: give at least one LMDB dataset")
-    out = _PredictionsFile(predictions, overwrite, [*paths, *inputs]) if predictions is not None else None
+    if launch is not None and launch.is_scheduler:
+        ranks_module.serve(launch)
+        return None
+    writes = launch is None or launch.rank == 0
+    out = _predictions_file(predictions, overwrite, [*paths, *inputs]) if predictions is not None and writes \
+        else None
     alphabet = recognizer.alphabet
     datasets = _open_all(paths, _EveryLabel(alphabet), recognizer.manifest.preprocess)
-    run = _Evaluation(recognizer, rules.for_alphabet(alphabet), per_image_lexicon=per_image_lexicon,
+    run = _Evaluation(recognizer, rules.for_alphabet(alphabet), datasets, per_image_lexicon=per_image_lexicon,
                       max_distance=max_distance, drop_last=drop_last, out=out, progress=progress)
+    settings = {"protocol": protocol, "max_length": max_length, "drop_last": drop_last,
+                "per_image_lexicon": per_image_lexicon, "max_distance": max_distance}
     results, total = [], EvalResult("total")
     try:
-        if out is not None:
-            out.open()
-        for dataset, name in zip(datasets, _display_names(paths)):
-            result = run.dataset(dataset, name)
-            results.append(result)
-            total.add(result)
-        if out is not None:
-            out.commit()
+        plans = [run.plan(dataset) for dataset in datasets]
+        with ranks_module.Meeting(launch, _task(recognizer, paths, plans, settings)) as meeting:
+            readings = meeting.gather(run.units(plans), run.read)
+            if readings is None:   # another rank's share, sent to rank 0
+                return None
+            if out is not None:
+                out.open()
+            for dataset, name, plan in zip(datasets, _display_names(paths), plans):
+                result = run.tally(name, os.path.abspath(dataset.paths[0]), plan, readings)
+                results.append(result)
+                total.add(result)
+            if out is not None:
+                out.commit()
+            meeting.finish()
     finally:
         if out is not None:
             out.discard()
@@ -400,168 +442,15 @@ def format_table(results, total, *, protocol=None, max_length=None, drop_last=No
 
 # The predictions file ----------------------------------------------------------------------------
 
-def _inside(path, folder):
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _is_input(path, given):
-    """Whether writing ``path`` would write over or into the input ``given`` (links followed)."""
-    if os.path.isdir(given):
-        return _inside(path, given)
-    if os.path.realpath(path) == os.path.realpath(given):
-        return True
-    try:
-        return os.path.samefile(path, given)  # a hard link
-    except (OSError, ValueError):
-        return False
+_BY_EVAL = (written_by_eval, "a predictions file written by eval")
 
 
 def check_predictions_path(path, overwrite=False, inputs=()):
     """Refuse a predictions file that writing could lose data by (one line saying what to do);
-    returns it as a Path. ``inputs``: files and folders it must not be, nor lie inside."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"predictions must be a file path, not {type(path).__name__}")
-    text = os.fspath(path)
-    if not text or "\0" in text:
-        raise CnnctcError(f"{text!r}: not a valid file name for the predictions")
-    path = Path(text)
-    for given in inputs:
-        if given is not None and _is_input(path, given):
-            inside = os.path.isdir(given) and os.path.realpath(path) != os.path.realpath(given)
-            where = "lies inside" if inside else "is"
-            raise CnnctcError(f"{path} {where} the input {given}; refusing to write there, choose another "
-                              "predictions file")
-    if os.path.lexists(path):
-        if path.is_symlink():
-            raise CnnctcError(f"{path} is a symbolic link; not replaced (remove it or choose another predictions "
-                              "file)")
-        if path.is_dir():
-            raise CnnctcError(f"{path} is a folder; name the predictions file to write")
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise CnnctcError(f"{path} is not a regular file; choose another predictions file")
-        if not overwrite:
-            raise CnnctcError(f"{path} already exists (choose another predictions file, or replace it with "
-                              "--overwrite)")
-        if not _written_by_eval(path):
-            raise CnnctcError(f"{path} is not a predictions file written by eval; --overwrite replaces only "
-                              "those (choose another predictions file)")
-    parent = path.parent
-    if not parent.is_dir():
-        raise CnnctcError(f"{path}: the folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CnnctcError(f"{path}: permission denied (cannot write in {parent})")
-    return path
+    returns it as a Path. ``inputs``: files and folders it must not be, nor lie inside. With
+    ``overwrite`` only a predictions file eval wrote is replaced."""
+    return check_result_path(path, overwrite, inputs, replaceable=_BY_EVAL)
 
 
-def _written_by_eval(path):
-    """Whether ``path`` is empty or starts like a predictions file (a JSON line naming a dataset and an index)."""
-    import json
-    try:
-        with open(path, "rb") as f:
-            first = f.readline(1 << 16)
-    except OSError:
-        return False
-    if not first.strip():
-        return os.path.getsize(path) == 0
-    try:
-        row = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(row, dict) and {"dataset", "index", "label"} <= row.keys()
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):
-        return True  # another user's process, or not a pid we can ask about: leave its file alone
-    return True
-
-
-class _PredictionsFile:
-    """JSON lines written to a hidden temporary file beside the target, moved into place at the end:
-    without ``overwrite`` by a hard link, which fails rather than replace a file that appeared
-    meanwhile. Temporary files of runs that died (kill -9) are removed by the next run."""
-
-    def __init__(self, path, overwrite, inputs):
-        self.path = check_predictions_path(path, overwrite, inputs)
-        self.inputs = inputs
-        self.overwrite = overwrite
-        self._tmp = self._file = None
-
-    def _error(self, exc, doing="writing"):
-        if getattr(exc, "errno", None) == errno.ENOSPC:
-            return CnnctcError(f"{self.path}: the disk is full ({doing} the predictions); free some space or "
-                               "choose another predictions file")
-        return CnnctcError(f"{self.path}: {doing} the predictions failed ({exc.strerror or exc})")
-
-    def _remove_dead_temporaries(self):
-        folder, prefix = self.path.parent, f".{self.path.name}."
-        with contextlib.suppress(OSError):
-            for entry in os.listdir(folder):
-                pid = entry[len(prefix):-len(".tmp")].split(".")[0] if entry.startswith(prefix) else ""
-                if entry.endswith(".tmp") and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(folder / entry)
-
-    def open(self):
-        self._remove_dead_temporaries()
-        self._tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode from the umask
-        except OSError as exc:
-            self._tmp = None
-            raise self._error(exc, "creating") from None
-        self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-
-    def write(self, record):
-        try:
-            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        except OSError as exc:
-            raise self._error(exc) from None
-
-    def commit(self):
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        except OSError as exc:
-            raise self._error(exc) from None
-        finally:
-            self._file = None
-        if self.overwrite:
-            check_predictions_path(self.path, True, self.inputs)  # a folder or link may have appeared
-            try:
-                os.replace(self._tmp, self.path)
-            except OSError as exc:
-                raise self._error(exc, "moving into place") from None
-        else:
-            try:
-                os.link(self._tmp, self.path)  # never replaces: fails if the file appeared meanwhile
-            except FileExistsError:
-                raise CnnctcError(f"{self.path} appeared while evaluating; not replaced (choose another "
-                                  "predictions file, or replace it with --overwrite)") from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
-                    raise self._error(exc, "moving into place") from None
-                if os.path.lexists(self.path):  # no hard links here: a plain check, then a rename
-                    raise CnnctcError(f"{self.path} appeared while evaluating; not replaced") from None
-                os.rename(self._tmp, self.path)
-                self._tmp = None
-                return
-            os.unlink(self._tmp)
-        self._tmp = None
-
-    def discard(self):
-        """Remove what an unfinished run wrote (nothing after commit)."""
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
-        if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
-            self._tmp = None
+def _predictions_file(path, overwrite, inputs):
+    return ResultFile(path, overwrite, inputs, replaceable=_BY_EVAL, doing="evaluating")

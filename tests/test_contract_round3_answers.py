@@ -211,7 +211,7 @@ def test_a_per_image_lexicon_with_no_usable_word_reads_that_sample_without_it(tm
 @pytest.mark.parametrize("args, message", [
     ("eval --data D.lmdb --max-distance 2", "--max-distance limits the words of a lexicon"),
     ("eval --data D.lmdb --lexicon W.txt --per-image-lexicon", "give one of them"),
-    ("eval --data D.lmdb --overwrite", "--overwrite replaces the --predictions FILE"),
+    ("eval --data D.lmdb --overwrite", "--overwrite replaces the --predictions or --output FILE"),
     ("eval --data D.lmdb --beam-width 5", "--beam-width sets the beam of --decoder beam"),
     ("predict I.png --beam-width 5", "--beam-width sets the beam of --decoder beam"),
     ("predict I.png --max-distance 1", "--max-distance limits the words of a lexicon"),

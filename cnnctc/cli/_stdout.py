@@ -32,8 +32,9 @@ def holds_unicode(stream):
         return False
 
 
-def json_line(path, result):
-    """One JSON object per line, valid JSON on any stdout: escaped to ASCII where stdout cannot hold the text."""
+def json_line(path, result, stream=None):
+    """One JSON object per line, valid JSON on any stdout: escaped to ASCII where ``stream`` (default:
+    stdout) cannot hold the text."""
     import json
 
     def number(value):  # six significant digits: sequence probabilities can be tiny
@@ -45,7 +46,8 @@ def json_line(path, result):
     if result.greedy is not None:
         record["greedy"] = result.greedy
     # On an ASCII-only stdout (PYTHONIOENCODING=ascii, LANG=C) \u escapes, never backslashreplace's \x.
-    return json.dumps(record, ensure_ascii=not holds_unicode(sys.stdout), allow_nan=False)
+    return json.dumps(record, ensure_ascii=not holds_unicode(sys.stdout if stream is None else stream),
+                      allow_nan=False)
 
 
 def write_line(bar, line):

@@ -103,6 +103,12 @@ def _model_and_runtime(p, checkpoint_help):
     runtime_arg(p)
 
 
+def output_arguments(p, what):
+    p.add_argument("--output", metavar="FILE", help=f"write {what} to FILE instead of standard output (under "
+                   "msrun, where each worker's standard output goes to its log, rank 0 writes it); written under a "
+                   "temporary name and moved into place at the end")
+
+
 def predict_arguments(p):
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     _model_and_runtime(p, "checkpoint to use: .ckpt, .onnx or .mindir (default: the model's, downloaded and "
@@ -112,32 +118,94 @@ def predict_arguments(p):
                    "per line with per-character probabilities")
     p.add_argument("--recursive", action="store_true", help="descend into subfolders (and ** in globs)")
     decoder_arguments(p)
+    output_arguments(p, "the lines")
+    p.add_argument("--overwrite", action="store_true", help="replace the --output FILE if it exists")
+    p.add_check(lambda args: "--overwrite replaces the --output FILE; give one, or leave --overwrite out"
+                if args.overwrite and not args.output else None)
+
+
+def _msrun():
+    """(launch, writes): how msrun started this process (None: alone), and whether it writes the outputs."""
+    from ..ranks import msrun_launch
+    launch = msrun_launch()
+    return launch, launch is None or launch.rank == 0
+
+
+def _output_file(args, inputs):
+    """The --output file (checked before any model loads), or None for standard output."""
+    from .._result_files import ResultFile
+    if not args.output:
+        return None
+    return ResultFile(args.output, args.overwrite, [p for p in inputs if p], noun="output file",
+                      doing="writing the output")
+
+
+def _record(path, result):
+    """One image's reading as plain data: what msrun's ranks send to rank 0, and what is printed."""
+    from ..transforms import ImageError
+    if isinstance(result, ImageError):
+        return {"path": path, "error": str(result)}
+    return {"path": path, "text": result.text, "confidence": float(result.confidence),
+            "chars": [[c, float(p)] for c, p in result.chars], "greedy": result.greedy,
+            "alternatives": [[t, float(p)] for t, p in result.alternatives]}
+
+
+def _line(record, form, stream=None):
+    from ..decoding import Prediction
+    path = printable(record["path"])  # a newline or tab in a file name must not break the line format
+    if form == "tsv":
+        return f"{path}\t{record['text']}\t{finite(path, record['confidence']):.4f}"
+    if form == "json":
+        result = Prediction(record["text"], record["confidence"], tuple(map(tuple, record["chars"])),
+                            record["greedy"], tuple(map(tuple, record["alternatives"])))
+        return json_line(path, result, stream)
+    return f"{path}: {record['text']} ({finite(path, record['confidence']):.3f})"
 
 
 def predict(args):
-    from ..transforms import ImageError, find_images
+    from ..ranks import Meeting, serve
+    from ..transforms import find_images
+    launch, writes = _msrun()
+    if launch is not None and launch.is_scheduler:
+        return serve(launch)
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
         raise CnnctcError(f"no image files in {shown_list(args.paths)}" +
                           ("" if args.recursive else "; --recursive also reads subfolders"))
+    out = _output_file(args, [*paths, *args.paths, args.checkpoint, args.lexicon, getattr(args, "manifest", None)]) \
+        if writes else None
     reader = _reader(args)
     show_progress = not args.quiet and is_terminal(sys.stderr) and any(os.path.isdir(p) for p in args.paths)
+    units = [paths[start:start + reader.batch_size] for start in range(0, len(paths), reader.batch_size)]
+    task = {"command": "predict", "paths": [os.path.abspath(p) for p in paths], "format": args.format,
+            "model": [reader._source, reader.alphabet, reader.batch_size]}
     failed = 0
-    with progress_bar(len(paths), show_progress) as bar:
-        for path, result in reader.recognize_each(paths, with_chars=args.format == "json"):
-            bar.update(1)
-            if isinstance(result, ImageError):
-                failed += 1
-                bar.write(f"cnnctc: error: {result}", file=sys.stderr)
-                continue
-            path = printable(path)  # a newline or tab in a file name must not break the line format
-            if args.format == "tsv":
-                line = f"{path}\t{result.text}\t{finite(path, result.confidence):.4f}"
-            elif args.format == "json":
-                line = json_line(path, result)
-            else:
-                line = f"{path}: {result.text} ({finite(path, result.confidence):.3f})"
-            write_line(bar, line)
+    with progress_bar(len(paths), show_progress) as bar, Meeting(launch, task) as meeting:
+        def read(unit):
+            records = [_record(path, result) for path, result in
+                       reader.recognize_each(unit, with_chars=args.format == "json")]
+            bar.update(len(records))
+            return records
+        records = meeting.gather(units, read)
+        if records is None:   # another rank: its readings went to rank 0
+            return 0
+        try:
+            if out is not None:
+                out.open()
+            for record in records:
+                if "error" in record:
+                    failed += 1
+                    bar.write(f"cnnctc: error: {record['error']}", file=sys.stderr)
+                elif out is not None:
+                    out.write(_line(record, args.format, out) + "\n")
+                else:
+                    write_line(bar, _line(record, args.format))
+            if out is not None:
+                out.commit()
+        finally:
+            if out is not None:
+                out.discard()
+        meeting.finish()
     if failed:
         print(f"cnnctc: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
     return 1 if failed else 0
@@ -164,33 +232,55 @@ def eval_arguments(p):
                    "per dataset, the rest skipped: --drop-last 256 gives the count of the zoo's eval.py")
     p.add_argument("--predictions", metavar="FILE", help="write one JSON line per sample, kept or not: dataset, "
                    "index, label, truth as compared, prediction, confidence, correct, edit distance, why skipped")
-    p.add_argument("--overwrite", action="store_true", help="replace the --predictions FILE if it exists")
-    p.add_check(lambda args: "--overwrite replaces the --predictions FILE; give one, or leave --overwrite out"
-                if args.overwrite and not args.predictions else None)
+    output_arguments(p, "the table (or the --json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --predictions and --output FILEs if they "
+                   "exist (--predictions: only a file eval wrote)")
+    p.add_check(lambda args: "--overwrite replaces the --predictions or --output FILE; give one, or leave "
+                "--overwrite out" if args.overwrite and not (args.predictions or args.output) else None)
+    p.add_check(lambda args: f"--output and --predictions are the same file ({args.output}); give each its own"
+                if args.output and args.predictions and os.path.abspath(args.output) == os.path.abspath(
+                    args.predictions) else None)
 
 
 def evaluate(args):
     import json
     from ..evaluation import check_predictions_path, evaluate as run, format_table, report
+    from ..ranks import serve
+    launch, writes = _msrun()
+    if launch is not None and launch.is_scheduler:
+        return serve(launch)
     inputs = [args.checkpoint, args.lexicon, getattr(args, "manifest", None)]
-    if args.predictions:  # refused before the model loads
-        check_predictions_path(args.predictions, args.overwrite, [*args.data, *inputs])
+    out = None
+    if writes:  # refused before the model loads
+        if args.predictions:
+            check_predictions_path(args.predictions, args.overwrite, [*args.data, *inputs])
+        out = _output_file(args, [*args.data, *inputs, args.predictions])
     # --max-distance belongs to the decoder only with a lexicon for every image; a per-image
     # lexicon takes it in evaluate.
     reader = _reader(argparse.Namespace(**{**vars(args), "max_distance": args.max_distance if args.lexicon else None}))
     settings = {"protocol": args.protocol, "max_length": args.max_length, "drop_last": args.drop_last}
-    results, total = run(reader, args.data, **settings, per_image_lexicon=args.per_image_lexicon,
-                         max_distance=args.max_distance if args.per_image_lexicon else None,
-                         predictions=args.predictions, overwrite=args.overwrite, inputs=inputs)
+    evaluated = run(reader, args.data, **settings, per_image_lexicon=args.per_image_lexicon,
+                    max_distance=args.max_distance if args.per_image_lexicon else None,
+                    predictions=args.predictions, overwrite=args.overwrite, inputs=inputs)
+    if evaluated is None:   # another rank: its readings went to rank 0
+        return 0
+    results, total = evaluated
     if not total.kept:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(total.skipped_by.items())) or "the datasets are empty"
         where = f"; {args.predictions} lists each sample" if args.predictions else ""
         raise CnnctcError(f"no sample could be evaluated under the {args.protocol} protocol ({reasons}; the "
                           f"alphabet is {shown(reader.alphabet)}){where}")
-    if args.json:
-        print(json.dumps(report(results, total, **settings), indent=2, ensure_ascii=False))
-    else:
-        print(format_table(results, total, **settings))
+    text = json.dumps(report(results, total, **settings), indent=2, ensure_ascii=False) if args.json \
+        else format_table(results, total, **settings)
+    if out is None:
+        print(text)
+        return 0
+    try:
+        out.open()
+        out.write(text + "\n")
+        out.commit()
+    finally:
+        out.discard()
     return 0
 
 
@@ -201,5 +291,7 @@ COMMANDS = [
     Command("eval", "word accuracy and normalized edit distance per dataset and in total, under the protocol of "
             "the model zoo (default) or of DTRB", eval_arguments, evaluate,
             ("cnnctc eval --checkpoint run/best.ckpt --data IIIT5k_3000.lmdb",
-             "cnnctc eval --data IIIT5k_3000.lmdb SVT.lmdb --protocol dtrb --predictions readings.jsonl")),
+             "cnnctc eval --data IIIT5k_3000.lmdb SVT.lmdb --protocol dtrb --predictions readings.jsonl",
+             "msrun --worker_num=2 --local_worker_num=2 --join=True $(which cnnctc) eval --data IIIT5k_3000.lmdb "
+             "--output table.txt")),
 ]

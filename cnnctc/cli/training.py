@@ -112,6 +112,8 @@ def finetune(args):
                          seed=args.seed, log_every=args.log_every, workers=args.workers)
     config.check()
     workers = _msrun_workers()
+    if workers is None and os.environ.get("MS_ROLE") == "MS_SCHED":
+        return 0   # msrun's scheduler of a single worker: that worker trains, nothing is served
     trainer = Trainer(args.train, args.valid, args.out, pretrained=args.pretrained, config=config,
                       resume=args.resume, manifest=getattr(args, "manifest", None), model=getattr(args, "model", None),
                       device_target=args.device_target, rank=0 if workers else None, world=workers)

@@ -1,0 +1,67 @@
+"""How msrun started this process: its role, rank and the count of ranks."""
+import dataclasses
+import os
+
+from ..errors import CnnctcError
+
+__all__ = ["Launch", "msrun_launch", "share"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How msrun started this process: ``role`` "worker" (with its ``rank``) or "scheduler"."""
+    role: str
+    rank: int
+    world: int
+    host: str
+    port: int
+    join_timeout: float = 600.0
+
+    @property
+    def is_scheduler(self):
+        return self.role == "scheduler"
+
+
+def _number(environ, name, default=None):
+    text = environ.get(name)
+    if text is None:
+        if default is None:
+            raise CnnctcError(f"msrun started this process without {name}; start it with msrun's own options")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise CnnctcError(f"{name} is {text[:40]!r}, not a whole number (set by msrun; do not set it by hand)") \
+            from None
+
+
+def msrun_launch(environ=None):
+    """The :class:`Launch` when msrun started this process with more than one worker (its
+    scheduler: with any count), else None: a single process does all the work."""
+    environ = os.environ if environ is None else environ
+    role = environ.get("MS_ROLE")
+    if role not in ("MS_WORKER", "MS_SCHED"):
+        return None
+    world = _number(environ, "MS_WORKER_NUM", 1)
+    if world < 1:
+        raise CnnctcError(f"MS_WORKER_NUM is {world}; msrun starts at least one worker")
+    host = environ.get("MS_SCHED_HOST", "127.0.0.1")
+    port = _number(environ, "MS_SCHED_PORT", 8118)
+    timeout = float(_number(environ, "MS_TOPO_TIMEOUT", 600))
+    if role == "MS_SCHED":
+        return Launch("scheduler", 0, world, host, port, timeout)
+    if world == 1:
+        return None
+    if environ.get("RANK_ID") is None:
+        raise CnnctcError("msrun did not give this worker its rank (no RANK_ID): on several hosts give msrun "
+                          "--node_rank on each host, so that every worker knows its rank before it reads")
+    rank = _number(environ, "RANK_ID")
+    if not 0 <= rank < world:
+        raise CnnctcError(f"RANK_ID is {rank}, outside msrun's {world} workers (0 to {world - 1})")
+    return Launch("worker", rank, world, host, port, timeout)
+
+
+def share(count, rank, world):
+    """The [start, stop) of ``count`` units that rank ``rank`` of ``world`` takes: contiguous, and
+    as even as whole units allow."""
+    return count * rank // world, count * (rank + 1) // world

@@ -1,0 +1,222 @@
+"""Where the shares of one run meet.
+
+A single process computes every unit itself, as it is asked for. Under msrun every rank computes
+its own contiguous share of the units; the others send their records to rank 0 through the
+scheduler's relay as they go, and rank 0 yields all the records in the order one process would.
+"""
+import hashlib
+import json
+import tempfile
+import threading
+import time
+
+from ..errors import CnnctcError
+from . import wire
+from .launch import share
+
+_FLUSH_AT = 1 << 20   # bytes of records per frame
+
+
+def _one_line(exc):
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if isinstance(exc, CnnctcError) else f"{type(exc).__name__}: {text}"
+    return text[:2000]
+
+
+class Meeting:
+    """One run's meeting: ``with Meeting(launch, task) as meeting:`` then :meth:`gather`.
+
+    ``launch``: :func:`cnnctc.ranks.msrun_launch`'s answer (None: one process does everything).
+    ``task``: a JSON-able description of the work (its inputs and settings): every rank must have
+    the same, or the run is refused. ``writes`` is True in the one process that writes the
+    outputs (rank 0, or the only one); it calls :meth:`finish` when they are in place.
+    """
+
+    def __init__(self, launch, task):
+        self.launch = launch
+        self.rank = launch.rank if launch else 0
+        self.world = launch.world if launch else 1
+        self.key = hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()
+        self._sock = None
+        self._spools, self._ended, self._failure = {}, set(), None
+        self._changed = threading.Condition()
+        self._listener = None
+
+    @property
+    def writes(self):
+        return self.rank == 0
+
+    def __enter__(self):
+        if self.world > 1:
+            self._join()
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        try:
+            if exc is not None and self.rank != 0 and self._sock is not None:
+                self._report(exc)
+        finally:
+            self._close()
+        return False
+
+    # Joining ------------------------------------------------------------------------------------
+
+    def _join(self):
+        launch = self.launch
+        where = f"{launch.host}:{launch.port}"
+        try:
+            self._sock = wire.connect(launch.host, launch.port, time.monotonic() + launch.join_timeout,
+                                      time.monotonic)
+        except wire.Closed as exc:
+            raise CnnctcError(f"rank {self.rank} cannot reach msrun's scheduler at {where} ({exc}) within "
+                              f"{launch.join_timeout:g} s; is msrun's --master_addr reachable from this host?") \
+                from None
+        try:
+            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"key": self.key, "world": self.world}))
+            kind, _, payload = wire.receive(self._sock)
+        except wire.Closed:
+            raise CnnctcError(f"msrun's scheduler at {where} closed the connection as rank {self.rank} joined "
+                              "(is another job using that --master_port?)") from None
+        if kind == wire.REFUSED:
+            raise CnnctcError(f"the run was refused: {payload.decode('utf-8', 'replace')}")
+        if kind != wire.HELLO:
+            raise CnnctcError(f"something at {where} is not msrun's scheduler of this run; give msrun another "
+                              "--master_port")
+        if self.rank == 0:
+            self._listener = threading.Thread(target=self._listen, name="cnnctc-ranks", daemon=True)
+            self._listener.start()
+        else:
+            self._outbox = []
+            self._outbox_size = 0
+
+    def _close(self):
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+        for spool in self._spools.values():
+            spool.close()
+        self._spools = {}
+
+    # Rank 0 ------------------------------------------------------------------------------------------
+
+    def _spool(self, rank):
+        if rank not in self._spools:
+            self._spools[rank] = tempfile.TemporaryFile()
+        return self._spools[rank]
+
+    def _listen(self):
+        sock = self._sock
+        while True:
+            try:
+                kind, rank, payload = wire.receive(sock)
+            except (wire.Closed, AttributeError, ValueError):
+                with self._changed:
+                    if len(self._ended) < self.world - 1 and self._failure is None and self._sock is not None:
+                        self._failure = ("lost the connection to msrun's scheduler process before every rank had "
+                                         "sent its readings (see scheduler.log in msrun's --log_dir)")
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                if kind == wire.DATA:
+                    self._spool(rank).write(payload)
+                elif kind == wire.END:
+                    self._ended.add(rank)
+                elif kind == wire.FAIL and self._failure is None:
+                    self._failure = f"rank {rank} failed: {payload.decode('utf-8', 'replace')}"
+                elif kind == wire.LOST and self._failure is None:
+                    why = payload.decode("utf-8", "replace") or (
+                        "stopped before it sent all its readings: its process ended without a word (killed, or "
+                        "out of memory); see its log in msrun's --log_dir")
+                    self._failure = f"rank {rank} {why}"
+                self._changed.notify_all()
+
+    def check(self):
+        """On rank 0: raise at once when another rank has failed or gone (one line naming it)."""
+        if self._failure is not None:
+            raise CnnctcError(f"{self._failure}; nothing was written")
+
+    def _wait_for_all(self):
+        with self._changed:
+            while len(self._ended) < self.world - 1 and self._failure is None:
+                self._changed.wait(1.0)
+        self.check()
+
+    def _replay(self):
+        for rank in range(self.world):
+            spool = self._spools.get(rank)
+            if spool is None:
+                continue
+            spool.seek(0)
+            for line in spool:
+                yield json.loads(line)
+
+    # The other ranks -------------------------------------------------------------------------------------
+
+    def _send(self, record):
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+        self._outbox.append(line)
+        self._outbox_size += len(line)
+        if self._outbox_size >= _FLUSH_AT:
+            self._flush()
+
+    def _flush(self):
+        if self._outbox:
+            payload, self._outbox, self._outbox_size = b"".join(self._outbox), [], 0
+            self._frame(wire.DATA, payload)
+
+    def _frame(self, kind, payload=b""):
+        try:
+            wire.send(self._sock, kind, self.rank, payload)
+        except wire.Closed:
+            self._sock = None
+            raise CnnctcError(f"rank {self.rank}: msrun's scheduler closed the connection: rank 0 ended the run "
+                              "(its log says why)") from None
+
+    def _report(self, exc):
+        """Tell rank 0 why this rank stops, and wait (a while) until it has ended the run, so that
+        msrun, which kills every worker once one exits with an error, does not kill rank 0 first."""
+        try:
+            wire.send(self._sock, wire.FAIL, self.rank, _one_line(exc))
+            self._sock.settimeout(60)
+            while self._sock.recv(1 << 16):
+                pass
+        except (wire.Closed, OSError):
+            pass
+
+    # The work --------------------------------------------------------------------------------------------
+
+    def gather(self, units, work):
+        """The records of ``work(unit)`` for every unit, in order (an iterator), where this process
+        writes the outputs; None on the other ranks, after they sent their share's records."""
+        units = list(units)
+        if self.world == 1:
+            return (record for unit in units for record in work(unit))
+        start, stop = share(len(units), self.rank, self.world)
+        if self.rank != 0:
+            for unit in units[start:stop]:
+                for record in work(unit):
+                    self._send(record)
+            self._flush()
+            self._frame(wire.END)
+            return None
+        spool = self._spool(0)
+        for unit in units[start:stop]:
+            self.check()
+            lines = [json.dumps(record, ensure_ascii=False, allow_nan=False).encode() + b"\n" for record in work(unit)]
+            with self._changed:
+                spool.writelines(lines)
+        self._wait_for_all()
+        return self._replay()
+
+    def finish(self):
+        """On rank 0, once the outputs are in place: the run is over (the relay lets the others go)."""
+        if self.rank == 0 and self._sock is not None:
+            try:
+                wire.send(self._sock, wire.DONE, 0)
+            except wire.Closed:
+                pass

@@ -1,0 +1,210 @@
+"""msrun's scheduler process, for predict and eval: the place the ranks' readings meet.
+
+Every rank connects to msrun's ``--master_addr:--master_port`` (the address MindSpore's own
+cluster uses, free here because reading never forms that cluster). The relay checks that all
+ranks run the same task, forwards the other ranks' frames to rank 0 as they come, tells rank 0
+at once when a rank fails or its connection drops, and ends when rank 0 closes its connection.
+Nothing is written to disk here.
+"""
+import json
+import logging
+import selectors
+import socket
+import time
+
+from ..errors import CnnctcError
+from . import wire
+
+log = logging.getLogger(__name__)
+
+
+class _Peer:
+    def __init__(self, sock):
+        self.sock, self.reader = sock, wire.Reader()
+        self.rank = None
+        self.ended = self.failed = False
+
+
+class Relay:
+    """One run's relay: ``run()`` returns 0 when rank 0 finished its outputs, 1 otherwise."""
+
+    def __init__(self, port, world, *, join_timeout, host=""):
+        self.world, self.join_timeout = world, join_timeout
+        self.listener = socket.create_server((host, port), backlog=max(16, world * 2))
+        self.listener.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.peers, self.ranks = {}, {}
+        self.key = None
+        self.outbox = bytearray()   # frames for rank 0, in the order they came
+        self.rank0_done = False
+        self.outcome = None
+
+    def close(self):
+        for peer in list(self.peers.values()):
+            self._drop(peer)
+        self.selector.close()
+        self.listener.close()
+
+    def run(self):
+        started = time.monotonic()
+        try:
+            while self.outcome is None:
+                for key, events in self.selector.select(timeout=1.0):
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    elif key.fileobj.fileno() in self.peers:
+                        peer = self.peers[key.fileobj.fileno()]
+                        if events & selectors.EVENT_READ:
+                            self._read(peer)
+                        if events & selectors.EVENT_WRITE and peer.sock.fileno() in self.peers:
+                            self._flush()
+                if len(self.ranks) < self.world and time.monotonic() - started > self.join_timeout:
+                    self._join_timed_out()
+                self._want_write()
+            return self.outcome
+        finally:
+            self.close()
+
+    def _accept(self):
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        self.peers[sock.fileno()] = _Peer(sock)
+        self.selector.register(sock, selectors.EVENT_READ)
+
+    def _read(self, peer):
+        try:
+            data = peer.sock.recv(1 << 20)
+            frames = peer.reader.feed(data) if data else None
+        except (OSError, wire.Closed):
+            frames = None
+        if frames is None:
+            self._closed(peer)
+            return
+        for kind, rank, payload in frames:
+            if peer.rank is None:
+                if kind != wire.HELLO or not self._hello(peer, rank, payload):
+                    return
+            elif peer.rank == 0:
+                if kind == wire.DONE:
+                    self.rank0_done = True
+            elif kind in (wire.DATA, wire.END, wire.FAIL):
+                peer.ended |= kind == wire.END
+                peer.failed |= kind == wire.FAIL
+                self.outbox += wire.HEADER.pack(kind, peer.rank, len(payload)) + payload
+
+    def _hello(self, peer, rank, payload):
+        try:
+            hello = json.loads(payload)
+            key, world = hello["key"], hello["world"]
+        except (ValueError, KeyError, TypeError):
+            self._drop(peer)   # not one of ours
+            return False
+        problem = None
+        if world != self.world:
+            problem = f"rank {rank} counts {world} ranks, msrun started {self.world}"
+        elif not 0 <= rank < self.world or rank in self.ranks:
+            problem = f"a second rank {rank} joined (ranks are 0 to {self.world - 1}, each once)"
+        elif self.key is not None and key != self.key:
+            problem = (f"rank {rank} was started with other inputs or settings than the ranks before it (every "
+                       "rank must read the same files with the same options)")
+        if problem:
+            self._refuse(peer, rank, problem)
+            return False
+        self.key = key
+        peer.rank = rank
+        self.ranks[rank] = peer
+        try:
+            peer.sock.setblocking(True)
+            wire.send(peer.sock, wire.HELLO, rank)   # joined
+            peer.sock.setblocking(False)
+        except wire.Closed:
+            self._closed(peer)
+            return False
+        return True
+
+    def _refuse(self, peer, rank, problem):
+        try:
+            peer.sock.setblocking(True)
+            wire.send(peer.sock, wire.REFUSED, rank, problem)
+        except wire.Closed:
+            pass
+        self._drop(peer)
+        if rank != 0:   # rank 0 hears of it (now, or when it joins) and ends the run
+            self.outbox += wire.HEADER.pack(wire.FAIL, rank, len(problem.encode())) + problem.encode()
+
+    def _closed(self, peer):
+        rank = peer.rank
+        self._drop(peer)
+        if rank == 0:
+            self.outcome = 0 if self.rank0_done else 1
+            if not self.rank0_done:
+                log.error("cnnctc: error: rank 0 ended before its outputs were written; the run ended (its log "
+                          "says why)")
+        elif rank is not None and not (peer.ended or peer.failed):
+            self.outbox += wire.HEADER.pack(wire.LOST, rank, 0)
+
+    def _drop(self, peer):
+        self.peers.pop(peer.sock.fileno(), None)
+        try:
+            self.selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+        if peer.rank is not None and self.ranks.get(peer.rank) is peer:
+            del self.ranks[peer.rank]
+            self.ranks[peer.rank] = None   # joined once, now gone
+
+    def _join_timed_out(self):
+        missing = [r for r in range(self.world) if r not in self.ranks]
+        if 0 in missing:
+            log.error("cnnctc: error: rank 0 did not join within %d s; the run ended", self.join_timeout)
+            self.outcome = 1
+            return
+        for rank in missing:
+            self.ranks[rank] = None
+            line = f"did not join within {self.join_timeout:g} s (msrun's --cluster_time_out)".encode()
+            self.outbox += wire.HEADER.pack(wire.LOST, rank, len(line)) + line
+
+    def _rank0(self):
+        return self.ranks.get(0)
+
+    def _want_write(self):
+        peer = self._rank0()
+        if peer is None:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+        try:
+            self.selector.modify(peer.sock, events)
+        except (KeyError, ValueError):
+            pass
+
+    def _flush(self):
+        peer = self._rank0()
+        if peer is None or not self.outbox:
+            return
+        try:
+            sent = peer.sock.send(self.outbox)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._closed(peer)
+            return
+        del self.outbox[:sent]
+
+
+def serve(launch):
+    """Run msrun's scheduler process as the ranks' relay until rank 0 is done; the exit status.
+    With one worker there is nothing to relay: that worker does everything."""
+    if launch.world == 1:
+        return 0
+    bind = launch.host if launch.host in ("127.0.0.1", "localhost", "::1") else ""
+    try:
+        relay = Relay(launch.port, launch.world, join_timeout=launch.join_timeout, host=bind)
+    except OSError as exc:
+        raise CnnctcError(f"msrun's scheduler cannot listen on port {launch.port} ({exc.strerror or exc}); give "
+                          "msrun another --master_port") from None
+    return relay.run()
