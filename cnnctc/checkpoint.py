@@ -1,5 +1,8 @@
 """Reading, mapping and writing MindSpore checkpoints of CNN-CTC.
 
+Reading a checkpoint is reading a model file's description, so :func:`read_checkpoint` lives in
+:mod:`cnnctc.model_files` (below lineage, which checks what a file says); it is named here too.
+
 The hub file carries the network's 162 weights plus the optimizer state of its training run;
 loading is strict about the weights, skips the optimizer state and names anything else, and
 refuses weights that are not finite or a saved alphabet that cannot be right. Every failure is
@@ -14,91 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import NotRegularFile, open_regular, rename_no_replace, umask_mode
+from ._files import rename_no_replace, umask_mode
 from ._mindspore import mindspore as ms
-from .alphabet import check_alphabet as shared_check_alphabet
-from ._signals import interrupt_deferred
 from .errors import CheckpointError
+from .lineage import file_lineage
+from .model_files import (ALPHABET_KEY, LINEAGE_KEY, check_alphabet, checkpoint_entries, error_reason,
+                          is_training_state, read_checkpoint, state_facts)
 
 __all__ = ["read_checkpoint", "read_lineage", "split_state", "check_alphabet", "check_weights", "load_weights",
            "save_checkpoint", "slim", "ALPHABET_KEY"]
-
-ALPHABET_KEY = "alphabet"
-# Entries MindSpore's optimizers and training wrappers add to a checkpoint.
-_OPTIMIZER_PREFIXES = ("moment.", "mean_square.", "mean_grad.", "moments.", "accum.")
-_TRAINING_SCALARS = {"global_step", "learning_rate", "scale_sense", "current_iterator_step",
-                     "last_overflow_iterator_step", "epoch_num", "step_num"}
-
-
-def _is_training_state(name):
-    return name.startswith(_OPTIMIZER_PREFIXES) or name in _TRAINING_SCALARS
-
-
-def _reason(exc):
-    """The first line of an exception's message, without Python's [Errno N] preamble."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _check_readable(path):
-    """Raise CheckpointError unless ``path`` is a non-empty regular file this process can open."""
-    try:
-        with open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-    except NotRegularFile as exc:
-        raise CheckpointError(f"{path}: {exc.kind}, not a checkpoint file") from None
-    except FileNotFoundError:  # a dangling symlink too
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the checkpoint: {_reason(exc)}") from None
-    if size == 0:
-        raise CheckpointError(f"{path}: the file is empty, not a checkpoint (an interrupted copy or download?)")
-
-
-def read_checkpoint(path, *, weights_only=False):
-    """The name -> value mapping of a checkpoint file, with a one-line CheckpointError for bad files.
-
-    ``weights_only`` leaves the optimizer state on disk (three quarters of the hub file). A saved
-    alphabet that is empty or repeats a symbol is refused here (see :func:`check_alphabet`).
-    """
-    path = Path(path)
-    _check_readable(path)
-    choice = (lambda name: not _is_training_state(name)) if weights_only else None
-    try:
-        with interrupt_deferred():  # MindSpore reports a Ctrl-C inside it as an unreadable file
-            state = ms.load_checkpoint(str(path), choice_func=choice)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # noqa: BLE001  MindSpore raises ValueError, RuntimeError, TypeError, protobuf errors...
-        detail = _reason(exc)
-        if "Failed to read the checkpoint file" in detail or "cannot be parsed" in detail:
-            detail = "it is damaged, truncated or another kind of file"
-        elif "dict is empty" in detail:
-            detail = "it holds no weights" if weights_only else "it holds no entries"
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint: {detail}") from None
-    if not state:
-        raise CheckpointError(f"{path}: the checkpoint holds no entries")
-    if isinstance(state.get(ALPHABET_KEY), str):
-        check_alphabet(state[ALPHABET_KEY], str(path))
-    return state
 
 
 def read_lineage(path, sha256):
     """The lineage of the checkpoint at ``path`` (whose SHA-256 is ``sha256``): its saved one, checked
     against the file's hash, alphabet and head width, the registry's for a registered asset, else
     ``{"origin": "unknown"}`` (see :mod:`cnnctc.lineage`). Only those entries are read."""
-    from .lineage import LINEAGE_KEY, file_lineage, state_facts
-    _check_readable(Path(path))
-    wanted = {LINEAGE_KEY, ALPHABET_KEY, "Prediction.weight"}
-    try:
-        with interrupt_deferred():
-            state = ms.load_checkpoint(str(path), choice_func=lambda name: name in wanted)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception:  # noqa: BLE001  no such entry ("dict is empty"): written before lineage was kept
-        state = {}
+    state = checkpoint_entries(path)
     alphabet, width = state_facts(state)
     return file_lineage(state.get(LINEAGE_KEY), sha256, alphabet=alphabet, width=width)
 
@@ -109,17 +43,11 @@ def split_state(state):
     for name, value in state.items():
         if isinstance(value, str):
             meta[name] = value
-        elif _is_training_state(name):
+        elif is_training_state(name):
             training[name] = value
         else:
             weights[name] = value
     return weights, training, meta
-
-
-def check_alphabet(alphabet, source="checkpoint"):
-    """Raise CheckpointError when a checkpoint's saved alphabet is unusable (see :mod:`cnnctc.alphabet`)."""
-    shared_check_alphabet(alphabet, f"{source}: its saved alphabet", CheckpointError,
-                          advice="the checkpoint is damaged or was not written by cnnctc")
 
 
 def _numpy(value):
@@ -136,7 +64,7 @@ def check_weights(state, source="checkpoint", *, skip_prefixes=()):
         check_alphabet(state[ALPHABET_KEY], source)
     bad = []
     for name, value in state.items():
-        if isinstance(value, str) or _is_training_state(name) or name.startswith(tuple(skip_prefixes)):
+        if isinstance(value, str) or is_training_state(name) or name.startswith(tuple(skip_prefixes)):
             continue
         try:
             array = _numpy(value)
@@ -283,7 +211,7 @@ def save_checkpoint(params, path, *, metadata=None, overwrite=True):
     except (KeyboardInterrupt, SystemExit, CheckpointError):
         raise
     except Exception as exc:  # noqa: BLE001  MindSpore raises OSError, RuntimeError, ValueError...
-        raise CheckpointError(f"cannot write {path}: {_reason(exc)}") from None
+        raise CheckpointError(f"cannot write {path}: {error_reason(exc)}") from None
     finally:
         for leftover in leftovers:
             with contextlib.suppress(OSError):
@@ -332,7 +260,7 @@ def slim(src, dst, *, overwrite=False):
             raise CheckpointError(f"{dst} appeared while slim ran; it is left as it is: choose another name or "
                                   "allow replacing it (--overwrite)") from None
         except OSError as exc:
-            raise CheckpointError(f"cannot write {dst}: {_reason(exc)}") from None
+            raise CheckpointError(f"cannot write {dst}: {error_reason(exc)}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

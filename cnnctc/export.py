@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ._checks import positive_int
-from ._files import NotRegularFile, open_regular
 from ._native import quiet_native_stderr
 from ._signals import graph_call
 from ._output import (file_mode, full_disk_named, output_lock, put_in_place, refuse_existing, refuse_inputs,
                       work_folder)
 from .errors import CnnctcError, shown
 from .manifest import expand_user
-from .onnx_runtime import MANIFEST_KEY, check_outputs, run_in_batches
+from .model_files import MANIFEST_KEY, foreign_sidecar, read_sidecar, sidecar_path
+from .onnx_runtime import check_outputs, run_in_batches
 
 __all__ = ["export_model", "MindIRRunner", "read_sidecar", "sidecar_path", "FORMATS", "MANIFEST_KEY"]
 
@@ -47,12 +47,6 @@ INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
 # equal to it is the batch axis and a Reshape that baked it in can be told apart.
 _TRACE_BATCH = 3
 _MAX_RELATIVE_ERROR = 1e-4
-
-
-def sidecar_path(path):
-    """The JSON file beside a MindIR or AIR file that holds its manifest: ``<file>.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
 
 
 def _check_out(out, fmt, overwrite):
@@ -75,36 +69,11 @@ def _check_out(out, fmt, overwrite):
     return out
 
 
-def _foreign_sidecar(side):
-    """Why the file at ``side`` is not a description cnnctc export wrote, or None (also when there is none)."""
-    if not os.path.lexists(side):
-        return None
-    if os.path.islink(side):
-        return "a symbolic link"
-    try:
-        with open_regular(side) as f:
-            text = f.read(_MAX_SIDECAR + 1)
-    except NotRegularFile as exc:
-        return exc.kind
-    except OSError as exc:
-        return f"it cannot be read: {exc.strerror or exc}"
-    if len(text) > _MAX_SIDECAR:
-        return f"larger than {_MAX_SIDECAR >> 20} MiB"
-    from .lineage import loads_with_lineage
-    try:
-        data = loads_with_lineage(text.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return "not JSON"
-    if not isinstance(data, dict) or MANIFEST_KEY not in data:
-        return f"it holds no {MANIFEST_KEY!r}"
-    return None
-
-
 def _refuse_foreign_sidecar(out, overwrite):
     """--overwrite replaces the description beside a MindIR/AIR file only when export wrote it: a
     file of another kind at that name (the user's notes.mindir.json) is never lost."""
     side = sidecar_path(out)
-    why = _foreign_sidecar(side) if overwrite else None
+    why = foreign_sidecar(side) if overwrite else None
     if why:
         raise CnnctcError(f"{side} is not a description cnnctc export wrote ({why}); --overwrite replaces "
                           f"{out.name} and only its own description beside it: move {side.name} away, or choose "
@@ -460,43 +429,6 @@ def _write(work, out, fmt, ms, loaded, metadata, batch_size, traced, shape, over
 
 
 # MindIR runtime ------------------------------------------------------------------------------
-
-# A description is a few KB, its lineage at most what cnnctc copies (half a MiB): anything this size is not one.
-_MAX_SIDECAR = 16 << 20
-
-
-def read_sidecar(path):
-    """(manifest, description dict) of an exported MindIR/AIR file, from ``<file>.json``."""
-    path = Path(path)
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise CnnctcError(f"{side} is missing: it holds the alphabet and preprocessing of {path.name} "
-                          "(cnnctc export writes it beside the model; copy it along)")
-    from .lineage import loads_with_lineage
-    try:
-        with open(side, "rb") as f:
-            text = f.read(_MAX_SIDECAR + 1)
-        if len(text) > _MAX_SIDECAR:
-            raise CnnctcError(f"{side}: larger than {_MAX_SIDECAR >> 20} MiB, not a cnnctc export description; "
-                              f"export {path.name} again")
-        info = loads_with_lineage(text.decode("utf-8"))   # a lineage too deep to read is damaged, not fatal
-    except (OSError, ValueError) as exc:
-        raise CnnctcError(f"{side}: cannot read it ({' '.join(str(exc).split())})") from None
-    except RecursionError:
-        raise CnnctcError(f"{side}: cannot read it (nested too deeply to be a cnnctc export description); export "
-                          f"{path.name} again") from None
-    if not isinstance(info, dict) or not isinstance(info.get(MANIFEST_KEY), dict):
-        raise CnnctcError(f"{side}: not a cnnctc export description (no {MANIFEST_KEY!r} object)")
-    from .manifest import Manifest
-    from .registry import check_export_description
-    manifest = Manifest.from_dict(info[MANIFEST_KEY], source=side)
-    check_export_description(info, manifest, side, subject="it",
-                             ending=f"it does not describe {path.name} as exported, export it again")
-    batch = info.get("batch_size")
-    if batch is not None and (type(batch) is not int or batch < 1 or batch > 4096):
-        raise CnnctcError(f"{side}: batch_size must be a positive integer or null, got {shown(batch)}")
-    return manifest, info
-
 
 class MindIRRunner:
     """A MindIR file exported by cnnctc, run by MindSpore (``mindspore.load`` + ``nn.GraphCell``).

@@ -31,21 +31,18 @@ import importlib.metadata
 import json
 import math
 import re
-from json.decoder import scanstring
 from pathlib import Path
+
+# Where a file keeps its lineage, and how much of one is read, is part of reading the file.
+from .model_files import LINEAGE_KEY, MAX_CHARS, MAX_DEPTH, loads_with_lineage, state_facts
 
 __all__ = ["LINEAGE_KEY", "UNKNOWN", "MAX_CHARS", "MAX_DEPTH", "cnnctc_version", "parse_lineage", "model_lineage",
            "file_lineage", "checked_lineage", "started_from_none", "started_from_model", "started_from_checkpoint",
            "export_lineage", "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage",
            "loads_with_lineage", "state_facts", "lineage_json", "MAX_COUNT"]
 
-LINEAGE_KEY = "cnnctc_lineage"     # checkpoint entry and ONNX/sidecar metadata key, a JSON object
 UNKNOWN = {"origin": "unknown"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-# What is read: a lineage longer (as JSON text) or deeper than this is damaged. A chain of thirty
-# fine-tunings, each from the last one's checkpoint, is about 60 levels deep and 60 KB long.
-MAX_CHARS = 1 << 20
-MAX_DEPTH = 100
 # What is copied into a new checkpoint (a parent's lineage) or an export: cut to this, so that what
 # cnnctc writes is always read back whole.
 _COPY_CHARS = MAX_CHARS // 2
@@ -253,75 +250,6 @@ def parse_lineage(text):
     return _checked_shape(value)
 
 
-_SPECIAL = re.compile(r'["\[\]{},]')
-_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _value_end(text, pos):
-    """The end of the JSON value that starts at ``pos`` (iteratively: any depth; strings respected)."""
-    depth, i = 0, pos
-    while True:
-        match = _SPECIAL.search(text, i)
-        if match is None:
-            if depth:
-                raise ValueError("unterminated value")
-            return len(text)
-        i, char = match.start(), match.group()
-        if char == '"':
-            _, i = scanstring(text, i + 1)
-            if depth == 0:
-                return i
-            continue
-        if char in "[{":
-            depth += 1
-        elif depth == 0:   # a scalar ends at the comma or the brace after it
-            return i
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-
-
-def loads_with_lineage(text):
-    """``json.loads(text)`` for a JSON object that holds a lineage under LINEAGE_KEY (a MindIR's
-    description): a lineage nested too deeply for the parser is kept as its JSON text (which
-    :func:`parse_lineage` calls damaged) and the other members are read. RecursionError when
-    another member is too deep, ValueError when the text is not a JSON object."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        pass
-    found = {}
-    i = _SPACE.match(text, 0).end()
-    if text[i:i + 1] != "{":
-        raise ValueError("not a JSON object")
-    i = _SPACE.match(text, i + 1).end()
-    if text[i:i + 1] == "}":
-        return found
-    while True:
-        if text[i:i + 1] != '"':
-            raise ValueError(f"expected a member name at character {i}")
-        key, i = scanstring(text, i + 1)
-        i = _SPACE.match(text, i).end()
-        if text[i:i + 1] != ":":
-            raise ValueError(f"expected ':' at character {i}")
-        i = _SPACE.match(text, i + 1).end()
-        end = _value_end(text, i)
-        try:
-            found[key] = json.loads(text[i:end])
-        except RecursionError:
-            if key != LINEAGE_KEY:
-                raise
-            found[key] = text[i:end]
-        i = _SPACE.match(text, end).end()
-        if text[i:i + 1] == "}":
-            return found
-        if text[i:i + 1] != ",":
-            raise ValueError(f"expected ',' or '}}' at character {i}")
-        i = _SPACE.match(text, i + 1).end()
-
-
 def model_lineage(manifest):
     """The lineage of a manifest's own asset: the manifest's claims are that file's own."""
     data = {"origin": "model", "uid": manifest.uid, "file_name": manifest.file_name, "sha256": manifest.sha256,
@@ -444,16 +372,6 @@ def checked_lineage(lineage, sha256, *, export=False, alphabet=None, width=None)
     return {"origin": "unknown", "contradiction": problem} if problem else lineage
 
 
-def state_facts(state):
-    """(alphabet, width) a checkpoint's entries tell about its own weights, each None when they do
-    not: its alphabet entry and the width of its Prediction.weight (what a lineage is checked against)."""
-    alphabet = state.get("alphabet")
-    head = state.get("Prediction.weight")
-    shape = getattr(head, "shape", None)
-    width = int(shape[1]) if shape is not None and len(shape) == 2 else None
-    return (alphabet if isinstance(alphabet, str) else None), width
-
-
 def file_lineage(saved, sha256, *, alphabet=None, width=None):
     """The lineage of a checkpoint whose SHA-256 is ``sha256``: its saved one (``saved``, the
     checkpoint's lineage entry or None) checked against the file (its hash, and ``alphabet`` and
@@ -544,10 +462,12 @@ def read_model_lineage(path, base=None):
     ``.ckpt`` only.
     """
     from .errors import CnnctcError
+    from .model_files import MANIFEST_KEY
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from .onnx_runtime import MANIFEST_KEY, NoCnnctcMetadata, OnnxRunner, metadata_values
+        from .model_files import NoCnnctcMetadata, metadata_values
+        from .onnx_runtime import OnnxRunner   # opened as predict opens it: every check of the file holds
         try:
             runner = OnnxRunner(path)
         except NoCnnctcMetadata as exc:   # another exporter's file: say what can be said
@@ -559,13 +479,13 @@ def read_model_lineage(path, base=None):
     if suffix in (".mindir", ".air"):
         if not path.is_file():
             raise CnnctcError(f"{path}: no such {suffix[1:].upper()} file")
-        from .export import MANIFEST_KEY, read_sidecar
+        from .model_files import read_sidecar
         manifest, info = read_sidecar(path)
         lineage = checked_lineage(parse_lineage(info.get(LINEAGE_KEY)), manifest.sha256, export=True,
                                   alphabet=manifest.alphabet)
         return suffix[1:], lineage, info.get(MANIFEST_KEY)
-    from .checkpoint import read_checkpoint
     from .download import sha256_file
+    from .model_files import read_checkpoint
     from .registry import get_model
     state = read_checkpoint(path, weights_only=True)
     sha256 = sha256_file(path)

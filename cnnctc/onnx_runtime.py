@@ -4,7 +4,6 @@
 ``Recognizer("model.onnx")`` needs nothing else. This module must never import MindSpore (nor
 the package modules that do): the ONNX path starts in well under a second.
 """
-import json
 import logging
 import mmap
 from pathlib import Path
@@ -13,13 +12,14 @@ import numpy as np
 
 from ._checks import positive_int
 from .errors import CnnctcError
+# What an exported file's metadata says is read as every model file's description is.
+from .model_files import MANIFEST_KEY, NoCnnctcMetadata, metadata_values, read_manifest
 
 __all__ = ["OnnxRunner", "NoCnnctcMetadata", "require_onnxruntime", "read_manifest", "metadata_values",
            "run_in_batches", "check_outputs", "non_finite_tensor", "MANIFEST_KEY"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_KEY = "cnnctc_manifest"   # the metadata property holding the manifest JSON
 _INSTALL = "pip install 'cnnctc[onnx]'"
 _announced = False   # the runtime is named once per process, as the MindSpore loader does
 
@@ -53,64 +53,6 @@ def run_in_batches(run, batch, fixed):
 def _one_line(exc):
     text = " ".join(str(exc).split())
     return text[:300] + ("..." if len(text) > 300 else "")
-
-
-# Files exported before metadata values were JSON throughout held these as bare strings.
-_BARE_STRING_KEYS = {"alphabet", "input_layout", "resample", "pad", "color", "source_uid", "source_sha256",
-                     "source_checkpoint", "format", "exported_by", "quantization", "float_model"}
-
-
-def metadata_values(metadata):
-    """An exported file's metadata (str -> str) with every value decoded from JSON.
-
-    Files written before the lineage was recorded held some values as bare strings (e.g. an
-    ``alphabet`` of digits, which would read as a number): those are kept as written, as is a value
-    that is not JSON, is nested too deeply to decode, or (the lineage) is longer than a lineage may
-    be (:func:`cnnctc.lineage.parse_lineage` calls those damaged).
-    """
-    from .lineage import LINEAGE_KEY, MAX_CHARS
-    every_value_json = LINEAGE_KEY in metadata
-    values = {}
-    for key, text in metadata.items():
-        if (not every_value_json and key in _BARE_STRING_KEYS) or (key == LINEAGE_KEY and len(text) > MAX_CHARS):
-            values[key] = text
-            continue
-        try:
-            values[key] = json.loads(text)
-        except (ValueError, RecursionError):
-            values[key] = text
-    return values
-
-
-class NoCnnctcMetadata(CnnctcError):
-    """An ONNX file without cnnctc's metadata (another exporter's); ``description`` says what it is."""
-
-    def __init__(self, message, description):
-        super().__init__(message)
-        self.description = description
-
-
-def read_manifest(metadata, where):
-    """The Manifest in an exported file's metadata (a str -> str mapping)."""
-    from .manifest import Manifest
-    text = metadata.get(MANIFEST_KEY)
-    if text is None:
-        raise NoCnnctcMetadata(f"{where}: an ONNX model without cnnctc metadata (no alphabet or preprocessing); "
-                               "export it with 'cnnctc export --format onnx'",
-                               "no cnnctc metadata: not exported by cnnctc, so no alphabet or preprocessing to read "
-                               "it with")
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise CnnctcError(f"{where}: its cnnctc metadata is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise CnnctcError(f"{where}: its cnnctc metadata is nested too deeply to be a manifest; export it "
-                          "again") from None
-    manifest = Manifest.from_dict(data, source=where)
-    from .registry import check_export_description
-    check_export_description(metadata_values(metadata), manifest, where, subject="its metadata",
-                             ending="it is not the model it claims to be, export it again")
-    return manifest
 
 
 # Non-finite weights -------------------------------------------------------------------------
