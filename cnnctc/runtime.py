@@ -80,7 +80,7 @@ def _source_stamp(path, cache_dir):
 
 def checkpoint_sha256(path, cache_dir=None):
     """SHA-256 of a user's checkpoint, hashed again only when the file changed since its stamp."""
-    from .download import _identity, sha256_file
+    from .download import cache
     path = Path(path)
     try:
         st = os.stat(path)
@@ -89,12 +89,12 @@ def checkpoint_sha256(path, cache_dir=None):
     except OSError as exc:
         raise CnnctcError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     stamp_path = _source_stamp(path, cache_dir)
-    identity = dict(_identity(st), path=os.path.abspath(path))
+    identity = dict(cache.identity(st), path=os.path.abspath(path))
     with contextlib.suppress(OSError, ValueError):
         stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
         if isinstance(stamp, dict) and {k: stamp.get(k) for k in identity} == identity and stamp.get("sha256"):
             return stamp["sha256"]
-    sha256 = sha256_file(path)
+    sha256 = cache.sha256_file(path)
     with contextlib.suppress(OSError):
         if os.stat(path).st_mtime_ns == st.st_mtime_ns:   # not written to while it was read
             stamp_path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,16 +142,16 @@ def _locate(checkpoint, model, manifest, cache_dir, network_kwargs):
 
 def _stamp_written(path):
     """Record the SHA-256 of the export just written at ``path``, with the file's identity (the stamp
-    download.py writes for a verified asset); a stamp that cannot be written is an error saying why:
+    the download cache writes for a verified asset); a stamp that cannot be written is an error saying why:
     without it the export would never be used, and every run would export again."""
     from ._output import disk_full_error
-    from .download import _identity, _stamp_path, sha256_file
+    from .download import cache
     from .errors import disk_full
     st = os.stat(path)
-    stamp = _stamp_path(path)
+    stamp = cache.stamp_path(path)
     tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(dict(_identity(st), sha256=sha256_file(path))))
+        tmp.write_text(json.dumps(dict(cache.identity(st), sha256=cache.sha256_file(path))))
         os.replace(tmp, stamp)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -165,8 +165,8 @@ def _stamp_written(path):
 def _clear_stamp_place(path):
     """The name of the export's stamp must be free for a file before exporting: an empty folder there (made by
     mistake) is removed; a folder holding anything is the user's, and is said once instead of exporting in vain."""
-    from .download import _stamp_path
-    stamp = _stamp_path(path)
+    from .download import cache
+    stamp = cache.stamp_path(path)
     if not stamp.is_dir() or stamp.is_symlink():
         return   # a file or a link there is replaced when the stamp is written
     try:
@@ -188,18 +188,18 @@ def _unchanged_since_written(path):
     """Whether the cached export at ``path`` holds the bytes it was written with (by its stamp; the
     file is hashed again only when its size, mtime, ctime or inode moved); None without a stamp
     (an earlier cnnctc's export, or one whose stamp another process is about to write)."""
-    from .download import _identity, _read_stamp, _write_stamp, sha256_file
-    stamp = _read_stamp(path)
+    from .download import cache
+    stamp = cache.read_stamp(path)
     if not stamp or not stamp.get("sha256"):
         return None
     st = os.stat(path)
-    if {k: stamp.get(k) for k in _identity(st)} == _identity(st):
+    if {k: stamp.get(k) for k in cache.identity(st)} == cache.identity(st):
         return True
-    if sha256_file(path) != stamp["sha256"]:
+    if cache.sha256_file(path) != stamp["sha256"]:
         return False
     with contextlib.suppress(OSError):   # the same bytes (copied, touched): the stamp follows the file
         if os.stat(path).st_mtime_ns == st.st_mtime_ns:
-            _write_stamp(path, stamp["sha256"], st)
+            cache.write_stamp(path, stamp["sha256"], st)
     return True
 
 
