@@ -327,12 +327,16 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     of the batches and the results are exactly one process's: rank 0 returns them and writes
     ``predictions``; the other ranks return None, and so does msrun's scheduler process, where
     this call relays the readings to rank 0 (see :mod:`cnnctc.ranks`). ``ranks=None``: this
-    process evaluates everything, wherever it runs.
+    process evaluates everything, wherever it runs. A :class:`cnnctc.ranks.Launch` gives the rank,
+    count and relay address for another launcher.
     """
     from . import ranks as ranks_module
-    if ranks not in ("msrun", None):
-        raise ValueError(f"ranks must be 'msrun' or None, got {ranks!r}")
-    launch = ranks_module.msrun_launch() if ranks == "msrun" else None
+    if isinstance(ranks, ranks_module.Launch):
+        launch = ranks if ranks.world > 1 or ranks.is_scheduler else None
+    elif ranks == "msrun" or ranks is None:
+        launch = ranks_module.msrun_launch() if ranks == "msrun" else None
+    else:
+        raise ValueError(f"ranks must be 'msrun', None or a cnnctc.ranks.Launch, got {ranks!r}")
     rules = get_protocol(protocol, max_length)
     _whole_number("drop_last", drop_last, 1, MAX_EVAL_BATCH)
     if max_distance is not None:

@@ -141,7 +141,8 @@ def main(argv=None):
             raise output_error(exc) from None
         return status
     except CnnctcError as exc:
-        _tell(f"cnnctc: error: {_one_line(exc) or _empty_message(exc)}")
+        if not getattr(exc, "told", False):   # a line already written when it happened
+            _tell(f"cnnctc: error: {_one_line(exc) or _empty_message(exc)}")
         if isinstance(exc, OutputError):
             silence_stdout()
         return 1

@@ -6,6 +6,9 @@ scheduler's relay as they go, and rank 0 yields all the records in the order one
 """
 import hashlib
 import json
+import logging
+import os
+import socket
 import tempfile
 import threading
 import time
@@ -13,8 +16,16 @@ import time
 from ..errors import CnnctcError
 from . import wire
 from .launch import share
+from .relay import LOST_WORDS
 
 _FLUSH_AT = 1 << 20   # bytes of records per frame
+log = logging.getLogger(__name__)
+
+
+class RankFailed(CnnctcError):
+    """Another rank failed or went: already logged the moment rank 0 heard of it (msrun kills every
+    worker within a second of one exiting with an error, so the line cannot wait), not to be shown again."""
+    told = True
 
 
 def _one_line(exc):
@@ -74,9 +85,12 @@ class Meeting:
                               f"{launch.join_timeout:g} s; is msrun's --master_addr reachable from this host?") \
                 from None
         try:
-            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"key": self.key, "world": self.world}))
+            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"key": self.key, "world": self.world,
+                                                                      "pid": os.getpid(), "host": socket.gethostname()}))
+            self._sock.settimeout(60)   # something that is not our relay may never answer
             kind, _, payload = wire.receive(self._sock)
-        except wire.Closed:
+            self._sock.settimeout(None)
+        except (wire.Closed, OSError):
             raise CnnctcError(f"msrun's scheduler at {where} closed the connection as rank {self.rank} joined "
                               "(is another job using that --master_port?)") from None
         if kind == wire.REFUSED:
@@ -92,12 +106,17 @@ class Meeting:
             self._outbox_size = 0
 
     def _close(self):
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            # shutdown first: it sends the end of the stream and wakes the listener's recv, which
+            # would otherwise keep the socket open after close()
+            for end in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+                try:
+                    end()
+                except OSError:
+                    pass
+        if self._listener is not None:
+            self._listener.join(10)
         for spool in self._spools.values():
             spool.close()
         self._spools = {}
@@ -119,9 +138,11 @@ class Meeting:
                     if len(self._ended) < self.world - 1 and self._failure is None and self._sock is not None:
                         self._failure = ("lost the connection to msrun's scheduler process before every rank had "
                                          "sent its readings (see scheduler.log in msrun's --log_dir)")
+                        log.error("error: %s; nothing was written", self._failure)
                     self._changed.notify_all()
                 return
             with self._changed:
+                failure = self._failure
                 if kind == wire.DATA:
                     self._spool(rank).write(payload)
                 elif kind == wire.END:
@@ -129,16 +150,16 @@ class Meeting:
                 elif kind == wire.FAIL and self._failure is None:
                     self._failure = f"rank {rank} failed: {payload.decode('utf-8', 'replace')}"
                 elif kind == wire.LOST and self._failure is None:
-                    why = payload.decode("utf-8", "replace") or (
-                        "stopped before it sent all its readings: its process ended without a word (killed, or "
-                        "out of memory); see its log in msrun's --log_dir")
+                    why = payload.decode("utf-8", "replace") or LOST_WORDS
                     self._failure = f"rank {rank} {why}"
+                if self._failure is not failure:
+                    log.error("error: %s; nothing was written", self._failure)
                 self._changed.notify_all()
 
     def check(self):
         """On rank 0: raise at once when another rank has failed or gone (one line naming it)."""
         if self._failure is not None:
-            raise CnnctcError(f"{self._failure}; nothing was written")
+            raise RankFailed(f"{self._failure}; nothing was written")
 
     def _wait_for_all(self):
         with self._changed:

@@ -16,6 +16,8 @@ from ..errors import CnnctcError
 from . import wire
 
 log = logging.getLogger(__name__)
+LOST_WORDS = ("stopped before it sent all its readings: its process ended without a word (killed, or out of "
+              "memory); see its log in msrun's --log_dir")
 
 
 class _Peer:
@@ -23,6 +25,7 @@ class _Peer:
         self.sock, self.reader = sock, wire.Reader()
         self.rank = None
         self.ended = self.failed = False
+        self.where = ""   # " (pid N on HOST)" from its hello
 
 
 class Relay:
@@ -39,6 +42,14 @@ class Relay:
         self.outbox = bytearray()   # frames for rank 0, in the order they came
         self.rank0_done = False
         self.outcome = None
+        self.failed = False
+
+    def _fail(self, line):
+        """Say why the run ends, once, in the scheduler's log: msrun shows that log's lines with
+        "Error" when a worker fails (rank 0, which says it too, may be killed by msrun first)."""
+        if not self.failed:
+            self.failed = True
+            log.error("Error: %s; the run ended, nothing was written", line)
 
     def close(self):
         for peer in list(self.peers.values()):
@@ -94,6 +105,8 @@ class Relay:
             elif kind in (wire.DATA, wire.END, wire.FAIL):
                 peer.ended |= kind == wire.END
                 peer.failed |= kind == wire.FAIL
+                if kind == wire.FAIL:
+                    self._fail(f"rank {peer.rank}{peer.where} failed: {payload.decode('utf-8', 'replace')}")
                 self.outbox += wire.HEADER.pack(kind, peer.rank, len(payload)) + payload
 
     def _hello(self, peer, rank, payload):
@@ -116,6 +129,8 @@ class Relay:
             return False
         self.key = key
         peer.rank = rank
+        if isinstance(hello.get("pid"), int) and isinstance(hello.get("host"), str):
+            peer.where = f" (pid {hello['pid']} on {hello['host'][:64]})"
         self.ranks[rank] = peer
         try:
             peer.sock.setblocking(True)
@@ -135,6 +150,7 @@ class Relay:
         self._drop(peer)
         if rank != 0:   # rank 0 hears of it (now, or when it joins) and ends the run
             self.outbox += wire.HEADER.pack(wire.FAIL, rank, len(problem.encode())) + problem.encode()
+        self._fail(problem)
 
     def _closed(self, peer):
         rank = peer.rank
@@ -142,10 +158,10 @@ class Relay:
         if rank == 0:
             self.outcome = 0 if self.rank0_done else 1
             if not self.rank0_done:
-                log.error("cnnctc: error: rank 0 ended before its outputs were written; the run ended (its log "
-                          "says why)")
+                self._fail(f"rank 0{peer.where} ended before its outputs were written (its log says why)")
         elif rank is not None and not (peer.ended or peer.failed):
             self.outbox += wire.HEADER.pack(wire.LOST, rank, 0)
+            self._fail(f"rank {rank}{peer.where} {LOST_WORDS}")
 
     def _drop(self, peer):
         self.peers.pop(peer.sock.fileno(), None)
@@ -161,13 +177,14 @@ class Relay:
     def _join_timed_out(self):
         missing = [r for r in range(self.world) if r not in self.ranks]
         if 0 in missing:
-            log.error("cnnctc: error: rank 0 did not join within %d s; the run ended", self.join_timeout)
+            self._fail(f"rank 0 did not join within {self.join_timeout:g} s")
             self.outcome = 1
             return
         for rank in missing:
             self.ranks[rank] = None
-            line = f"did not join within {self.join_timeout:g} s (msrun's --cluster_time_out)".encode()
-            self.outbox += wire.HEADER.pack(wire.LOST, rank, len(line)) + line
+            line = f"did not join within {self.join_timeout:g} s (msrun's --cluster_time_out)"
+            self.outbox += wire.HEADER.pack(wire.LOST, rank, len(line.encode())) + line.encode()
+            self._fail(f"rank {rank} {line}")
 
     def _rank0(self):
         return self.ranks.get(0)
