@@ -8,7 +8,9 @@ share of every global batch, gradients are averaged, rank 0 alone writes checkpo
 The rooms: :mod:`.config` (the settings and their bounds), :mod:`.plan` (every setting and
 path checked before anything is built), :mod:`.pretrained` (the starting weights),
 :mod:`cnnctc.batches` (the seeded data order and the loading workers), :mod:`.recipe` (schedule, loss, one step),
-:mod:`.store` (the locked run folder, saving, keep-two, the resume point) and :mod:`.loop`
+:mod:`.store` (the locked run folder, saving, keep-two, the resume point), :mod:`.build` (the network,
+optimizer and loader a run trains with), :mod:`.progress` (where a run stands, and what its checkpoints
+carry), :mod:`.steps` (the step loop), :mod:`.saving` (validation and checkpoints) and :mod:`.loop`
 (:class:`Trainer`, which runs them in named steps). :func:`finetune` is the one-call form.
 Joining an ``msrun`` cluster is the caller's job (the CLI does it); the trainer is given its
 rank and the world size.
