@@ -285,13 +285,14 @@ def evaluate(args):
 
 
 COMMANDS = [
-    Command("predict", "read the words in images: files, folders and globs; one line per image", predict_arguments,
+    Command("predict", "read the words in images: files, folders and globs; one line per image (under msrun each "
+            "worker reads its share and rank 0 writes every line)", predict_arguments,
             predict, ("cnnctc predict --model cnnctc/synth-scene word.png",
                       "cnnctc predict photos/ --recursive --checkpoint run/best.ckpt --format json")),
     Command("eval", "word accuracy and normalized edit distance per dataset and in total, under the protocol of "
-            "the model zoo (default) or of DTRB", eval_arguments, evaluate,
+            "the model zoo (default) or of DTRB; under msrun each worker reads its share and rank 0 writes exactly "
+            "one process's results", eval_arguments, evaluate,
             ("cnnctc eval --checkpoint run/best.ckpt --data IIIT5k_3000.lmdb",
              "cnnctc eval --data IIIT5k_3000.lmdb SVT.lmdb --protocol dtrb --predictions readings.jsonl",
-             "msrun --worker_num=2 --local_worker_num=2 --join=True $(which cnnctc) eval --data IIIT5k_3000.lmdb "
-             "--output table.txt")),
+             "cnnctc eval --data IIIT5k_3000.lmdb --json --output scores.json")),
 ]
