@@ -5,6 +5,7 @@ The rules (which samples are kept, the truth compared, unreadable images, the fo
 the datasets, runs the recognizer and adds up the scores.
 """
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -328,15 +329,19 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     ``predictions``; the other ranks return None, and so does msrun's scheduler process, where
     this call relays the readings to rank 0 (see :mod:`cnnctc.ranks`). ``ranks=None``: this
     process evaluates everything, wherever it runs. A :class:`cnnctc.ranks.Launch` gives the rank,
-    count and relay address for another launcher.
+    count and relay address for another launcher; a joined :class:`cnnctc.ranks.Meeting` (the CLI
+    joins before it loads the model, so that a rank that fails meanwhile is reported at once).
     """
     from . import ranks as ranks_module
-    if isinstance(ranks, ranks_module.Launch):
+    meeting = ranks if isinstance(ranks, ranks_module.Meeting) else None
+    if meeting is not None:
+        launch = meeting.launch
+    elif isinstance(ranks, ranks_module.Launch):
         launch = ranks if ranks.world > 1 or ranks.is_scheduler else None
     elif ranks == "msrun" or ranks is None:
         launch = ranks_module.msrun_launch() if ranks == "msrun" else None
     else:
-        raise ValueError(f"ranks must be 'msrun', None or a cnnctc.ranks.Launch, got {ranks!r}")
+        raise ValueError(f"ranks must be 'msrun', None, a cnnctc.ranks.Launch or a joined Meeting, got {ranks!r}")
     rules = get_protocol(protocol, max_length)
     _whole_number("drop_last", drop_last, 1, MAX_EVAL_BATCH)
     if max_distance is not None:
@@ -362,8 +367,8 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     results, total = [], EvalResult("total")
     try:
         plans = [run.plan(dataset) for dataset in datasets]
-        with ranks_module.Meeting(launch, _task(recognizer, paths, plans, settings)) as meeting:
-            readings = meeting.gather(run.units(plans), run.read)
+        with contextlib.nullcontext(meeting) if meeting is not None else ranks_module.Meeting(launch) as meeting:
+            readings = meeting.gather(run.units(plans), run.read, _task(recognizer, paths, plans, settings))
             if readings is None:   # another rank's share, sent to rank 0
                 return None
             if out is not None:

@@ -170,6 +170,15 @@ def test_the_python_api_under_msrun(data, tmp_path):
     assert json.loads((tmp_path / "total.json").read_text()) == total.as_dict()
 
 
+def test_one_msrun_worker_does_everything_and_the_scheduler_nothing(data, tmp_path):
+    args = ["eval", *MODEL, "--data", data / "b.lmdb", "--json"]
+    one = alone(*args, cwd=tmp_path)
+    run = under_msrun(tmp_path, *args, "--output", "one-worker.json", workers=1)
+    assert one.returncode == 0 and run.returncode == 0, (one.stderr, run.stderr[-2000:], run.logs)
+    assert (tmp_path / "one-worker.json").read_text() == one.stdout
+    assert run.logs["scheduler.log"] == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # A rank that ends early
 
@@ -278,8 +287,8 @@ def _launch(rank, world, port):
 
 def _rank(rank, world, port, task, units, answers):
     try:
-        with Meeting(_launch(rank, world, port), task) as meeting:
-            records = meeting.gather(units, lambda unit: [{"unit": unit, "by": rank, "x": unit / 3}])
+        with Meeting(_launch(rank, world, port)) as meeting:
+            records = meeting.gather(units, lambda unit: [{"unit": unit, "by": rank, "x": unit / 3}], task)
             answers[rank] = list(records) if records is not None else None
             meeting.finish()
     except CnnctcError as exc:
@@ -304,18 +313,20 @@ def test_the_relay_puts_every_share_in_order_on_rank_0(world):
     assert all(answers[r] is None for r in range(1, world)) and outcome["status"] == 0
 
 
-def test_ranks_started_with_other_inputs_are_refused():
+@pytest.mark.parametrize("first", [0, 1], ids=["rank 0 first", "rank 1 first"])
+def test_ranks_started_with_other_inputs_are_refused(first):
     port = free_port()
     relay, outcome = _relay(2, port)
-    answers = {}
-    first = threading.Thread(target=_rank, args=(0, 2, port, {"paths": ["a.lmdb"]}, [1, 2], answers))
-    first.start()
+    answers, tasks = {}, {0: {"paths": ["a.lmdb"]}, 1: {"paths": ["b.lmdb"]}}
+    early = threading.Thread(target=_rank, args=(first, 2, port, tasks[first], [1, 2], answers))
+    early.start()
     time.sleep(0.5)
-    _rank(1, 2, port, {"paths": ["b.lmdb"]}, [1, 2], answers)
-    first.join(60)
+    _rank(1 - first, 2, port, tasks[1 - first], [1, 2], answers)
+    early.join(60)
     relay.join(60)
-    assert isinstance(answers[1], CnnctcError) and "other inputs or settings" in str(answers[1])
-    assert isinstance(answers[0], CnnctcError) and str(answers[0]).startswith("rank 1 failed: rank 1 was started")
+    assert isinstance(answers[1], CnnctcError) and "other inputs or settings than rank 0" in str(answers[1])
+    assert isinstance(answers[0], CnnctcError) and str(answers[0]).startswith(
+        f"rank 1 failed: started with other inputs")
     assert outcome["status"] == 1
 
 

@@ -164,10 +164,15 @@ def _line(record, form, stream=None):
 
 def predict(args):
     from ..ranks import Meeting, serve
-    from ..transforms import find_images
     launch, writes = _msrun()
     if launch is not None and launch.is_scheduler:
         return serve(launch)
+    with Meeting(launch) as meeting:   # joined first: a rank that fails from here on is reported at once
+        return _predict(args, meeting, writes)
+
+
+def _predict(args, meeting, writes):
+    from ..transforms import find_images
     paths = find_images(args.paths, recursive=args.recursive)
     if not paths:
         raise CnnctcError(f"no image files in {shown_list(args.paths)}" +
@@ -180,13 +185,13 @@ def predict(args):
     task = {"command": "predict", "paths": [os.path.abspath(p) for p in paths], "format": args.format,
             "model": [reader._source, reader.alphabet, reader.batch_size]}
     failed = 0
-    with progress_bar(len(paths), show_progress) as bar, Meeting(launch, task) as meeting:
+    with progress_bar(len(paths), show_progress) as bar:
         def read(unit):
             records = [_record(path, result) for path, result in
                        reader.recognize_each(unit, with_chars=args.format == "json")]
             bar.update(len(records))
             return records
-        records = meeting.gather(units, read)
+        records = meeting.gather(units, read, task)
         if records is None:   # another rank: its readings went to rank 0
             return 0
         try:
@@ -243,12 +248,17 @@ def eval_arguments(p):
 
 
 def evaluate(args):
-    import json
-    from ..evaluation import check_predictions_path, evaluate as run, format_table, report
-    from ..ranks import serve
+    from ..ranks import Meeting, serve
     launch, writes = _msrun()
     if launch is not None and launch.is_scheduler:
         return serve(launch)
+    with Meeting(launch) as meeting:   # joined first: a rank that fails from here on is reported at once
+        return _evaluate(args, meeting, writes)
+
+
+def _evaluate(args, meeting, writes):
+    import json
+    from ..evaluation import check_predictions_path, evaluate as run, format_table, report
     inputs = [args.checkpoint, args.lexicon, getattr(args, "manifest", None)]
     out = None
     if writes:  # refused before the model loads
@@ -261,7 +271,7 @@ def evaluate(args):
     settings = {"protocol": args.protocol, "max_length": args.max_length, "drop_last": args.drop_last}
     evaluated = run(reader, args.data, **settings, per_image_lexicon=args.per_image_lexicon,
                     max_distance=args.max_distance if args.per_image_lexicon else None,
-                    predictions=args.predictions, overwrite=args.overwrite, inputs=inputs)
+                    predictions=args.predictions, overwrite=args.overwrite, inputs=inputs, ranks=meeting)
     if evaluated is None:   # another rank: its readings went to rank 0
         return 0
     results, total = evaluated

@@ -37,19 +37,19 @@ def _one_line(exc):
 
 
 class Meeting:
-    """One run's meeting: ``with Meeting(launch, task) as meeting:`` then :meth:`gather`.
+    """One run's meeting: ``with Meeting(launch) as meeting:`` then :meth:`gather`.
 
     ``launch``: :func:`cnnctc.ranks.msrun_launch`'s answer (None: one process does everything).
-    ``task``: a JSON-able description of the work (its inputs and settings): every rank must have
-    the same, or the run is refused. ``writes`` is True in the one process that writes the
-    outputs (rank 0, or the only one); it calls :meth:`finish` when they are in place.
+    Entering joins the relay, as early as possible: from then on a rank that fails or dies is
+    reported at once, also while the others still load their model. ``writes`` is True in the
+    one process that writes the outputs (rank 0, or the only one); it calls :meth:`finish` when
+    they are in place.
     """
 
-    def __init__(self, launch, task):
+    def __init__(self, launch):
         self.launch = launch
         self.rank = launch.rank if launch else 0
         self.world = launch.world if launch else 1
-        self.key = hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()
         self._sock = None
         self._spools, self._ended, self._failure = {}, set(), None
         self._changed = threading.Condition()
@@ -85,8 +85,8 @@ class Meeting:
                               f"{launch.join_timeout:g} s; is msrun's --master_addr reachable from this host?") \
                 from None
         try:
-            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"key": self.key, "world": self.world,
-                                                                      "pid": os.getpid(), "host": socket.gethostname()}))
+            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"world": self.world, "pid": os.getpid(),
+                                                                      "host": socket.gethostname()}))
             self._sock.settimeout(60)   # something that is not our relay may never answer
             kind, _, payload = wire.receive(self._sock)
             self._sock.settimeout(None)
@@ -179,7 +179,7 @@ class Meeting:
     # The other ranks -------------------------------------------------------------------------------------
 
     def _send(self, record):
-        line = json.dumps(record, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+        line = json.dumps(record, allow_nan=False).encode() + b"\n"   # ASCII: a file name need not be UTF-8
         self._outbox.append(line)
         self._outbox_size += len(line)
         if self._outbox_size >= _FLUSH_AT:
@@ -211,12 +211,32 @@ class Meeting:
 
     # The work --------------------------------------------------------------------------------------------
 
-    def gather(self, units, work):
+    def _agree(self, task):
+        """Show the relay what this rank is about to do; the other ranks wait until it matches rank 0's."""
+        key = hashlib.sha256(json.dumps(task, sort_keys=True, default=str).encode()).hexdigest()
+        self._frame(wire.TASK, key)
+        if self.rank == 0:
+            return
+        try:
+            self._sock.settimeout(self.launch.join_timeout)
+            kind, _, payload = wire.receive(self._sock)
+            self._sock.settimeout(None)
+        except (wire.Closed, OSError):
+            self._sock = None
+            raise CnnctcError(f"rank {self.rank}: msrun's scheduler closed the connection: rank 0 ended the run (its "
+                              "log says why)") from None
+        if kind == wire.REFUSED:
+            raise CnnctcError(payload.decode("utf-8", "replace"))
+
+    def gather(self, units, work, task):
         """The records of ``work(unit)`` for every unit, in order (an iterator), where this process
-        writes the outputs; None on the other ranks, after they sent their share's records."""
+        writes the outputs; None on the other ranks, after they sent their share's records.
+        ``task``: a JSON-able description of the work (inputs and settings as this rank sees them):
+        every rank must have rank 0's, or the run ends."""
         units = list(units)
         if self.world == 1:
             return (record for unit in units for record in work(unit))
+        self._agree(task)
         start, stop = share(len(units), self.rank, self.world)
         if self.rank != 0:
             for unit in units[start:stop]:
@@ -228,7 +248,7 @@ class Meeting:
         spool = self._spool(0)
         for unit in units[start:stop]:
             self.check()
-            lines = [json.dumps(record, ensure_ascii=False, allow_nan=False).encode() + b"\n" for record in work(unit)]
+            lines = [json.dumps(record, allow_nan=False).encode() + b"\n" for record in work(unit)]
             with self._changed:
                 spool.writelines(lines)
         self._wait_for_all()

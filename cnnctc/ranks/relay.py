@@ -26,6 +26,7 @@ class _Peer:
         self.rank = None
         self.ended = self.failed = False
         self.where = ""   # " (pid N on HOST)" from its hello
+        self.key = None   # the digest of its task
 
 
 class Relay:
@@ -38,7 +39,7 @@ class Relay:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ)
         self.peers, self.ranks = {}, {}
-        self.key = None
+        self.key = None   # rank 0's task
         self.outbox = bytearray()   # frames for rank 0, in the order they came
         self.rank0_done = False
         self.outcome = None
@@ -99,6 +100,8 @@ class Relay:
             if peer.rank is None:
                 if kind != wire.HELLO or not self._hello(peer, rank, payload):
                     return
+            elif kind == wire.TASK:
+                self._task(peer, payload.decode("ascii", "replace"))
             elif peer.rank == 0:
                 if kind == wire.DONE:
                     self.rank0_done = True
@@ -112,7 +115,7 @@ class Relay:
     def _hello(self, peer, rank, payload):
         try:
             hello = json.loads(payload)
-            key, world = hello["key"], hello["world"]
+            world = hello["world"]
         except (ValueError, KeyError, TypeError):
             self._drop(peer)   # not one of ours
             return False
@@ -121,25 +124,41 @@ class Relay:
             problem = f"rank {rank} counts {world} ranks, msrun started {self.world}"
         elif not 0 <= rank < self.world or rank in self.ranks:
             problem = f"a second rank {rank} joined (ranks are 0 to {self.world - 1}, each once)"
-        elif self.key is not None and key != self.key:
-            problem = (f"rank {rank} was started with other inputs or settings than the ranks before it (every "
-                       "rank must read the same files with the same options)")
         if problem:
             self._refuse(peer, rank, problem)
             return False
-        self.key = key
         peer.rank = rank
+        self.ranks[rank] = peer
         if isinstance(hello.get("pid"), int) and isinstance(hello.get("host"), str):
             peer.where = f" (pid {hello['pid']} on {hello['host'][:64]})"
-        self.ranks[rank] = peer
+        return self._reply(peer, wire.HELLO)
+
+    def _reply(self, peer, kind, text=""):
         try:
             peer.sock.setblocking(True)
-            wire.send(peer.sock, wire.HELLO, rank)   # joined
+            wire.send(peer.sock, kind, peer.rank, text)
             peer.sock.setblocking(False)
         except wire.Closed:
             self._closed(peer)
             return False
         return True
+
+    def _task(self, peer, key):
+        """A rank's description of its work: the others must match rank 0's before they read."""
+        peer.key = key
+        if peer.rank == 0:
+            self.key = key
+            for waiting in [p for p in self.ranks.values() if p is not None and p.rank != 0 and p.key]:
+                self._answer(waiting)
+        elif self.key is not None:
+            self._answer(peer)
+
+    def _answer(self, peer):
+        if peer.key == self.key:
+            self._reply(peer, wire.HELLO)
+        else:
+            self._reply(peer, wire.REFUSED, "started with other inputs or settings than rank 0 (every rank must "
+                        "read the same files, seen the same way, with the same options and model)")
 
     def _refuse(self, peer, rank, problem):
         try:
