@@ -337,3 +337,14 @@ def test_share_splits_contiguously_and_evenly():
             assert parts[0][0] == 0 and parts[-1][1] == count
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
             assert max(b - a for a, b in parts) - min(b - a for a, b in parts) <= 1
+
+
+def test_msrun_scheduler_of_a_single_worker_neither_reads_nor_trains(data, tmp_path, in_process_cli):
+    # msrun starts a scheduler process running the same command beside its one worker: before,
+    # it trained (and read) a second time, into the same outputs.
+    scheduler = {"MS_ROLE": "MS_SCHED", "MS_WORKER_NUM": "1", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "1"}
+    run = in_process_cli("finetune", "--train", data / "b.lmdb", "--out", tmp_path / "run", "--pretrained",
+                         "cnnctc/mini-synth", "--steps", "1", **scheduler)
+    assert run.returncode == 0 and not (tmp_path / "run").exists(), run.stderr
+    run = in_process_cli("eval", *MODEL, "--data", data / "b.lmdb", "--output", tmp_path / "t.txt", **scheduler)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "") and not (tmp_path / "t.txt").exists()
