@@ -14,32 +14,32 @@ A lineage is a JSON object whose ``origin`` says what kind of file it describes:
 An export keeps its checkpoint's lineage and adds ``exported`` (format, tool, the checkpoint's
 file name and SHA-256). A parent's accuracy, training set, URL and hash only ever appear under
 the parent. No MindSpore import here (``info`` on an ``.onnx`` file must not pay for it).
+This module is data and checks, below every reader and writer of model files (checkpoint, export,
+the runners); :mod:`cnnctc.model_info` reads a file's lineage for ``info`` and prints it.
 
 A lineage is data read from a file, so it is read defensively: one longer than ``MAX_CHARS`` or
 nested deeper than ``MAX_DEPTH`` is not read, one of the wrong types is not used, and either
 reads as ``{"origin": "unknown", "damaged": why}``; a lineage whose claims contradict what can be
 checked (the file's own SHA-256, the alphabet it holds, its network's width from its Prediction.weight,
 an export's source checkpoint hash, the registry's card of a model it names) reads as ``{"origin":
-"unknown", "contradiction": why}`` and its claims are dropped. What ``info`` shows of a lineage is
-data: every string with its control characters escaped and cut short, a count that is no count
-(negative, more than 15 digits, NaN) shown as damaged; its JSON is always valid JSON. Neither ever stops the weights
-from being read. What is copied into a new checkpoint or an export is cut to well under both
-limits (the oldest ancestors go first), so every file cnnctc writes reads back whole.
+"unknown", "contradiction": why}`` and its claims are dropped. Neither ever stops the weights
+from being read. A value of the file that a message quotes is quoted as data (:func:`short`:
+control characters escaped, cut short). What is copied into a new checkpoint or an export is cut
+to well under both limits (the oldest ancestors go first), so every file cnnctc writes reads back whole.
 """
 import copy
 import importlib.metadata
 import json
 import math
 import re
-from pathlib import Path
 
 # Where a file keeps its lineage, and how much of one is read, is part of reading the file.
 from .model_files import LINEAGE_KEY, MAX_CHARS, MAX_DEPTH, loads_with_lineage, state_facts
 
 __all__ = ["LINEAGE_KEY", "UNKNOWN", "MAX_CHARS", "MAX_DEPTH", "cnnctc_version", "parse_lineage", "model_lineage",
            "file_lineage", "checked_lineage", "started_from_none", "started_from_model", "started_from_checkpoint",
-           "export_lineage", "own_manifest", "checkpoint_manifest", "read_model_lineage", "describe_lineage",
-           "loads_with_lineage", "state_facts", "lineage_json", "MAX_COUNT"]
+           "export_lineage", "own_manifest", "checkpoint_manifest", "loads_with_lineage", "state_facts", "MAX_COUNT",
+           "escaped", "short", "is_finite", "number_phrase", "kind_of", "shown_alphabet"]
 
 UNKNOWN = {"origin": "unknown"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -50,9 +50,6 @@ _COPY_DEPTH = MAX_DEPTH - 10
 _ORIGINS = ("finetune", "model", "unknown")
 # A count (samples, steps, a batch) above this, or below zero, is shown as damaged, never as a count.
 MAX_COUNT = 10 ** 15
-# At most this many datasets and ancestors are shown by ``info`` (``--json`` has them all).
-_SHOWN_DATASETS = 10
-_SHOWN_ANCESTORS = 20
 
 
 def cnnctc_version():
@@ -68,7 +65,7 @@ def _damaged(why):
     return {"origin": "unknown", "damaged": why}
 
 
-def _escaped(text):
+def escaped(text):
     """``text`` with every character that is not printable escaped as Python writes it (``\\x1b``,
     ``\\n``, ``\\u202e``): a file's string never moves the cursor, clears the screen, sets the
     terminal's title or starts a line of its own."""
@@ -78,12 +75,12 @@ def _escaped(text):
                    for c in text)
 
 
-def _finite(value):
+def is_finite(value):
     """True for an integer (of any size) or a finite float; math.isfinite overflows on 10**400."""
     return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
-def _number_phrase(value):
+def number_phrase(value):
     """A number as a phrase, whatever its size (an integer of 5000 digits cannot even be printed)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if value != value else ("infinity" if value > 0 else "minus infinity")
@@ -92,31 +89,38 @@ def _number_phrase(value):
     return repr(value)
 
 
-def _short(value, limit=80):
+def short(value, limit=80):
     """``value`` as a short phrase for a message or a line of ``info``: a file's strings can be of any
     length and hold any character, so control characters are escaped and what is longer than
     ``limit`` symbols is cut, saying how long it was."""
     if isinstance(value, str):
         text = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        text = _number_phrase(value)
+        text = number_phrase(value)
     else:
         try:
             text = json.dumps(value, ensure_ascii=False, default=str)
         except ValueError:   # a number JSON cannot write (NaN, 5000 digits) somewhere inside
-            text = f"{_kind(value)} that cannot be shown"
-    shown = _escaped(text)   # a newline in a file's string is shown as \\n, never as a line of its own
+            text = f"{kind_of(value)} that cannot be shown"
+    shown = escaped(text)   # a newline in a file's string is shown as \\n, never as a line of its own
     return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text):,} symbols)"
 
 
 def _hash(value):
     """A claimed SHA-256 as a message shows it: its first 12 digits."""
-    return f"{_short(value[:12], 12)}..." if isinstance(value, str) else _short(value, 20)
+    return f"{short(value[:12], 12)}..." if isinstance(value, str) else short(value, 20)
 
 
-def _kind(value):
+def kind_of(value):
+    """What kind of JSON value ``value`` is, as a message names it: "an object", "a list", "null"..."""
     return {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def shown_alphabet(value):
+    """An alphabet from the file, quoted: control characters escaped, cut after 60 symbols."""
+    from .errors import shown
+    return shown(value, 60) if isinstance(value, str) else short(value, 24)
 
 
 def _depth(value):
@@ -172,7 +176,7 @@ def _field_problem(obj, fields, where):
         if key in obj and not _fits(obj[key], kind):
             wanted = {_TEXT: "a string", _NUMBER: "a number", _INT: "an integer", _OBJECT: "an object",
                       _OBJECTS: "a list of objects"}[kind]
-            return f"{where}{key} is {_kind(obj[key])}, not {wanted}"
+            return f"{where}{key} is {kind_of(obj[key])}, not {wanted}"
     return None
 
 
@@ -185,7 +189,7 @@ def _shape_problem(lineage):
         if not isinstance(origin, str):
             if "origin" not in lineage:
                 return f"{where}origin is missing"
-            return f"{where}origin is {_kind(origin)}, not a string"
+            return f"{where}origin is {kind_of(origin)}, not a string"
         if origin not in _ORIGINS:
             from .errors import shown
             return f"{where}origin {shown(origin, 40)} is not one this cnnctc knows"
@@ -215,7 +219,7 @@ def _shape_problem(lineage):
 def _checked_shape(value):
     """``value`` (parsed JSON) when it is a lineage of the right types within the limits, else a damaged one."""
     if not isinstance(value, dict):
-        return _damaged(f"it is {_kind(value)}, not an object")
+        return _damaged(f"it is {kind_of(value)}, not an object")
     if _depth(value) > MAX_DEPTH:
         return _damaged(f"it is nested deeper than {MAX_DEPTH} levels")
     problem = _shape_problem(value)
@@ -237,7 +241,7 @@ def parse_lineage(text):
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     if not isinstance(text, str):
-        return _damaged(f"it is {_kind(text)}, not JSON text")
+        return _damaged(f"it is {kind_of(text)}, not JSON text")
     if len(text) > MAX_CHARS:
         return _damaged(f"it is {len(text) / 2**20:.1f} MiB long, more than the {MAX_CHARS >> 20} MiB a lineage "
                         "may take")
@@ -288,10 +292,10 @@ def _claims_problem(claims, where, *, own):
         return (f"{where}names model {uid} with sha256 {_hash(sha256)}, but that model's asset is "
                 f"{_hash(known.sha256)}")
     accuracy = claims.get("accuracy")
-    if accuracy is not None and (known.accuracy is None or not _finite(accuracy)
+    if accuracy is not None and (known.accuracy is None or not is_finite(accuracy)
                                  or abs(accuracy - known.accuracy) > 1e-9):
         card = f"its card says {known.accuracy}%" if known.accuracy is not None else "its card gives none"
-        return f"{where}gives model {uid} an accuracy of {_short(accuracy, 12)}%, but {card}"
+        return f"{where}gives model {uid} an accuracy of {short(accuracy, 12)}%, but {card}"
     return None
 
 
@@ -311,12 +315,12 @@ def _own_claims_problem(lineage, sha256, *, export, alphabet, width):
     trained = lineage["trained_on"]
     claimed = trained.get("alphabet")
     if isinstance(alphabet, str) and claimed is not None and claimed != alphabet:
-        return (f"it says it was trained with the alphabet {_shown_alphabet(claimed)}, but the file's alphabet is "
-                f"{_shown_alphabet(alphabet)}")
+        return (f"it says it was trained with the alphabet {shown_alphabet(claimed)}, but the file's alphabet is "
+                f"{shown_alphabet(alphabet)}")
     recipe = trained.get("recipe")
     claimed = recipe.get("output_channel") if isinstance(recipe, dict) else None
     if isinstance(width, int) and claimed is not None and (type(claimed) is not int or claimed != width):
-        return (f"it says the network is {_short(claimed, 20)} wide (output_channel), but the file's weights are "
+        return (f"it says the network is {short(claimed, 20)} wide (output_channel), but the file's weights are "
                 f"{width} wide (its Prediction.weight)")
     return None
 
@@ -328,7 +332,7 @@ def _contradiction(lineage, sha256, *, export, alphabet=None, width=None):
     itself (``alphabet`` and ``width``, the file's own, when known) and each model it names against
     the registry's card of that uid."""
     if not export and isinstance(lineage.get("exported"), dict):
-        return (f"it says the file was exported to {_short(lineage['exported'].get('format'), 20)}, but the file "
+        return (f"it says the file was exported to {short(lineage['exported'].get('format'), 20)}, but the file "
                 "is a checkpoint")
     problem = _own_claims_problem(lineage, sha256, export=export, alphabet=alphabet, width=width)
     if problem:
@@ -336,7 +340,7 @@ def _contradiction(lineage, sha256, *, export, alphabet=None, width=None):
     where = ""
     while True:
         if lineage.get("origin") == "model":
-            claimed, uid = lineage.get("sha256"), _short(lineage.get("uid"), 60)
+            claimed, uid = lineage.get("sha256"), short(lineage.get("uid"), 60)
             if sha256 and (not isinstance(claimed, str) or claimed.lower() != sha256):
                 if not where:
                     whose = "the weights it was exported from have sha256" if export else "the file's own sha256 is"
@@ -452,237 +456,3 @@ def checkpoint_manifest(base, state, *, file_name, sha256):
     if head is not None and len(head.shape) == 2:
         manifest = manifest.replace(network={**manifest.network, "output_channel": int(head.shape[1])})
     return own_manifest(manifest, file_name=file_name, sha256=sha256)
-
-
-def read_model_lineage(path, base=None):
-    """(kind, lineage, manifest dict) of a ``.ckpt``, ``.onnx`` or ``.mindir``/``.air`` file.
-
-    The manifest is the one that reads that very file (an export's own; for a checkpoint,
-    ``base`` — the registry's default if None — fitted to it). MindSpore is imported for a
-    ``.ckpt`` only.
-    """
-    from .errors import CnnctcError
-    from .model_files import MANIFEST_KEY
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from .model_files import NoCnnctcMetadata, metadata_values
-        from .onnx_runtime import OnnxRunner   # opened as predict opens it: every check of the file holds
-        try:
-            runner = OnnxRunner(path)
-        except NoCnnctcMetadata as exc:   # another exporter's file: say what can be said
-            return "onnx", {"origin": "unknown", "foreign": exc.description}, None
-        values = metadata_values(runner.metadata)
-        lineage = checked_lineage(parse_lineage(values.get(LINEAGE_KEY)), runner.manifest.sha256, export=True,
-                                  alphabet=runner.manifest.alphabet)
-        return "onnx", lineage, values.get(MANIFEST_KEY)
-    if suffix in (".mindir", ".air"):
-        if not path.is_file():
-            raise CnnctcError(f"{path}: no such {suffix[1:].upper()} file")
-        from .model_files import read_sidecar
-        manifest, info = read_sidecar(path)
-        lineage = checked_lineage(parse_lineage(info.get(LINEAGE_KEY)), manifest.sha256, export=True,
-                                  alphabet=manifest.alphabet)
-        return suffix[1:], lineage, info.get(MANIFEST_KEY)
-    from .download import sha256_file
-    from .model_files import read_checkpoint
-    from .registry import get_model
-    state = read_checkpoint(path, weights_only=True)
-    sha256 = sha256_file(path)
-    manifest = checkpoint_manifest(base or get_model().manifest, state, file_name=path.name, sha256=sha256)
-    alphabet, width = state_facts(state)
-    return "ckpt", file_lineage(state.get(LINEAGE_KEY), sha256, alphabet=alphabet, width=width), manifest.to_dict()
-
-
-# --- what ``info --checkpoint`` shows: every value from the file as data, never as the terminal's ---
-
-def _damaged_value(value, what):
-    """A value of the file where ``what`` was expected, shown as what it is: '? (damaged: -5, not a count)'."""
-    if type(value) in (int, float):
-        phrase = _number_phrase(value)
-    else:
-        from .errors import shown
-        phrase = _kind(value) + (f" {shown(value, 24)}" if isinstance(value, str) else "")
-    return f"? (damaged: {phrase}, not {what})"
-
-
-def _count(value, most=MAX_COUNT, what="a count"):
-    """A count from the file (samples, steps, a batch, a width, a seed): '?' when it is not given,
-    '? (damaged: ...)' when it is no whole number from 0 to ``most``."""
-    if value is None:
-        return "?"
-    if type(value) is int and 0 <= value <= most:
-        return str(value)
-    return _damaged_value(value, what)
-
-
-def _percent(value, missing="-", digits=None):
-    """An accuracy from the file: a finite number from 0 to 100, else 'damaged (...)'."""
-    if value is None:
-        return missing
-    if _finite(value) and 0 <= value <= 100:
-        return f"{value:.{digits}f}%" if digits is not None else f"{value}%"
-    return _damaged_value(value, "a percentage")
-
-
-def _accuracy(value):
-    return _percent(value, digits=2)
-
-
-def _rate(value):
-    """A learning rate from the file: a finite number from 0 to 1000, else 'damaged (...)'."""
-    if value is None:
-        return "?"
-    if _finite(value) and 0 <= value <= 1000:
-        return repr(value)
-    return _damaged_value(value, "a learning rate")
-
-
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def _sha256(value):
-    """A SHA-256 from the file: its 64 hex digits, else 'damaged (...)'."""
-    if value is None:
-        return "?"
-    if isinstance(value, str) and _SHA256.fullmatch(value):
-        return value
-    return _damaged_value(value, "a SHA-256")
-
-
-def _text(value, limit=80):
-    """A string from the file, as one printable line of at most ``limit`` symbols ('?' when not given)."""
-    return "?" if value is None else _short(value, limit)
-
-
-def _shown_alphabet(value):
-    """An alphabet from the file, quoted: control characters escaped, cut after 60 symbols."""
-    from .errors import shown
-    return shown(value, 60) if isinstance(value, str) else _short(value, 24)
-
-
-def _unknown_line(lineage):
-    """The one line of a lineage whose origin is unknown: why it is."""
-    if lineage.get("damaged"):
-        return (f"damaged ({_short(lineage['damaged'], 200)}): where this file came from is unknown; its weights "
-                "still load")
-    if lineage.get("contradiction"):
-        return (f"contradicted: {_short(lineage['contradiction'], 300)}; its claims are not shown, where this file "
-                "came from is unknown")
-    if lineage.get("foreign"):
-        return f"unknown ({_short(lineage['foreign'], 300)})"
-    if lineage.get("omitted"):
-        return f"unknown ({_short(lineage['omitted'], 200)})"
-    return "unknown (no lineage recorded: written before cnnctc kept one, or by another tool)"
-
-
-def _model_claims(claims, prefix=""):
-    text = f"; {prefix}accuracy {_percent(claims['accuracy'])}" if claims.get("accuracy") is not None else ""
-    text += f", trained on {_text(claims['train_dataset'], 120)}" if claims.get("train_dataset") else ""
-    return text
-
-
-def _dataset_lines(datasets, pad):
-    lines = [f"{pad}trained on:   {_text(data.get('path'), 200)} ({_count(data.get('kept'))} of "
-             f"{_count(data.get('num_samples'))} samples kept)" for data in datasets[:_SHOWN_DATASETS]]
-    if len(datasets) > _SHOWN_DATASETS:
-        lines.append(f"{pad}trained on:   and {len(datasets) - _SHOWN_DATASETS:,} more datasets (--json lists them)")
-    return lines
-
-
-def _origin_lines(lineage, indent, ancestors=0):
-    pad = " " * indent
-    origin = lineage.get("origin")
-    if origin == "model":
-        return [f"{pad}the asset of model {_text(lineage.get('uid'))} (sha256 {_sha256(lineage.get('sha256'))}"
-                f"{_model_claims(lineage)})"]
-    if origin != "finetune":
-        return [pad + _unknown_line(lineage)]
-    lines = []
-    start = lineage.get("started_from") or {}
-    kind = start.get("kind")
-    if kind == "model":
-        lines.append(f"{pad}started from: model {_text(start.get('uid'))} (sha256 {_sha256(start.get('sha256'))}"
-                     f"{_model_claims(start, 'its ')})")
-    elif kind == "checkpoint":
-        lines.append(f"{pad}started from: checkpoint {_text(start.get('path'), 200)} (sha256 "
-                     f"{_sha256(start.get('sha256'))}), whose lineage is:")
-        if ancestors >= _SHOWN_ANCESTORS:
-            lines.append(f"{pad}    (older ancestors are not shown: --json has them)")
-        else:
-            lines += _origin_lines(start.get("lineage") or UNKNOWN, indent + 4, ancestors + 1)
-    elif kind == "none":
-        lines.append(f"{pad}started from: random weights")
-    else:
-        lines.append(f"{pad}started from: unknown")
-    trained = lineage.get("trained_on") or {}
-    lines += _dataset_lines(trained.get("datasets") or [], pad)
-    recipe = trained.get("recipe") if isinstance(trained.get("recipe"), dict) else {}
-    lines.append(f"{pad}training:     step {_count(trained.get('steps'))} of {_count(trained.get('planned_steps'))}, "
-                 f"batch {_count(trained.get('batch_size'))} x {_count(trained.get('workers', 1))} workers, lr "
-                 f"{_rate(recipe.get('lr'))}, width {_count(recipe.get('output_channel'))}, seed "
-                 f"{_count(trained.get('seed'), 2 ** 64, 'a seed')}, alphabet "
-                 f"{_shown_alphabet(trained.get('alphabet'))}")
-    measured = lineage.get("measured")
-    if not measured:
-        lines.append(f"{pad}measured:     nothing (no --valid)")
-    else:
-        datasets = measured.get("datasets") or []
-        names = ", ".join(f"{_text(d.get('path'), 120)} ({_count(d.get('kept'))} kept)"
-                          for d in datasets[:_SHOWN_DATASETS])
-        if len(datasets) > _SHOWN_DATASETS:
-            names += f" and {len(datasets) - _SHOWN_DATASETS:,} more"
-        lines.append(f"{pad}measured:     {_accuracy(measured.get('accuracy'))} at this step, best "
-                     f"{_accuracy(measured.get('best_accuracy'))} at step {_count(measured.get('best_step'))} "
-                     f"({_text(measured.get('protocol'), 40)} protocol on {names})")
-    return lines
-
-
-def describe_lineage(path, kind, lineage):
-    """The lines ``cnnctc info --checkpoint`` prints for a file's lineage. Every value comes from the
-    file, so each is shown as data: control characters escaped, strings cut, a count that is no
-    count (negative, 401 digits, NaN) shown as damaged."""
-    lines = [f"file:         {_escaped(str(path))} ({kind})"]
-    exported = lineage.get("exported")
-    if exported:
-        lines.append(f"exported:     {_text(exported.get('format'), 20)} by {_text(exported.get('by'), 80)} from "
-                     f"{_text(exported.get('checkpoint'), 200)} (sha256 {_sha256(exported.get('checkpoint_sha256'))})")
-    if lineage.get("origin") == "finetune":
-        lines.append(f"written by:   {_text(lineage.get('written_by'))}")
-    lines.append("lineage:" + ("" if lineage.get("origin") == "finetune" else
-                              " " + _origin_lines(lineage, 0)[0].strip()))
-    if lineage.get("origin") == "finetune":
-        lines += _origin_lines(lineage, 2)
-    return lines
-
-
-def _json_safe(value):
-    """``value`` with what JSON cannot hold made JSON: NaN and infinities as the strings "NaN",
-    "Infinity", "-Infinity", an integer too long to write as a string saying so."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
-    if type(value) is int and value.bit_length() > 10_000:
-        return f"{'-' if value < 0 else ''}a number of more than 3,000 digits"
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def _json_escape(char):
-    if ord(char) > 0xFFFF:
-        code = ord(char) - 0x10000
-        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-    return f"\\u{ord(char):04x}"
-
-
-def lineage_json(value, *, ensure_ascii=False, indent=2):
-    """``value`` (a lineage, or a report holding one) as valid JSON text that any terminal shows as
-    text: NaN or an integer of thousands of digits made JSON (:func:`_json_safe`), and every
-    character that is not printable (C1 controls, bidi overrides, U+2028, lone surrogates) written as
-    a ``\\u`` escape; json already escapes C0 controls."""
-    text = json.dumps(_json_safe(value), indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
-    if text.replace("\n", "").isprintable():
-        return text
-    return "".join(c if c == "\n" or c.isprintable() else _json_escape(c) for c in text)

@@ -209,7 +209,7 @@ def test_a_lineage_contradicting_the_file_is_never_shown_as_true(lineages, tmp_p
     assert "contradicted" in text and "99.9" in text and "85.97%" in text, text
     assert "started from: model" not in text
     # The Python API says the same.
-    from cnnctc.lineage import read_model_lineage
+    from cnnctc.model_info import read_model_lineage
     kind, lineage, _ = read_model_lineage(claims)
     assert kind == "ckpt" and "contradiction" in lineage and "accuracy" not in lineage
     # The weights still read (the default runtime exports them to ONNX), and the export does not

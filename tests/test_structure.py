@@ -128,3 +128,38 @@ def test_the_graph_reader_sees_lazy_and_relative_imports():
     assert find_cycle({"a": {"b": [1]}, "b": {"c": [1]}, "c": {"a": [1]}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b": [1]}, "b": {}, "c": {"a": [1], "b": [1]}}) is None
     assert knots({"a": {"b": [1]}, "b": {"a": [1]}, "c": {"a": [1]}}) == [{"a", "b"}]
+
+
+def import_path(graph, start, goal):
+    """The shortest chain of imports [start, ..., goal] by which ``start`` reaches ``goal``, or None."""
+    came_from, todo = {start: None}, [start]
+    while todo:
+        module = todo.pop(0)
+        if module == goal:
+            chain = []
+            while module is not None:
+                chain.append(module)
+                module = came_from[module]
+            return chain[::-1]
+        for target in sorted(graph.get(module, ())):
+            if target not in came_from:
+                came_from[target] = module
+                todo.append(target)
+    return None
+
+
+def test_lineage_is_data_and_checks_below_every_reader_and_writer_of_model_files():
+    # checkpoint and export write a lineage and the runners read one: lineage.py sits below them all,
+    # not even lazily or through another module (what `info` opens and prints is cnnctc/model_info.py)
+    graph, files = import_graph()
+    report = []
+    for above in ("cnnctc.onnx_runtime", "cnnctc.export", "cnnctc.checkpoint", "cnnctc.loader"):
+        assert above in graph, above   # a module renamed away would make this test pass for nothing
+        chain = import_path(graph, "cnnctc.lineage", above)
+        if chain:
+            report.append(" -> ".join(f"{a} ({files[a].relative_to(ROOT)}, line {', '.join(map(str, graph[a][b]))})"
+                                      for a, b in zip(chain, chain[1:])) + f" -> {above}")
+    if report:
+        pytest.fail("cnnctc.lineage imports what sits above it:\n" + "\n".join(report), pytrace=False)
+    assert import_path({"a": {"b": [1]}, "b": {"c": [1]}}, "a", "c") == ["a", "b", "c"]
+    assert import_path({"a": {"b": [1]}, "c": {"a": [1]}}, "a", "c") is None

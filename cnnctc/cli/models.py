@@ -67,7 +67,7 @@ def _info_of_file(args):
     """``info --checkpoint FILE``: where a .ckpt, .onnx or .mindir came from; with --json also the
     manifest of that very file (a start for a CNNCTC_MANIFEST of your own, without another
     model's card claims)."""
-    from ..lineage import describe_lineage, lineage_json, read_model_lineage
+    from ..model_info import describe_lineage, lineage_json, read_model_lineage
     base = manifest_of(args) if (getattr(args, "model", None) or getattr(args, "manifest", None)) else None
     kind, lineage, manifest = read_model_lineage(args.checkpoint, base)
     if args.json:   # the file's data as it is, as valid JSON with no control character unescaped
