@@ -17,8 +17,8 @@ from faultserver import FaultServer  # noqa: E402
 # The files that take longest (pytest --durations, summed per file), run first: with --dist loadfile
 # each file is one unit of work, and a long file handed out last would keep one worker busy while
 # the other waits. The rest keep their order.
-LONGEST_FIRST = ("test_finetune.py", "test_contract_training.py", "test_docs.py", "test_lineage.py",
-                 "test_readme_demo.py", "test_runtime.py", "test_mini_synth.py")
+LONGEST_FIRST = ("test_finetune.py", "test_contract_training.py", "test_docs.py", "test_batch_invariance.py",
+                 "test_lineage.py", "test_readme_demo.py", "test_runtime.py", "test_mini_synth.py")
 
 
 def pytest_collection_modifyitems(items):
