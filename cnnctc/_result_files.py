@@ -121,6 +121,11 @@ class ResultFile:
                                f"choose another {self.noun}")
         return CnnctcError(f"{self.path}: {doing} the {what} failed ({exc.strerror or exc})")
 
+    def recheck(self):
+        """The target's checks again (a file may have appeared meanwhile): call just before another
+        output is committed, so that one is not written when this one could not be."""
+        self._check(self.path, self.overwrite, self.inputs)
+
     def _remove_dead_temporaries(self):
         folder, prefix = self.path.parent, f".{self.path.name}."
         with contextlib.suppress(OSError):

@@ -4,7 +4,15 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["terminate_as_interrupt", "interrupt_deferred", "interrupt_kept", "graph_call"]
+__all__ = ["terminate_as_interrupt", "interrupt_deferred", "interrupt_kept", "graph_call", "was_stopped"]
+
+_stopped = []   # stopping signals terminate_as_interrupt turned into KeyboardInterrupt in this process
+
+
+def was_stopped():
+    """Whether a stopping signal reached this process's command (what fails after it, such as an
+    import cut short, fails because of it)."""
+    return bool(_stopped)
 
 
 def _in_main_thread():
@@ -36,6 +44,7 @@ def terminate_as_interrupt(on_repeat=None):
 
     def stop(signum, frame):
         received.append(signum)
+        _stopped.append(signum)
         if on_repeat is not None and len(received) > 1:
             on_repeat()
         raise KeyboardInterrupt

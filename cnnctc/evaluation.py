@@ -295,15 +295,20 @@ def _line(row):
 
 
 def _task(recognizer, paths, plans, settings):
-    """What every msrun rank must agree on: the inputs as this rank sees them and the settings."""
+    """What every msrun rank must agree on: the inputs as this rank sees them (the model's bytes,
+    every record's number and label) and the settings."""
+    import hashlib
+    import json
+    from .recognizer import reader_identity
+    labels = hashlib.sha256(json.dumps([[row[1], row[2]] for plan in plans for row in plan]).encode()).hexdigest()
     return {"command": "eval", "paths": [os.path.abspath(p) for p in paths], "settings": settings,
-            "records": [[len(plan), sum(row[4] is None for row in plan)] for plan in plans],
-            "model": [recognizer._source, recognizer.alphabet, recognizer.batch_size]}
+            "records": [[len(plan), sum(row[4] is None for row in plan)] for plan in plans], "labels": labels,
+            "reader": reader_identity(recognizer)}
 
 
 def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, drop_last=None, progress=None,
              per_image_lexicon=False, max_distance=None, predictions=None, overwrite=False, inputs=(),
-             ranks="msrun"):
+             ranks="msrun", before_commit=None):
     """Evaluate a :class:`~cnnctc.recognizer.Recognizer` on LMDBs; returns (per-dataset results, total).
 
     Each is an :class:`EvalResult`; one of which no sample was kept (every label skipped, or all
@@ -331,6 +336,9 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
     process evaluates everything, wherever it runs. A :class:`cnnctc.ranks.Launch` gives the rank,
     count and relay address for another launcher; a joined :class:`cnnctc.ranks.Meeting` (the CLI
     joins before it loads the model, so that a rank that fails meanwhile is reported at once).
+
+    ``before_commit(results, total)``: called where the results are made, before the predictions
+    file is moved into place; if it raises, nothing is written (the CLI prepares ``--output`` there).
     """
     from . import ranks as ranks_module
     meeting = ranks if isinstance(ranks, ranks_module.Meeting) else None
@@ -377,6 +385,8 @@ def evaluate(recognizer, paths, *, protocol=DEFAULT_PROTOCOL, max_length=None, d
                 result = run.tally(name, os.path.abspath(dataset.paths[0]), plan, readings)
                 results.append(result)
                 total.add(result)
+            if before_commit is not None:
+                before_commit(results, total)
             if out is not None:
                 out.commit()
             meeting.finish()

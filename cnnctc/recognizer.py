@@ -23,7 +23,7 @@ from .registry import load_manifest
 from .runtime import check_runtime
 from .transforms import ImageError, find_images, load_image, preprocess_image  # noqa: F401 (find_images: API)
 
-__all__ = ["Recognizer", "MindSporeRunner", "find_images", "padded_batch_size"]
+__all__ = ["Recognizer", "MindSporeRunner", "find_images", "padded_batch_size", "reader_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +286,25 @@ class Recognizer:
 _DECODER_KEYS = {"beam_width", "top_k", "lexicon", "max_distance", "decoder"}
 
 
+def reader_identity(reader):
+    """What decides a Recognizer's readings, as plain data: the model (its file's SHA-256, or the
+    registry's), alphabet, preprocessing, batch size and decoder with its lexicon's words. msrun's
+    ranks compare it, so that a rank whose files differ at the same path is refused."""
+    import hashlib
+    import json
+    from .download import sha256_file
+    source = reader._source
+    digest = None
+    if os.path.isfile(source):
+        digest = sha256_file(source)
+    elif source == reader.manifest.uid:
+        digest = reader.manifest.sha256
+    decode = reader.decode
+    lexicon = getattr(decode, "lexicon", None)
+    if lexicon is not None:
+        words = getattr(lexicon, "words", lexicon)
+        lexicon = hashlib.sha256(json.dumps(list(words), default=str).encode()).hexdigest()
+    return {"model": source, "sha256": digest, "alphabet": reader.alphabet, "batch_size": reader.batch_size,
+            "preprocess": repr(reader.manifest.preprocess), "lexicon": lexicon,
+            # a function by its name (its repr holds an address, another in every process)
+            "decoder": f"{decode.__module__}.{decode.__qualname__}" if hasattr(decode, "__qualname__") else repr(decode)}

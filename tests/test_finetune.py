@@ -261,7 +261,8 @@ def test_two_worker_msrun_on_localhost(digits, tmp_path):
     logs, out = tmp_path / "logs", tmp_path / "out"
     run = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", "--master_addr=127.0.0.1",
                           f"--master_port={free_port()}", f"--log_dir={logs}", "--join=True", "--cluster_time_out=120",
-                          script, "finetune", "--train", str(digits / "train"), "--out", str(out),
+                          script, "finetune", "--train", str(digits / "train"), "--valid", str(digits / "valid"),
+                          "--out", str(out),
                           "--pretrained", "none", "--alphabet", DIGITS, "--steps", "3", "--batch-size", "4",
                           "--output-channel", "32", "--log-every", "1"],
                          env=env, capture_output=True, text=True, timeout=400)
@@ -275,6 +276,7 @@ def test_two_worker_msrun_on_localhost(digits, tmp_path):
         digests[name] = text.split("weights digest ")[1].split()[0]
     # Different shards, identical weights afterwards: the gradients were averaged across ranks.
     assert digests["worker_0.log"] == digests["worker_1.log"]
-    assert sorted(p.name for p in out.iterdir()) == ["cnnctc-0000003.ckpt"]  # rank 0 alone writes
+    # rank 0 alone writes, and validates alone (reading under msrun would look for a relay)
+    assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "cnnctc-0000003.ckpt"]
     trained_on = json.loads(read_checkpoint(out / "cnnctc-0000003.ckpt")["cnnctc_lineage"])["trained_on"]
     assert (trained_on["workers"], trained_on["batch_size"], trained_on["steps"]) == (2, 4, 3)

@@ -244,7 +244,7 @@ def test_a_rank_that_ends_early_ends_the_run_in_one_line_and_writes_nothing(larg
     try:
         deadline = time.monotonic() + 240
         pid = first = None
-        while time.monotonic() < deadline and run.poll() is None:   # both ranks are reading
+        while time.monotonic() < deadline and run.poll() is None:   # both ranks joined the relay
             pid, first = pid or _rank_pid(port, 1), first or _rank_pid(port, 0)
             if pid and first and _joined(pid, port) and _joined(first, port):
                 break
@@ -287,7 +287,7 @@ def _launch(rank, world, port):
 
 def _rank(rank, world, port, task, units, answers):
     try:
-        with Meeting(_launch(rank, world, port)) as meeting:
+        with Meeting(_launch(rank, world, port), call=1) as meeting:
             records = meeting.gather(units, lambda unit: [{"unit": unit, "by": rank, "x": unit / 3}], task)
             answers[rank] = list(records) if records is not None else None
             meeting.finish()
@@ -348,3 +348,83 @@ def test_msrun_scheduler_of_a_single_worker_neither_reads_nor_trains(data, tmp_p
     assert run.returncode == 0 and not (tmp_path / "run").exists(), run.stderr
     run = in_process_cli("eval", *MODEL, "--data", data / "b.lmdb", "--output", tmp_path / "t.txt", **scheduler)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "") and not (tmp_path / "t.txt").exists()
+
+
+def test_a_second_job_on_the_same_port_is_turned_away_and_the_first_goes_on():
+    port = free_port()
+    relay, outcome = _relay(2, port)
+    answers, units = {}, list(range(6))
+    first = threading.Thread(target=_rank, args=(0, 2, port, {"t": 1}, units, answers))
+    first.start()
+    time.sleep(0.3)
+    stranger = {}
+    _rank(0, 2, port, {"t": 2}, units, stranger)   # another job's rank 0, same port
+    assert isinstance(stranger[0], CnnctcError) and "another msrun job uses that port" in str(stranger[0])
+    _rank(1, 2, port, {"t": 1}, units, answers)
+    first.join(60)
+    relay.join(60)
+    assert [record["unit"] for record in answers[0]] == units and outcome["status"] == 0
+
+
+def test_a_script_that_evaluates_twice_meets_the_schedulers_relays_in_turn():
+    port = free_port()
+    outcomes = []
+
+    def scheduler():   # msrun's scheduler process running the same script: one relay per call
+        for call in (1, 2):
+            outcomes.append(Relay(port, 2, join_timeout=30, host="127.0.0.1", call=call).run())
+
+    thread = threading.Thread(target=scheduler, daemon=True)
+    thread.start()
+    answers = {1: {}, 2: {}}
+
+    def worker(rank, delay):
+        for call in (1, 2):
+            time.sleep(delay)
+            with Meeting(_launch(rank, 2, port), call=call) as meeting:
+                records = meeting.gather([call, call + 1, call + 2], lambda unit: [{"unit": unit}], {"call": call})
+                answers[call][rank] = None if records is None else [r["unit"] for r in records]
+                meeting.finish()
+
+    ranks = [threading.Thread(target=worker, args=(0, 0.4)), threading.Thread(target=worker, args=(1, 0))]
+    for t in ranks:
+        t.start()
+    for t in ranks:
+        t.join(60)
+    thread.join(60)
+    # rank 1 comes to the second call while the first still waits for rank 0: it waits its turn
+    assert answers == {1: {0: [1, 2, 3], 1: None}, 2: {0: [2, 3, 4], 1: None}} and outcomes == [0, 0]
+
+
+def test_msrun_settings_out_of_range_are_refused_in_one_line():
+    from cnnctc.ranks import msrun_launch
+    worker = {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2", "RANK_ID": "1", "MS_SCHED_PORT": "8118"}
+    assert msrun_launch(worker).rank == 1
+    for changed, words in (({"MS_WORKER_NUM": "5000000"}, "1 to 4096 msrun workers"),
+                           ({"MS_SCHED_PORT": "99999"}, "not a TCP port"), ({"RANK_ID": "2"}, "outside msrun's 2")):
+        with pytest.raises(CnnctcError, match=words):
+            msrun_launch({**worker, **changed})
+    # msrun's --cluster_time_out -1 (or 0) means "wait as long as it takes"
+    assert msrun_launch({**worker, "MS_TOPO_TIMEOUT": "-1"}).join_timeout == float("inf")
+
+
+def test_ranks_compare_the_models_bytes_not_only_its_path(tmp_path):
+    from cnnctc.recognizer import Recognizer, reader_identity
+    from cnnctc.registry import SCENE_MODEL, get_model
+    path = tmp_path / "model.ckpt"
+    identities = []
+    for uid in ("cnnctc/mini-synth", SCENE_MODEL):
+        shutil.copyfile(get_model(uid).bundled, path)
+        identities.append(reader_identity(Recognizer(path, runtime="mindspore")))
+    assert identities[0]["model"] == identities[1]["model"] and identities[0] != identities[1]
+
+
+def test_predictions_are_not_written_when_the_output_could_not_be(data, tmp_path):
+    from cnnctc import Recognizer, evaluate
+
+    def output_fails(results, total):
+        raise CnnctcError("the disk is full")
+    with pytest.raises(CnnctcError, match="disk is full"):
+        evaluate(Recognizer(model="cnnctc/mini-synth"), [data / "b.lmdb"], predictions=tmp_path / "p.jsonl",
+                 before_commit=output_fails)
+    assert not [p.name for p in tmp_path.iterdir() if "p.jsonl" in p.name]   # no file, no temporary one

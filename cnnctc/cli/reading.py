@@ -171,6 +171,13 @@ def predict(args):
         return _predict(args, meeting, writes)
 
 
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except (OSError, ValueError):
+        return None
+
+
 def _predict(args, meeting, writes):
     from ..transforms import find_images
     paths = find_images(args.paths, recursive=args.recursive)
@@ -182,8 +189,9 @@ def _predict(args, meeting, writes):
     reader = _reader(args)
     show_progress = not args.quiet and is_terminal(sys.stderr) and any(os.path.isdir(p) for p in args.paths)
     units = [paths[start:start + reader.batch_size] for start in range(0, len(paths), reader.batch_size)]
+    from ..recognizer import reader_identity
     task = {"command": "predict", "paths": [os.path.abspath(p) for p in paths], "format": args.format,
-            "model": [reader._source, reader.alphabet, reader.batch_size]}
+            "sizes": [_size(p) for p in paths], "reader": reader_identity(reader)}
     failed = 0
     with progress_bar(len(paths), show_progress) as bar:
         def read(unit):
@@ -269,28 +277,42 @@ def _evaluate(args, meeting, writes):
     # lexicon takes it in evaluate.
     reader = _reader(argparse.Namespace(**{**vars(args), "max_distance": args.max_distance if args.lexicon else None}))
     settings = {"protocol": args.protocol, "max_length": args.max_length, "drop_last": args.drop_last}
-    evaluated = run(reader, args.data, **settings, per_image_lexicon=args.per_image_lexicon,
-                    max_distance=args.max_distance if args.per_image_lexicon else None,
-                    predictions=args.predictions, overwrite=args.overwrite, inputs=inputs, ranks=meeting)
-    if evaluated is None:   # another rank: its readings went to rank 0
-        return 0
-    results, total = evaluated
-    if not total.kept:
-        reasons = ", ".join(f"{n} {why}" for why, n in sorted(total.skipped_by.items())) or "the datasets are empty"
-        where = f"; {args.predictions} lists each sample" if args.predictions else ""
-        raise CnnctcError(f"no sample could be evaluated under the {args.protocol} protocol ({reasons}; the "
-                          f"alphabet is {shown(reader.alphabet)}){where}")
-    text = json.dumps(report(results, total, **settings), indent=2, ensure_ascii=False) if args.json \
-        else format_table(results, total, **settings)
-    if out is None:
-        print(text)
-        return 0
+    shown_results = []
+
+    def prepare(results, total):
+        """The table (or JSON), and --output written under its temporary name, before --predictions is
+        moved into place: a run that cannot write one of them leaves neither."""
+        if not total.kept:
+            return
+        text = json.dumps(report(results, total, **settings), indent=2, ensure_ascii=False) if args.json \
+            else format_table(results, total, **settings)
+        shown_results.append(text)
+        if out is not None:
+            out.open()
+            out.write(text + "\n")
+            out.recheck()
+
     try:
-        out.open()
-        out.write(text + "\n")
-        out.commit()
+        evaluated = run(reader, args.data, **settings, per_image_lexicon=args.per_image_lexicon,
+                        max_distance=args.max_distance if args.per_image_lexicon else None,
+                        predictions=args.predictions, overwrite=args.overwrite, inputs=inputs, ranks=meeting,
+                        before_commit=prepare)
+        if evaluated is None:   # another rank: its readings went to rank 0
+            return 0
+        results, total = evaluated
+        if not total.kept:
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(total.skipped_by.items())) or \
+                "the datasets are empty"
+            where = f"; {args.predictions} lists each sample" if args.predictions else ""
+            raise CnnctcError(f"no sample could be evaluated under the {args.protocol} protocol ({reasons}; the "
+                              f"alphabet is {shown(reader.alphabet)}){where}")
+        if out is None:
+            print(shown_results[0])
+        else:
+            out.commit()
     finally:
-        out.discard()
+        if out is not None:
+            out.discard()
     return 0
 
 

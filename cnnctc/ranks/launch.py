@@ -1,10 +1,13 @@
 """How msrun started this process: its role, rank and the count of ranks."""
 import dataclasses
+import math
 import os
 
 from ..errors import CnnctcError
 
-__all__ = ["Launch", "msrun_launch", "share"]
+__all__ = ["Launch", "msrun_launch", "share", "MAX_RANKS"]
+
+MAX_RANKS = 4096   # reading ranks one relay serves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,7 +18,11 @@ class Launch:
     world: int
     host: str
     port: int
-    join_timeout: float = 600.0
+    join_timeout: float = 600.0   # seconds; math.inf: no limit
+
+    def timeout_words(self):
+        """How long a rank waits for the others, for a message."""
+        return "ever" if math.isinf(self.join_timeout) else f"{self.join_timeout:g} s"
 
     @property
     def is_scheduler(self):
@@ -43,11 +50,16 @@ def msrun_launch(environ=None):
     if role not in ("MS_WORKER", "MS_SCHED"):
         return None
     world = _number(environ, "MS_WORKER_NUM", 1)
-    if world < 1:
-        raise CnnctcError(f"MS_WORKER_NUM is {world}; msrun starts at least one worker")
+    if not 1 <= world <= MAX_RANKS:
+        raise CnnctcError(f"MS_WORKER_NUM is {world}: predict and eval read with 1 to {MAX_RANKS} msrun workers; "
+                          "give msrun a --worker_num in that range")
     host = environ.get("MS_SCHED_HOST", "127.0.0.1")
     port = _number(environ, "MS_SCHED_PORT", 8118)
+    if not 1 <= port <= 65535:
+        raise CnnctcError(f"MS_SCHED_PORT is {port}, not a TCP port (1 to 65535); give msrun another --master_port")
     timeout = float(_number(environ, "MS_TOPO_TIMEOUT", 600))
+    if timeout <= 0:   # msrun's --cluster_time_out -1 (or 0): wait as long as it takes
+        timeout = math.inf
     if role == "MS_SCHED":
         return Launch("scheduler", 0, world, host, port, timeout)
     if world == 1:

@@ -5,6 +5,8 @@ its own contiguous share of the units; the others send their records to rank 0 t
 scheduler's relay as they go, and rank 0 yields all the records in the order one process would.
 """
 import hashlib
+import itertools
+import math
 import json
 import logging
 import os
@@ -13,23 +15,25 @@ import tempfile
 import threading
 import time
 
+from .._signals import interrupt_deferred, was_stopped
 from ..errors import CnnctcError
 from . import wire
 from .launch import share
 from .relay import LOST_WORDS
 
 _FLUSH_AT = 1 << 20   # bytes of records per frame
+_calls = itertools.count(1)   # the meetings of this process, in order: the n-th joins the scheduler's n-th relay
 log = logging.getLogger(__name__)
 
 
 class RankFailed(CnnctcError):
-    """Another rank failed or went: already logged the moment rank 0 heard of it (msrun kills every
-    worker within a second of one exiting with an error, so the line cannot wait), not to be shown again."""
-    told = True
+    """Another rank failed or went. ``told``: already logged the moment rank 0 heard of it (a rank
+    that died: msrun kills every worker within a second, so the line cannot wait), not to be shown again."""
+    told = False
 
 
 def _one_line(exc):
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or was_stopped():   # e.g. an import cut short by SIGTERM
         return "interrupted"
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = text if isinstance(exc, CnnctcError) else f"{type(exc).__name__}: {text}"
@@ -40,17 +44,21 @@ class Meeting:
     """One run's meeting: ``with Meeting(launch) as meeting:`` then :meth:`gather`.
 
     ``launch``: :func:`cnnctc.ranks.msrun_launch`'s answer (None: one process does everything).
-    Entering joins the relay, as early as possible: from then on a rank that fails or dies is
+    ``call``: which relay of the scheduler's to join (default: this process's count of meetings;
+    ranks run as threads of one process give it). Entering joins the relay, as early as possible: from then on a rank that fails or dies is
     reported at once, also while the others still load their model. ``writes`` is True in the
     one process that writes the outputs (rank 0, or the only one); it calls :meth:`finish` when
     they are in place.
     """
 
-    def __init__(self, launch):
+    def __init__(self, launch, *, call=None):
         self.launch = launch
         self.rank = launch.rank if launch else 0
         self.world = launch.world if launch else 1
+        # Which of the scheduler's relays to join: the n-th meeting of a process joins its n-th.
+        self.call = call if call is not None else next(_calls) if self.world > 1 else 0
         self._sock = None
+        self._told = False
         self._spools, self._ended, self._failure = {}, set(), None
         self._changed = threading.Condition()
         self._listener = None
@@ -77,22 +85,12 @@ class Meeting:
     def _join(self):
         launch = self.launch
         where = f"{launch.host}:{launch.port}"
-        try:
-            self._sock = wire.connect(launch.host, launch.port, time.monotonic() + launch.join_timeout,
-                                      time.monotonic)
-        except wire.Closed as exc:
-            raise CnnctcError(f"rank {self.rank} cannot reach msrun's scheduler at {where} ({exc}) within "
-                              f"{launch.join_timeout:g} s; is msrun's --master_addr reachable from this host?") \
-                from None
-        try:
-            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"world": self.world, "pid": os.getpid(),
-                                                                      "host": socket.gethostname()}))
-            self._sock.settimeout(60)   # something that is not our relay may never answer
-            kind, _, payload = wire.receive(self._sock)
-            self._sock.settimeout(None)
-        except (wire.Closed, OSError):
-            raise CnnctcError(f"msrun's scheduler at {where} closed the connection as rank {self.rank} joined "
-                              "(is another job using that --master_port?)") from None
+        deadline = time.monotonic() + launch.join_timeout
+        while True:
+            kind, payload = self._hello(where, deadline)
+            if kind != wire.WAIT:
+                break
+            time.sleep(0.2)   # the relay still serves an earlier call of this script: join the next one
         if kind == wire.REFUSED:
             raise CnnctcError(f"the run was refused: {payload.decode('utf-8', 'replace')}")
         if kind != wire.HELLO:
@@ -104,6 +102,30 @@ class Meeting:
         else:
             self._outbox = []
             self._outbox_size = 0
+
+    def _hello(self, where, deadline):
+        """Connect and introduce this rank: the relay's answer (kind, payload)."""
+        launch = self.launch
+        try:
+            self._sock = wire.connect(launch.host, launch.port, deadline, time.monotonic)
+        except wire.Closed as exc:
+            within = "" if math.isinf(launch.join_timeout) else f" within {launch.timeout_words()}"
+            raise CnnctcError(f"rank {self.rank} cannot reach msrun's scheduler at {where} ({exc}){within}; is "
+                              "msrun's --master_addr reachable from this host?") from None
+        try:
+            wire.send(self._sock, wire.HELLO, self.rank, json.dumps({"world": self.world, "call": self.call,
+                                                                      "pid": os.getpid(),
+                                                                      "host": socket.gethostname()}))
+            self._sock.settimeout(60)   # something that is not our relay may never answer
+            kind, _, payload = wire.receive(self._sock)
+            self._sock.settimeout(None)
+        except (wire.Closed, OSError):
+            raise CnnctcError(f"something at {where} does not answer as msrun's scheduler of this run does (another "
+                              "program or job on that --master_port?); give msrun another --master_port") from None
+        if kind == wire.WAIT:
+            self._sock.close()
+            self._sock = None
+        return kind, payload
 
     def _close(self):
         sock, self._sock = self._sock, None
@@ -129,7 +151,16 @@ class Meeting:
         return self._spools[rank]
 
     def _listen(self):
-        sock = self._sock
+        try:
+            self._receive_all(self._sock)
+        except Exception as exc:   # e.g. no space left for the spools: the run cannot finish
+            with self._changed:
+                if self._failure is None:
+                    self._failure = (f"cannot keep the other ranks' readings ({exc}); free space in the "
+                                     "temporary folder (TMPDIR)")
+                self._changed.notify_all()
+
+    def _receive_all(self, sock):
         while True:
             try:
                 kind, rank, payload = wire.receive(sock)
@@ -137,29 +168,35 @@ class Meeting:
                 with self._changed:
                     if len(self._ended) < self.world - 1 and self._failure is None and self._sock is not None:
                         self._failure = ("lost the connection to msrun's scheduler process before every rank had "
-                                         "sent its readings (see scheduler.log in msrun's --log_dir)")
-                        log.error("error: %s; nothing was written", self._failure)
+                                         "sent its readings (it ended or was killed)")
+                        self._announce()
                     self._changed.notify_all()
                 return
             with self._changed:
-                failure = self._failure
                 if kind == wire.DATA:
                     self._spool(rank).write(payload)
                 elif kind == wire.END:
                     self._ended.add(rank)
                 elif kind == wire.FAIL and self._failure is None:
+                    # the failing rank waits until this one ends the run: raised at the next check
                     self._failure = f"rank {rank} failed: {payload.decode('utf-8', 'replace')}"
                 elif kind == wire.LOST and self._failure is None:
-                    why = payload.decode("utf-8", "replace") or LOST_WORDS
-                    self._failure = f"rank {rank} {why}"
-                if self._failure is not failure:
-                    log.error("error: %s; nothing was written", self._failure)
+                    self._failure = f"rank {rank} {payload.decode('utf-8', 'replace') or LOST_WORDS}"
+                    self._announce()
                 self._changed.notify_all()
+
+    def _announce(self):
+        """Say it now: msrun kills every worker within a second of one ending, often before this
+        rank's main thread (busy in a graph compile) gets to raise it."""
+        log.error("error: %s; nothing was written", self._failure)
+        self._told = True
 
     def check(self):
         """On rank 0: raise at once when another rank has failed or gone (one line naming it)."""
         if self._failure is not None:
-            raise RankFailed(f"{self._failure}; nothing was written")
+            error = RankFailed(f"{self._failure}; nothing was written")
+            error.told = self._told
+            raise error
 
     def _wait_for_all(self):
         with self._changed:
@@ -192,7 +229,8 @@ class Meeting:
 
     def _frame(self, kind, payload=b""):
         try:
-            wire.send(self._sock, kind, self.rank, payload)
+            with interrupt_deferred():   # a frame cut in half by Ctrl-C would garble the stream for the relay
+                wire.send(self._sock, kind, self.rank, payload)
         except wire.Closed:
             self._sock = None
             raise CnnctcError(f"rank {self.rank}: msrun's scheduler closed the connection: rank 0 ended the run "
@@ -202,7 +240,8 @@ class Meeting:
         """Tell rank 0 why this rank stops, and wait (a while) until it has ended the run, so that
         msrun, which kills every worker once one exits with an error, does not kill rank 0 first."""
         try:
-            wire.send(self._sock, wire.FAIL, self.rank, _one_line(exc))
+            with interrupt_deferred():
+                wire.send(self._sock, wire.FAIL, self.rank, _one_line(exc))
             self._sock.settimeout(60)
             while self._sock.recv(1 << 16):
                 pass
@@ -218,13 +257,13 @@ class Meeting:
         if self.rank == 0:
             return
         try:
-            self._sock.settimeout(self.launch.join_timeout)
+            self._sock.settimeout(None if math.isinf(self.launch.join_timeout) else self.launch.join_timeout)
             kind, _, payload = wire.receive(self._sock)
             self._sock.settimeout(None)
         except (wire.Closed, OSError):
             self._sock = None
-            raise CnnctcError(f"rank {self.rank}: msrun's scheduler closed the connection: rank 0 ended the run (its "
-                              "log says why)") from None
+            raise CnnctcError(f"rank {self.rank}: msrun's scheduler closed the connection before rank 0 showed its "
+                              "task: the run ended (scheduler.log and rank 0's log say why)") from None
         if kind == wire.REFUSED:
             raise CnnctcError(payload.decode("utf-8", "replace"))
 

@@ -6,13 +6,13 @@ ranks run the same task, forwards the other ranks' frames to rank 0 as they come
 at once when a rank fails or its connection drops, and ends when rank 0 closes its connection.
 Nothing is written to disk here.
 """
+import itertools
 import json
 import logging
 import selectors
 import socket
 import time
 
-from ..errors import CnnctcError
 from . import wire
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ class _Peer:
 class Relay:
     """One run's relay: ``run()`` returns 0 when rank 0 finished its outputs, 1 otherwise."""
 
-    def __init__(self, port, world, *, join_timeout, host=""):
-        self.world, self.join_timeout = world, join_timeout
+    def __init__(self, port, world, *, join_timeout, host="", call=1):
+        self.world, self.join_timeout, self.call = world, join_timeout, call
         self.listener = socket.create_server((host, port), backlog=max(16, world * 2))
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
@@ -51,6 +51,8 @@ class Relay:
         if not self.failed:
             self.failed = True
             log.error("Error: %s; the run ended, nothing was written", line)
+        if self.ranks.get(0) is None:   # rank 0 never joined (or went): nobody to tell, the run is over
+            self.outcome = 1
 
     def close(self):
         for peer in list(self.peers.values()):
@@ -115,23 +117,39 @@ class Relay:
     def _hello(self, peer, rank, payload):
         try:
             hello = json.loads(payload)
-            world = hello["world"]
-        except (ValueError, KeyError, TypeError):
+            world, call = hello["world"], hello.get("call", 1)
+        except (ValueError, KeyError, TypeError, AttributeError):
             self._drop(peer)   # not one of ours
             return False
+        if isinstance(call, int) and call > self.call:   # a later evaluate() of the script: after this one
+            self._turn_away(peer, rank, wire.WAIT)
+            return False
         problem = None
-        if world != self.world:
-            problem = f"rank {rank} counts {world} ranks, msrun started {self.world}"
+        if world != self.world or call != self.call:
+            problem = (f"msrun's --master_port already serves a run of {self.world} ranks: another msrun job uses "
+                       "that port; give this one another --master_port")
         elif not 0 <= rank < self.world or rank in self.ranks:
-            problem = f"a second rank {rank} joined (ranks are 0 to {self.world - 1}, each once)"
-        if problem:
-            self._refuse(peer, rank, problem)
+            problem = (f"msrun's --master_port already serves a run whose rank {rank} has joined: another msrun "
+                       "job uses that port (give this one another --master_port), or on several hosts msrun was "
+                       "started without --node_rank (give each host its own)")
+        if problem:   # the newcomer is refused; the run already here goes on
+            self._turn_away(peer, rank, wire.REFUSED, problem)
             return False
         peer.rank = rank
         self.ranks[rank] = peer
         if isinstance(hello.get("pid"), int) and isinstance(hello.get("host"), str):
             peer.where = f" (pid {hello['pid']} on {hello['host'][:64]})"
         return self._reply(peer, wire.HELLO)
+
+    def _turn_away(self, peer, rank, kind, text=""):
+        """Answer a connection that is not one of this run's ranks, and close it."""
+        try:
+            peer.sock.setblocking(True)
+            peer.sock.settimeout(5)
+            wire.send(peer.sock, kind, rank if 0 <= rank < 1 << 32 else 0, text)
+        except (wire.Closed, OSError):
+            pass
+        self._drop(peer)
 
     def _reply(self, peer, kind, text=""):
         try:
@@ -160,24 +178,14 @@ class Relay:
             self._reply(peer, wire.REFUSED, "started with other inputs or settings than rank 0 (every rank must "
                         "read the same files, seen the same way, with the same options and model)")
 
-    def _refuse(self, peer, rank, problem):
-        try:
-            peer.sock.setblocking(True)
-            wire.send(peer.sock, wire.REFUSED, rank, problem)
-        except wire.Closed:
-            pass
-        self._drop(peer)
-        if rank != 0:   # rank 0 hears of it (now, or when it joins) and ends the run
-            self.outbox += wire.HEADER.pack(wire.FAIL, rank, len(problem.encode())) + problem.encode()
-        self._fail(problem)
-
     def _closed(self, peer):
         rank = peer.rank
         self._drop(peer)
         if rank == 0:
             self.outcome = 0 if self.rank0_done else 1
             if not self.rank0_done:
-                self._fail(f"rank 0{peer.where} ended before its outputs were written (its log says why)")
+                self._fail(f"rank 0{peer.where} ended before its outputs were written (killed, or its log says "
+                           "why)")
         elif rank is not None and not (peer.ended or peer.failed):
             self.outbox += wire.HEADER.pack(wire.LOST, rank, 0)
             self._fail(f"rank {rank}{peer.where} {LOST_WORDS}")
@@ -196,7 +204,8 @@ class Relay:
     def _join_timed_out(self):
         missing = [r for r in range(self.world) if r not in self.ranks]
         if 0 in missing:
-            self._fail(f"rank 0 did not join within {self.join_timeout:g} s")
+            self._fail(f"rank 0 did not join within {self.join_timeout:g} s (msrun's --cluster_time_out; raise it "
+                       "if loading the model takes longer)")
             self.outcome = 1
             return
         for rank in missing:
@@ -232,15 +241,20 @@ class Relay:
         del self.outbox[:sent]
 
 
+_served = itertools.count(1)   # the relays this process ran: the n-th serves the ranks' n-th call
+
+
 def serve(launch):
     """Run msrun's scheduler process as the ranks' relay until rank 0 is done; the exit status.
     With one worker there is nothing to relay: that worker does everything."""
     if launch.world == 1:
         return 0
+    call = next(_served)
     bind = launch.host if launch.host in ("127.0.0.1", "localhost", "::1") else ""
     try:
-        relay = Relay(launch.port, launch.world, join_timeout=launch.join_timeout, host=bind)
-    except OSError as exc:
-        raise CnnctcError(f"msrun's scheduler cannot listen on port {launch.port} ({exc.strerror or exc}); give "
-                          "msrun another --master_port") from None
+        relay = Relay(launch.port, launch.world, join_timeout=launch.join_timeout, host=bind, call=call)
+    except OSError as exc:   # msrun prints the scheduler's lines with "Error" when the job fails
+        log.error("Error: msrun's scheduler cannot listen on port %d (%s): another job uses it; give msrun another "
+                  "--master_port", launch.port, exc.strerror or exc)
+        return 1
     return relay.run()

@@ -5,7 +5,7 @@ import struct
 HEADER = struct.Struct("!BII")   # kind, rank, payload length
 MAX_PAYLOAD = 64 << 20           # a larger frame is not one of ours
 
-HELLO, DATA, END, FAIL, LOST, DONE, REFUSED, TASK = range(1, 9)
+HELLO, DATA, END, FAIL, LOST, DONE, REFUSED, TASK, WAIT = range(1, 10)
 
 
 class Closed(Exception):
@@ -38,7 +38,7 @@ def _exactly(sock, size):
 def receive(sock):
     """(kind, rank, payload bytes) of the next frame; Closed at the end of the stream."""
     kind, rank, size = HEADER.unpack(_exactly(sock, HEADER.size))
-    if size > MAX_PAYLOAD or kind not in range(1, 9):
+    if size > MAX_PAYLOAD or kind not in range(1, 10):
         raise Closed("not a cnnctc frame")
     return kind, rank, _exactly(sock, size)
 
@@ -54,7 +54,7 @@ class Reader:
         frames = []
         while len(self.buffer) >= HEADER.size:
             kind, rank, size = HEADER.unpack_from(self.buffer)
-            if size > MAX_PAYLOAD or kind not in range(1, 9):
+            if size > MAX_PAYLOAD or kind not in range(1, 10):
                 raise Closed("not a cnnctc frame")
             if len(self.buffer) < HEADER.size + size:
                 break

@@ -42,8 +42,10 @@ class Saver:
             return None
         built.net.set_train(False)
         try:
+            # ranks=None: rank 0 validates alone (under msrun the others are training, and the
+            # master port belongs to MindSpore's cluster, not to a reading relay)
             results, total = evaluate(built.reader, plan.valid_paths, protocol=VALIDATION_PROTOCOL,
-                                      max_length=plan.config.max_length)
+                                      max_length=plan.config.max_length, ranks=None)
         finally:
             built.train_cell.set_train(True)
         if self.progress.validated(total, results):
