@@ -108,6 +108,26 @@ def as_foreground_job():
         signal.signal(number, signal.SIG_DFL)
 
 
+def seed_weights(net, seed, head_scale=1.0):
+    """Seeded random weights whose columns pick varied classes: He-normal weights, batch norms that
+    pass values through, small biases; the head (``Prediction.``) scaled by ``head_scale``."""
+    import numpy as np
+    import mindspore as ms
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        shape = tuple(p.shape)
+        if "moving_variance" in p.name or "gamma" in p.name:
+            value = np.ones(shape)
+        elif p.name.endswith("weight") and len(shape) > 1:
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+        else:
+            value = rng.standard_normal(shape) * 0.1
+        if p.name.startswith("Prediction."):
+            value = value * head_scale
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+    return net
+
+
 OPTIMIZER_SLOTS = ("moment", "mean_square", "mean_grad")
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mindspore as ms  # MindSpore before onnx in this process (SPEC section 9)
+import mindspore as ms  # noqa: F401  (MindSpore before onnx in this process: SPEC section 9)
 
-from conftest import run_in_process, subprocess_env, write_manifest
+from conftest import run_in_process, seed_weights, subprocess_env, write_manifest
 from cnnctc.checkpoint import save_checkpoint
 from cnnctc.errors import CnnctcError
 from cnnctc.loader import configure_context
@@ -36,16 +36,7 @@ def random_checkpoint(path, seed):
     """A narrow digits network with random weights whose columns pick varied classes."""
     configure_context("CPU")
     net = CNNCTC(num_class=len(DIGITS) + 1, output_channel=WIDTH)
-    rng = np.random.default_rng(seed)
-    for p in net.get_parameters():
-        shape = tuple(p.shape)
-        if "moving_variance" in p.name or "gamma" in p.name:
-            value = np.ones(shape)
-        elif p.name.endswith("weight") and len(shape) > 1:
-            value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
-        else:
-            value = rng.standard_normal(shape) * 0.1
-        p.set_data(ms.Tensor(value.astype(np.float32)))
+    seed_weights(net, seed)
     return save_checkpoint(net, path, metadata={"alphabet": DIGITS})
 
 

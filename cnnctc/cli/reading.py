@@ -325,6 +325,6 @@ COMMANDS = [
             "the model zoo (default) or of DTRB; under msrun each worker reads its share and rank 0 writes exactly "
             "one process's results", eval_arguments, evaluate,
             ("cnnctc eval --checkpoint run/best.ckpt --data IIIT5k_3000.lmdb",
-             "cnnctc eval --data IIIT5k_3000.lmdb SVT.lmdb --protocol dtrb --predictions readings.jsonl",
-             "cnnctc eval --data IIIT5k_3000.lmdb --json --output scores.json")),
+             "cnnctc eval --data IIIT5k_3000.lmdb SVT.lmdb --protocol dtrb --predictions readings.jsonl --json "
+             "--output scores.json")),
 ]
