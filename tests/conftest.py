@@ -18,7 +18,8 @@ from faultserver import FaultServer  # noqa: E402
 # each file is one unit of work, and a long file handed out last would keep one worker busy while
 # the other waits. The rest keep their order.
 LONGEST_FIRST = ("test_finetune.py", "test_contract_training.py", "test_docs.py", "test_batch_invariance.py",
-                 "test_lineage.py", "test_readme_demo.py", "test_runtime.py", "test_mini_synth.py")
+                 "test_lineage.py", "test_msrun_reading.py", "test_synth_scene.py", "test_contract_round3_files.py",
+                 "test_readme_demo.py", "test_runtime.py", "test_mini_synth.py", "test_synth.py", "test_hub.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -69,7 +69,11 @@ class Meeting:
 
     def __enter__(self):
         if self.world > 1:
-            self._join()
+            try:
+                self._join()
+            except BaseException:
+                self._close()   # a refused or failed join leaves no connection behind
+                raise
         return self
 
     def __exit__(self, kind, exc, tb):
