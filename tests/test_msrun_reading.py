@@ -428,3 +428,12 @@ def test_predictions_are_not_written_when_the_output_could_not_be(data, tmp_path
         evaluate(Recognizer(model="cnnctc/mini-synth"), [data / "b.lmdb"], predictions=tmp_path / "p.jsonl",
                  before_commit=output_fails)
     assert not [p.name for p in tmp_path.iterdir() if "p.jsonl" in p.name]   # no file, no temporary one
+
+
+@pytest.mark.parametrize("output, words", [("", "not a valid file name"), (".", "is a folder"),
+                                           ("images", "is the input"), ("images/000.png", "is the input")])
+def test_an_output_that_would_lose_data_or_mean_nothing_is_refused_before_reading(data, tmp_path, in_process_cli,
+                                                                                   output, words):
+    target = data / output if output else output
+    run = in_process_cli("predict", data / "images", *MODEL, "--output", target)
+    assert run.returncode == 1 and run.stdout == "" and words in run.stderr and run.stderr.count("\n") == 1, run

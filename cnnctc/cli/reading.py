@@ -134,7 +134,7 @@ def _msrun():
 def _output_file(args, inputs):
     """The --output file (checked before any model loads), or None for standard output."""
     from .._result_files import ResultFile
-    if not args.output:
+    if args.output is None:
         return None
     return ResultFile(args.output, args.overwrite, [p for p in inputs if p], noun="output file",
                       doing="writing the output")
