@@ -67,20 +67,6 @@ def timed(argv, cwd):
     return elapsed
 
 
-def machine():
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, Python {platform.python_version()}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -125,6 +111,7 @@ def main():
     for label, runtime, one, two in rows:
         print(f"| {label} | {runtime} | {one:.1f} s | {two:.1f} s | {args.images / one:.0f} | {args.images / two:.0f} "
               f"| {one / two:.2f} |")
+    from bench_runtimes import machine   # the machine line every benchmark prints
     print(f"\nmachine: {machine()}")
 
 

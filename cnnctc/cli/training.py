@@ -70,14 +70,11 @@ def finetune_arguments(p):
 
 
 def _msrun_workers():
-    """The number of workers when msrun started this process (a worker or its scheduler), else None."""
-    if os.environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
-        return None
-    try:
-        workers = int(os.environ.get("MS_WORKER_NUM", "1"))
-    except ValueError:
-        raise CnnctcError(f"MS_WORKER_NUM is {os.environ['MS_WORKER_NUM']!r}, not a number of workers") from None
-    return workers if workers > 1 else None
+    """The number of workers when msrun started this process (a worker or its scheduler) with more
+    than one, else None."""
+    from ..ranks.launch import msrun_world
+    workers = msrun_world()
+    return workers if workers and workers > 1 else None
 
 
 def _join_cluster():

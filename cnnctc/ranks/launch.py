@@ -5,7 +5,7 @@ import os
 
 from ..errors import CnnctcError
 
-__all__ = ["Launch", "msrun_launch", "share", "MAX_RANKS"]
+__all__ = ["Launch", "msrun_launch", "msrun_world", "share", "MAX_RANKS"]
 
 MAX_RANKS = 4096   # reading ranks one relay serves
 
@@ -42,6 +42,17 @@ def _number(environ, name, default=None):
             from None
 
 
+def msrun_world(environ=None):
+    """msrun's worker count (MS_WORKER_NUM) when msrun started this process, else None."""
+    environ = os.environ if environ is None else environ
+    if environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
+        return None
+    world = _number(environ, "MS_WORKER_NUM", 1)
+    if world < 1:
+        raise CnnctcError(f"MS_WORKER_NUM is {world}; msrun starts at least one worker")
+    return world
+
+
 def msrun_launch(environ=None):
     """The :class:`Launch` when msrun started this process with more than one worker (its
     scheduler: with any count), else None: a single process does all the work."""
@@ -49,8 +60,8 @@ def msrun_launch(environ=None):
     role = environ.get("MS_ROLE")
     if role not in ("MS_WORKER", "MS_SCHED"):
         return None
-    world = _number(environ, "MS_WORKER_NUM", 1)
-    if not 1 <= world <= MAX_RANKS:
+    world = msrun_world(environ)
+    if world > MAX_RANKS:
         raise CnnctcError(f"MS_WORKER_NUM is {world}: predict and eval read with 1 to {MAX_RANKS} msrun workers; "
                           "give msrun a --worker_num in that range")
     host = environ.get("MS_SCHED_HOST", "127.0.0.1")
